@@ -1,0 +1,238 @@
+"""Configuration: one dataclass per concern, presets, and the command-line mapping.
+
+Every field name is unique across the dataclasses, so each one maps onto exactly one flag
+(`d_model` -> `--d-model`). A preset is a plain dict of overrides on top of the defaults
+(which are the `tiny` preset). The resolved `Config` is printed at start and stored in every
+checkpoint as a plain dict (`asdict`).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class DataConfig:
+    data: str = "builtin"  # "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)
+    domains: str = "shapes,glyphs,patterns"  # built-in domains to mix, comma separated
+    image_size: int = 32  # images are square, this many pixels a side
+    text_len: int = 64  # token slots for the text block of a sequence (specials included)
+
+
+@dataclass
+class VQConfig:
+    vq_downsample: int = 4  # image pixels per code along a side (a power of two)
+    vq_codes: int = 256  # codebook size
+    vq_dim: int = 32  # code vector size
+    vq_channels: int = 64  # conv width of the encoder/decoder
+    vq_steps: int = 800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
+    vq_batch: int = 64  # images per VQ step
+    vq_lr: float = 2e-3  # AdamW learning rate of the encoder/decoder
+    vq_beta: float = 0.25  # commitment loss weight
+    vq_decay: float = 0.95  # EMA decay of the codebook statistics
+    vq_dead_after: int = 50  # a code unused for this many steps is restarted from an encoder output
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128  # residual stream width
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads (d_model must divide by it)
+    d_ffn: int = 512  # hidden neurons of the dense FFN
+    rope_base: float = 10000.0  # rotary embedding base
+    dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
+
+
+@dataclass
+class MoEConfig:
+    # Placeholders until the MoE issue: only `none` (the dense model) is accepted.
+    moe: str = "none"  # how FFNs become experts: none | scratch | naive | random | taylor
+    num_experts: int = 8  # routed experts per MoE layer
+    top_k: int = 2  # experts per token (GShard top-2)
+    num_shared: int = 0  # always-active shared experts
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0  # seeds the model init, the data stream and every per-step random draw
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dense_steps: int = 1200  # optimizer steps of stage 2 (dense model)
+    moe_steps: int = 0  # optimizer steps of stage 3 (MoE; arrives with the MoE issue)
+    batch_t2i: int = 16  # text-to-image rows per step
+    batch_mmu: int = 12  # image-understanding rows per step
+    batch_lm: int = 4  # text-only rows per step
+    lr: float = 2e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 60  # linear warmup steps
+    weight_decay: float = 0.05  # AdamW weight decay (matrices only)
+    grad_clip: float = 1.0  # clip the global gradient norm to this
+    w_t2i: float = 1.0  # loss weight of masked-token prediction on images
+    w_mmu: float = 1.0  # loss weight of answer prediction
+    w_lm: float = 0.1  # loss weight of text next-token prediction
+    caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
+    log_every: int = 10  # steps between log lines
+    ckpt_every: int = 200  # steps between checkpoints
+    sample_every: int = 400  # steps between PNG sample grids (0: never)
+    sample_steps: int = 8  # MaskGIT steps for the periodic grids and the final check
+    guidance: float = 2.0  # classifier-free guidance scale for the periodic grids
+
+
+@dataclass
+class Config:
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.data.image_size // self.vq.vq_downsample) ** 2
+
+    @property
+    def seq_len(self) -> int:
+        # text block + [soi] + image codes + [eoi]; every task's rows share this length
+        return self.data.text_len + self.image_tokens + 2
+
+
+SECTIONS = ("data", "vq", "model", "moe", "train")
+
+# Presets override the defaults (which are `tiny`: 2 CPU cores, minutes).
+PRESETS: dict[str, dict] = {
+    "tiny": {},
+    # One GPU, about an hour: 64x64 images, 256 image tokens.
+    "small": dict(
+        image_size=64, text_len=96, vq_codes=1024, vq_dim=64, vq_channels=128, vq_steps=5000,
+        vq_batch=128, d_model=512, n_layers=8, n_heads=8, d_ffn=2048, dense_steps=20000,
+        batch_t2i=48, batch_mmu=32, batch_lm=16, lr=6e-4, warmup=500, ckpt_every=1000,
+        sample_every=2000, log_every=50, sample_steps=16,
+    ),
+    # Show-o scale: 24 layers, d_model 2048, 16x16 = 256 tokens from an 8192-code tokenizer.
+    "full": dict(
+        image_size=256, text_len=128, vq_downsample=16, vq_codes=8192, vq_dim=64,
+        vq_channels=128, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24, n_heads=32,
+        d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16, lr=2e-4,
+        warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100, sample_steps=18,
+    ),
+}
+
+MOE_AVAILABLE = ("none",)  # grows with the MoE issue
+
+
+def _field_owner() -> dict[str, str]:
+    """Field name -> section name, for every overridable field."""
+    owner = {}
+    for section in SECTIONS:
+        cls = type(getattr(Config(), section))
+        for f in fields(cls):
+            assert f.name not in owner, f"config field {f.name} is defined twice"
+            owner[f.name] = section
+    return owner
+
+
+def make_config(preset: str = "tiny", **overrides) -> Config:
+    """The preset with `overrides` applied (flat field names). Raises ValueError on unknowns."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(preset=preset)
+    owner = _field_owner()
+    for name, value in {**PRESETS[preset], **overrides}.items():
+        if name not in owner:
+            raise ValueError(f"unknown config field {name!r}")
+        setattr(getattr(cfg, owner[name]), name, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raise ValueError naming the first inconsistent value."""
+    d, v, m = cfg.data, cfg.vq, cfg.model
+    if cfg.moe.moe not in MOE_AVAILABLE:
+        raise ValueError(
+            f"--moe {cfg.moe.moe} is not available yet (the MoE layers are the next issue); "
+            f"use --moe none")
+    if v.vq_downsample & (v.vq_downsample - 1) or d.image_size % v.vq_downsample:
+        raise ValueError(f"--vq-downsample {v.vq_downsample} must be a power of two dividing "
+                         f"--image-size {d.image_size}")
+    if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+        raise ValueError(f"--d-model {m.d_model} must split into --n-heads {m.n_heads} heads "
+                         f"of even size (rotary embeddings rotate pairs)")
+    if d.text_len < 8:
+        raise ValueError(f"--text-len {d.text_len} is too short; use at least 8")
+    if not (d.data == "builtin" or d.data.startswith("folder:")):
+        raise ValueError(f"--data {d.data!r}: use 'builtin' or 'folder:PATH'")
+    counts = dict(vq_steps=v.vq_steps, dense_steps=cfg.train.dense_steps,
+                  batch_t2i=cfg.train.batch_t2i, batch_mmu=cfg.train.batch_mmu,
+                  batch_lm=cfg.train.batch_lm)
+    for name, value in counts.items():
+        if value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, defaulting to None (= keep the preset's value)."""
+    parser.add_argument("--preset", default=None, choices=list(PRESETS),
+                        help="size preset: tiny (CPU, minutes), small (1 GPU), full (Show-o scale)")
+    for section in SECTIONS:
+        group = parser.add_argument_group(f"{section} config")
+        for f in fields(type(getattr(Config(), section))):
+            kind = type(f.default)
+            flag = "--" + f.name.replace("_", "-")
+            if flag == "--moe":
+                group.add_argument(flag, default=None, choices=["none", "scratch", "naive",
+                                   "random", "taylor"], help="dense-to-MoE method (default none)")
+            else:
+                group.add_argument(flag, dest=f.name, type=kind, default=None,
+                                   help=f"(default from preset; tiny: {f.default})")
+
+
+def explicit_overrides(args: argparse.Namespace) -> dict:
+    """The config fields the user set on the command line (flat names)."""
+    return {name: getattr(args, name) for name in _field_owner()
+            if getattr(args, name, None) is not None}
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    return make_config(args.preset or "tiny", **explicit_overrides(args))
+
+
+def section_of(name: str) -> str:
+    return _field_owner()[name]
+
+
+def flat(cfg: Config) -> dict:
+    """Every overridable field of `cfg` by its flat name."""
+    return {name: getattr(getattr(cfg, sec), name) for name, sec in _field_owner().items()}
+
+
+def to_dict(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of `to_dict` (for checkpoints). Unknown keys are ignored, missing ones default."""
+    cfg = Config(preset=d.get("preset", "tiny"))
+    for section in SECTIONS:
+        sub = getattr(cfg, section)
+        for f in fields(sub):
+            if f.name in d.get(section, {}):
+                setattr(sub, f.name, d[section][f.name])
+    return cfg
+
+
+def describe(cfg: Config) -> str:
+    """The resolved config as aligned `name = value` lines, grouped by section."""
+    lines = [f"preset = {cfg.preset}"]
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for k, v in asdict(getattr(cfg, section)).items():
+            lines.append(f"  {k:<16} = {v}")
+    lines.append(f"  (derived) image_tokens = {cfg.image_tokens}, seq_len = {cfg.seq_len}")
+    return "\n".join(lines)
+
+
+__all__ = ["Config", "DataConfig", "VQConfig", "ModelConfig", "MoEConfig", "TrainConfig",
+           "PRESETS", "make_config", "validate", "add_arguments", "from_args", "to_dict",
+           "explicit_overrides", "section_of", "flat",
+           "from_dict", "describe"]

@@ -1,0 +1,160 @@
+"""The unified transformer (DESIGN section 5): one decoder over the joint vocabulary.
+
+    tokens -> embedding -> n_layers x [x + attn(norm(x)); x + ffn(norm(x))] -> norm -> head
+
+Pre-norm blocks with RMSNorm, rotary position embeddings, QK-norm and PyTorch's
+`scaled_dot_product_attention` under the omni-attention mask of `sequences.py`. The FFN sits
+behind one seam, `make_ffn`: it returns a module mapping x [B, L, D] to (y [B, L, D], aux), where
+aux is a dict of auxiliary losses/statistics (empty for the dense FFN; the MoE layers fill it).
+Single device; parallelism wraps this model from the outside.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config, ModelConfig
+from .sequences import attention_mask, positions
+
+INIT_STD = 0.02  # GPT-2 style initialisation of embeddings and matrices
+
+
+@dataclass
+class ModelOutput:
+    logits_BLV: torch.Tensor
+    aux: list[dict] = field(default_factory=list)  # one dict per layer, from its FFN
+
+
+class KVCache:
+    """Keys and values of every layer, plus the tokens and groups they came from."""
+
+    def __init__(self, n_layers: int):
+        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        self.tokens_BL: torch.Tensor | None = None
+        self.groups_BL: torch.Tensor | None = None
+
+    def extend(self, tokens_BL: torch.Tensor, groups_BL: torch.Tensor):
+        """Append new positions; returns (all tokens, all groups) including them."""
+        if self.tokens_BL is None:
+            self.tokens_BL, self.groups_BL = tokens_BL, groups_BL
+        else:
+            self.tokens_BL = torch.cat([self.tokens_BL, tokens_BL], 1)
+            self.groups_BL = torch.cat([self.groups_BL, groups_BL], 1)
+        return self.tokens_BL, self.groups_BL
+
+
+def rotary(positions_BL: torch.Tensor, head_dim: int, base: float):
+    """cos, sin [B, 1, L, head_dim/2] for rotating channel pairs (i, i + head_dim/2)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions_BL.device) / head_dim)
+    angles = positions_BL[:, None, :, None].float() * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x_BHLK: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_BHLK.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).type_as(x_BHLK)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        # QK-norm keeps attention logits bounded, which matters for mixed-modality training.
+        self.q_norm = nn.RMSNorm(self.head_dim)
+        self.k_norm = nn.RMSNorm(self.head_dim)
+
+    def forward(self, x_BLD, cos, sin, mask_B1LS, cache: KVCache | None, layer: int):
+        B, L, D = x_BLD.shape
+        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = apply_rotary(self.q_norm(q), cos, sin)
+        k = apply_rotary(self.k_norm(k), cos, sin)
+        if cache is not None:
+            if cache.kv[layer] is not None:
+                k = torch.cat([cache.kv[layer][0], k], 2)
+                v = torch.cat([cache.kv[layer][1], v], 2)
+            cache.kv[layer] = (k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1LS)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class FFN(nn.Module):
+    """Dense FFN: y = W2 gelu(W1 x). Hidden neuron j is row j of W1 and column j of W2 — the
+    unit that the dense-to-MoE conversion moves into an expert. No biases, so that experts
+    built from disjoint neurons sum exactly to this layer."""
+
+    def __init__(self, d_model: int, d_ffn: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ffn, bias=False)
+        self.w2 = nn.Linear(d_ffn, d_model, bias=False)
+
+    def forward(self, x_BLD: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.w2(F.gelu(self.w1(x_BLD))), {}
+
+
+def make_ffn(cfg: Config, layer: int) -> nn.Module:
+    """The FFN of block `layer`: the seam where MoE layers replace the dense FFN."""
+    return FFN(cfg.model.d_model, cfg.model.d_ffn)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.model.d_model)
+        self.attn = Attention(cfg.model)
+        self.ffn_norm = nn.RMSNorm(cfg.model.d_model)
+        self.ffn = make_ffn(cfg, layer)
+        self.dropout = nn.Dropout(cfg.model.dropout)
+
+    def forward(self, x_BLD, cos, sin, mask_B1LS, cache, layer):
+        x_BLD = x_BLD + self.dropout(self.attn(self.attn_norm(x_BLD), cos, sin, mask_B1LS,
+                                               cache, layer))
+        y_BLD, aux = self.ffn(self.ffn_norm(x_BLD))
+        return x_BLD + self.dropout(y_BLD), aux
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config, vocab_size: int, pad_id: int):
+        super().__init__()
+        self.cfg, self.pad_id = cfg, pad_id
+        m = cfg.model
+        self.embed = nn.Embedding(vocab_size, m.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(m.n_layers))
+        self.norm = nn.RMSNorm(m.d_model)
+        self.head = nn.Linear(m.d_model, vocab_size, bias=False)
+        self.apply(self._init)
+        # Scale the projections that write into the residual stream by depth (GPT-2).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("w2.weight"):
+                nn.init.normal_(p, std=INIT_STD / math.sqrt(2 * m.n_layers))
+
+    @staticmethod
+    def _init(module: nn.Module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=INIT_STD)
+
+    def forward(self, tokens_BL: torch.Tensor, groups_BL: torch.Tensor,
+                cache: KVCache | None = None) -> ModelOutput:
+        """Logits for every position. With a cache, the new positions also attend to (and are
+        appended to) everything cached before them."""
+        all_tokens, all_groups = (tokens_BL, groups_BL) if cache is None else \
+            cache.extend(tokens_BL, groups_BL)
+        L = tokens_BL.shape[1]
+        pos_BL = positions(all_tokens, self.pad_id)[:, -L:]
+        cos, sin = rotary(pos_BL, self.cfg.model.d_model // self.cfg.model.n_heads,
+                          self.cfg.model.rope_base)
+        mask_B1LS = attention_mask(groups_BL, all_groups)
+        x_BLD = self.embed(tokens_BL)
+        aux = []
+        for i, block in enumerate(self.blocks):
+            x_BLD, layer_aux = block(x_BLD, cos, sin, mask_B1LS, cache, i)
+            aux.append(layer_aux)
+        return ModelOutput(self.head(self.norm(x_BLD)), aux)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

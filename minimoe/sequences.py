@@ -1,0 +1,145 @@
+"""Sequence layouts, the omni-attention mask and the labels of each task (DESIGN section 4).
+
+    T2I: [pad]... [t2i] [sot] caption [eot] [soi] image codes [eoi]        (text block left-padded)
+    MMU: [mmu] [soi] image codes [eoi] [sot] question answer [eot] [pad]... (right-padded)
+    LM:  [sot] text [eot] [pad]...
+
+The T2I text block is padded on the left (as Show-o does) so that the caption always ends right
+before [soi]; every row of every task has the same length `seq_len`, so one batch can mix them.
+
+Attention is described by one integer *group* per position: position i may attend to position j
+iff group[j] <= group[i]. Causal text gets its own position index as group; a bidirectional
+block (the T2I image block, the MMU prefix up to [eoi]) shares one group; padding gets
+PAD_GROUP, larger than every real group, so no real position ever attends to it (pad rows
+attend to everything, which keeps softmax finite and is never read).
+
+Labels are aligned with the inputs: labels[i] is what the output at position i must predict,
+IGNORE where there is no loss. T2I: the true code at masked image positions (not shifted). MMU
+and LM: the next token (shifted), on the answer (MMU) or the whole text (LM), [eot] included.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .tokenizers import Vocab
+
+IGNORE = -100  # label of positions without a loss (torch's cross_entropy ignore_index)
+PAD_GROUP = 1 << 30  # attention group of padding: above every real position
+T2I, MMU, LM = 0, 1, 2  # task ids of batch rows
+TASKS = ("t2i", "mmu", "lm")
+
+
+@dataclass
+class Batch:
+    tokens_BL: torch.Tensor  # long: joint-vocabulary ids (image positions masked for T2I)
+    groups_BL: torch.Tensor  # long: attention groups (see module docstring)
+    labels_BL: torch.Tensor  # long: targets, IGNORE where no loss
+    task_B: torch.Tensor  # long: T2I / MMU / LM per row
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.tokens_BL, self.groups_BL, self.labels_BL,
+                                                 self.task_B)))
+
+
+def attention_mask(groups_q: torch.Tensor, groups_k: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, 1, Lq, Lk] mask (True = may attend) from query and key groups."""
+    return (groups_k[:, None, None, :] <= groups_q[:, None, :, None])
+
+
+def positions(tokens_BL: torch.Tensor, pad: int) -> torch.Tensor:
+    """Rotary positions that ignore padding: the k-th real token of a row is at position k."""
+    real = (tokens_BL != pad).long()
+    return (real.cumsum(1) - 1).clamp(min=0)
+
+
+def t2i_row(caption: list[int], codes: list[int], vocab: Vocab, text_len: int):
+    """(tokens, groups, labels) of one T2I row; `codes` are joint ids (or [MASK]).
+
+    The image codes start at position `text_len + 1`; labels are all IGNORE until
+    `mask_images` picks the positions to predict.
+    """
+    text = [vocab.t2i, vocab.sot, *caption, vocab.eot]
+    if len(text) > text_len:
+        raise ValueError(f"caption is {len(caption)} bytes; at most {text_len - 3} fit")
+    n_pad = text_len - len(text)
+    tokens = [vocab.pad] * n_pad + text + [vocab.soi, *codes, vocab.eoi]
+    image_group = len(tokens)  # above every text position: the image block sees all the text
+    groups = [PAD_GROUP] * n_pad + list(range(n_pad, text_len)) + [image_group] * (len(codes) + 2)
+    return tokens, groups, [IGNORE] * len(tokens)
+
+
+def mmu_prefix(codes: list[int], question: list[int], vocab: Vocab):
+    """(tokens, groups) of an MMU prompt up to and including the question bytes."""
+    prefix = [vocab.mmu, vocab.soi, *codes, vocab.eoi]
+    tokens = prefix + [vocab.sot, *question]
+    groups = [0] * len(prefix) + list(range(len(prefix), len(tokens)))
+    return tokens, groups
+
+
+def mmu_row(codes: list[int], question: list[int], answer: list[int], vocab: Vocab,
+            seq_len: int):
+    """(tokens, groups, labels) of one training MMU row."""
+    tokens, groups = mmu_prefix(codes, question, vocab)
+    start = len(tokens)  # first answer position
+    tokens = tokens + answer + [vocab.eot]
+    if len(tokens) > seq_len:
+        raise ValueError(f"question + answer are {len(question) + len(answer)} bytes; "
+                         f"at most {seq_len - start + len(question) - 1} fit")
+    groups = groups + list(range(start, len(tokens)))
+    labels = [IGNORE] * (start - 1) + tokens[start:] + [IGNORE]
+    return _pad_right(tokens, groups, labels, vocab, seq_len)
+
+
+def lm_row(text: list[int], vocab: Vocab, seq_len: int):
+    """(tokens, groups, labels) of one text-only row."""
+    tokens = [vocab.sot, *text, vocab.eot]
+    if len(tokens) > seq_len:
+        raise ValueError(f"text is {len(text)} bytes; at most {seq_len - 2} fit")
+    labels = tokens[1:] + [IGNORE]
+    return _pad_right(tokens, list(range(len(tokens))), labels, vocab, seq_len)
+
+
+def _pad_right(tokens, groups, labels, vocab: Vocab, seq_len: int):
+    n = seq_len - len(tokens)
+    return (tokens + [vocab.pad] * n, groups + [PAD_GROUP] * n, labels + [IGNORE] * n)
+
+
+def mask_ratio(t: torch.Tensor) -> torch.Tensor:
+    """Masked fraction for diffusion time t in [0, 1]: cos(pi t / 2) (MaskGIT's cosine schedule)."""
+    return torch.cos(math.pi * t / 2)
+
+
+def mask_images(tokens_BL: torch.Tensor, image_start: int, n_image: int, vocab: Vocab,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask a cos-schedule fraction (at least one) of each row's image codes.
+
+    Returns (masked tokens, labels): labels hold the true code at masked positions only.
+    """
+    B = tokens_BL.shape[0]
+    t = torch.rand(B, generator=gen)
+    n_mask = (mask_ratio(t) * n_image).floor().long().clamp(1, n_image)
+    # The n_mask lowest of a random score per position: a uniform random subset of that size.
+    scores = torch.rand(B, n_image, generator=gen)
+    rank = scores.argsort(1).argsort(1)
+    masked = rank < n_mask[:, None]
+    image = tokens_BL[:, image_start:image_start + n_image]
+    out, labels = tokens_BL.clone(), torch.full_like(tokens_BL, IGNORE)
+    out[:, image_start:image_start + n_image] = torch.where(masked, vocab.mask, image)
+    labels[:, image_start:image_start + n_image] = torch.where(masked, image, IGNORE)
+    return out, labels
+
+
+def collate(rows: list[tuple], task: int) -> Batch:
+    """Stack (tokens, groups, labels) rows of one task into a Batch."""
+    tokens, groups, labels = (torch.tensor([r[i] for r in rows], dtype=torch.long)
+                              for i in range(3))
+    return Batch(tokens, groups, labels, torch.full((len(rows),), task, dtype=torch.long))
+
+
+def concat(batches: list[Batch]) -> Batch:
+    batches = [b for b in batches if b.tokens_BL.shape[0]]
+    return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in
+                   ("tokens_BL", "groups_BL", "labels_BL", "task_B")))

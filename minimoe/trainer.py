@@ -1,0 +1,198 @@
+"""Stage 2 (and later stages): mixed-task batches, losses, schedule and the training loop.
+
+Every random draw of a step (which samples, caption dropout, mask ratios and positions) comes
+from a generator seeded by (seed, step), so a resumed run sees exactly the batches it would
+have seen, and the checkpoint needs no RNG state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config, to_dict
+from .sequences import (IGNORE, LM, MMU, T2I, TASKS, Batch, collate, concat, lm_row,
+                        mask_images, mmu_row, t2i_row)
+from .tokenizers import ImageTokenizer, TextTokenizer, Vocab
+
+STEP_SEED_STRIDE = 1_000_003  # mixes (seed, step) into one generator seed without collisions
+CAPTION_QUESTION = "what is in the image?"  # MMU question for samples that bring no QA pairs
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * STEP_SEED_STRIDE + step)
+
+
+class Batcher:
+    """Builds the mixed T2I / MMU / LM batch of a step from a data source."""
+
+    def __init__(self, cfg: Config, source, vocab: Vocab, image_tok: ImageTokenizer):
+        self.cfg, self.source, self.vocab, self.image_tok = cfg, source, vocab, image_tok
+        self.text = TextTokenizer(vocab)
+        t = cfg.train
+        self.sizes = (t.batch_t2i, t.batch_mmu, t.batch_lm)
+
+    def __call__(self, step: int) -> Batch:
+        cfg, v, gen = self.cfg, self.vocab, step_generator(self.cfg.train.seed, step)
+        first = step * sum(self.sizes)  # samples are consumed in order: data position = step
+        samples = [self.source[first + i] for i in range(sum(self.sizes))]
+        n_t2i, n_mmu, _ = self.sizes
+        t2i, mmu, lm = samples[:n_t2i], samples[n_t2i:n_t2i + n_mmu], samples[n_t2i + n_mmu:]
+        codes = self.image_tok.encode([s.image for s in t2i + mmu]).cpu() + v.image_offset
+        text_len, seq_len = cfg.data.text_len, cfg.seq_len
+
+        drop = torch.rand(len(t2i), generator=gen) < cfg.train.caption_dropout
+        rows = [t2i_row([] if d else self.text.encode(s.caption), c.tolist(), v, text_len)
+                for s, c, d in zip(t2i, codes, drop)]
+        b_t2i = collate(rows, T2I) if rows else None
+        if b_t2i is not None:
+            b_t2i.tokens_BL, b_t2i.labels_BL = mask_images(
+                b_t2i.tokens_BL, text_len + 1, cfg.image_tokens, v, gen)
+
+        rows = []
+        for s, c in zip(mmu, codes[len(t2i):]):
+            q, a = self._pick_qa(s, gen)
+            rows.append(mmu_row(c.tolist(), self.text.encode(q + " "), self.text.encode(a), v,
+                                seq_len))
+        b_mmu = collate(rows, MMU) if rows else None
+
+        rows = []
+        for s in lm:
+            q, a = self._pick_qa(s, gen)
+            text = s.caption if torch.rand(1, generator=gen).item() < 0.5 else f"{q} {a}"
+            rows.append(lm_row(self.text.encode(text), v, seq_len))
+        b_lm = collate(rows, LM) if rows else None
+        return concat([b for b in (b_t2i, b_mmu, b_lm) if b is not None])
+
+    @staticmethod
+    def _pick_qa(sample, gen: torch.Generator) -> tuple[str, str]:
+        if not sample.qa:
+            return CAPTION_QUESTION, sample.caption
+        return sample.qa[int(torch.randint(len(sample.qa), (1,), generator=gen))]
+
+
+def task_losses(logits_BLV: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    """Mean cross-entropy over the labelled positions of each task present in the batch."""
+    sel = batch.labels_BL != IGNORE
+    ce = F.cross_entropy(logits_BLV[sel].float(), batch.labels_BL[sel], reduction="none")
+    task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
+    return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
+
+
+def total_loss(losses: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
+    weights = {"t2i": cfg.train.w_t2i, "mmu": cfg.train.w_mmu, "lm": cfg.train.w_lm}
+    return sum(weights[k] * v for k, v in losses.items())
+
+
+def lr_at(step: int, cfg: Config, total: int) -> float:
+    """Linear warmup to lr, then cosine decay to lr * min_lr_ratio at `total`."""
+    t = cfg.train
+    if step < t.warmup:
+        return t.lr * (step + 1) / t.warmup
+    progress = min(1.0, (step - t.warmup) / max(1, total - t.warmup))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    # Decay matrices and embeddings; never norms (nanoGPT's split).
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+
+
+@dataclass
+class RunFiles:
+    """Paths inside a run folder."""
+    root: Path
+
+    @property
+    def ckpt(self) -> Path:
+        return self.root / "ckpt.pt"
+
+    @property
+    def vq(self) -> Path:
+        return self.root / "vq.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+
+def log_line(files: RunFiles, record: dict) -> None:
+    with open(files.log, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, step: int,
+                    image_tok: ImageTokenizer, extra: dict | None = None) -> None:
+    checkpoint.save({"config": to_dict(cfg), "stage": stage, "step": step,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "vq": image_tok.vq.state_dict(), **(extra or {})}, files.ckpt)
+
+
+def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Batcher,
+        image_tok: ImageTokenizer, device: torch.device, start_step: int = 0,
+        optimizer=None, on_sample=None, progress: bool = True) -> list[dict]:
+    """Train `model` for steps [start_step, steps). Returns the logged records of this call.
+
+    A non-finite loss stops the run with TrainingError before anything is saved, so the last
+    checkpoint on disk stays the last good one.
+    """
+    t = cfg.train
+    optimizer = optimizer or make_optimizer(model, cfg)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    records, seen_tokens, t0 = [], 0, time.time()
+    bar = tqdm(range(start_step, steps), desc=stage, disable=not progress, dynamic_ncols=True,
+               initial=start_step, total=steps)
+    model.train()
+    for step in bar:
+        lr = lr_at(step, cfg, steps)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batch = batcher(step).to(device)
+        with autocast:
+            out = model(batch.tokens_BL, batch.groups_BL)
+            losses = task_losses(out.logits_BLV, batch)
+            loss = total_loss(losses, cfg)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{stage} loss became {loss.item()} at step {step}; the last good checkpoint "
+                f"({files.ckpt}) was kept. Lower --lr or --grad-clip and resume with --resume")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        seen_tokens += batch.tokens_BL.numel()
+        done = step + 1
+        if done % t.log_every == 0 or done == steps:
+            rec = {"stage": stage, "step": done, "loss": round(loss.item(), 5), "lr": lr,
+                   "grad_norm": round(grad_norm.item(), 4),
+                   **{k: round(v.item(), 5) for k, v in losses.items()},
+                   "tok_per_s": round(seen_tokens / (time.time() - t0)),
+                   "time_s": round(time.time() - t0, 2)}
+            records.append(rec)
+            log_line(files, rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", t2i=rec.get("t2i"), mmu=rec.get("mmu"),
+                            tok_s=rec["tok_per_s"])
+        if done % t.ckpt_every == 0 or done == steps:
+            save_checkpoint(files, cfg, model, optimizer, stage, done, image_tok)
+        if on_sample and t.sample_every and (done % t.sample_every == 0 or done == steps):
+            on_sample(done)
+            model.train()
+    return records

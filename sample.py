@@ -1,0 +1,117 @@
+"""Generate images from a caption, or answer a question about an image, with a trained run.
+
+    python sample.py --prompt "a red circle left of a blue square"        # PNG grid, 8 samples
+    python sample.py --prompt "a large green square" --n 4 --steps 12 --guidance 3
+    python sample.py --prompt "a blue circle" --init-image in.png --keep left   # extrapolate
+    python sample.py --image in.png --question "what colour is the circle?"    # prints the answer
+
+--ckpt defaults to the newest out/*/ckpt.pt.
+"""
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from minimoe import pipeline
+from minimoe.data import fit_image
+from minimoe.plots import image_grid
+from minimoe.tokenizers import tensor_to_images
+
+KEEP_CHOICES = ("left", "right", "top", "bottom")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", default=None, help="checkpoint (default: newest out/*/ckpt.pt)")
+    p.add_argument("--prompt", default=None, help="caption to draw")
+    p.add_argument("--image", default=None, help="image to ask --question about")
+    p.add_argument("--question", default=None, help="question about --image")
+    p.add_argument("--init-image", default=None, help="keep part of this image (see --keep)")
+    p.add_argument("--keep", default="left", choices=KEEP_CHOICES,
+                   help="half of --init-image kept; the rest is generated (default left)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/generated/<prompt>.png)")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the run's)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's)")
+    p.add_argument("--choice-temperature", type=float, default=4.5,
+                   help="confidence noise at the first step, annealed to 0")
+    p.add_argument("--device", default="auto")
+    pipeline.add_debug_flag(p)
+    args = p.parse_args(argv)
+    with pipeline.user_errors(args.debug):
+        return run(args)
+
+
+def load_image(path: str, size: int) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return fit_image(im.convert("RGB"), size)
+    except FileNotFoundError:
+        raise pipeline.UserError(f"image {path} does not exist")
+    except (UnidentifiedImageError, OSError) as e:
+        raise pipeline.UserError(f"{path} is not an image that PIL can read ({e.__class__.__name__})")
+
+
+def check_args(args) -> None:
+    if (args.prompt is None) == (args.image is None):
+        raise pipeline.UserError("pass either --prompt \"...\" (generate) or --image PATH "
+                                 "--question \"...\" (answer)")
+    if args.image is not None and not (args.question or "").strip():
+        raise pipeline.UserError("--image needs a non-empty --question \"...\"")
+    if args.prompt is not None and not args.prompt.strip():
+        raise pipeline.UserError("--prompt is empty; describe the image, e.g. --prompt "
+                                 "\"a red circle\"")
+    if args.n < 1 or (args.steps is not None and args.steps < 1):
+        raise pipeline.UserError("--n and --steps must be at least 1")
+
+
+def run(args):
+    check_args(args)
+    device = pipeline.pick_device(args.device)
+    cfg, session, image_tok = pipeline.load_run(args.ckpt, device)
+    if args.image is not None:
+        codes = image_tok.encode([load_image(args.image, cfg.data.image_size)])
+        session.text.encode(args.question, max_len=cfg.seq_len - cfg.image_tokens - 8)
+        answer = session.answer(codes, [args.question.strip()])[0]
+        print(answer)
+        return answer
+
+    known = None
+    if args.init_image:
+        known = keep_half(image_tok.encode([load_image(args.init_image, cfg.data.image_size)]),
+                          args.keep).repeat(args.n, 1)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    codes = session.text_to_image([args.prompt] * args.n, args.steps or cfg.train.sample_steps,
+                                  cfg.train.guidance if args.guidance is None else args.guidance,
+                                  gen, args.choice_temperature, known)
+    images = tensor_to_images(image_tok.decode(codes))
+    out = Path(args.out) if args.out else default_out(args.ckpt, args.prompt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, None, cols=min(args.n, 8)).save(out)
+    print(f"wrote {len(images)} samples of {args.prompt!r} to {out}")
+    return out
+
+
+def keep_half(codes_BN: torch.Tensor, keep: str) -> torch.Tensor:
+    """-1 (unknown) everywhere but the kept half of the code grid."""
+    side = int(round(codes_BN.shape[1] ** 0.5))
+    grid = codes_BN.view(-1, side, side).clone()
+    half = side // 2
+    region = {"left": (slice(None), slice(half, None)), "right": (slice(None), slice(None, half)),
+              "top": (slice(half, None), slice(None)), "bottom": (slice(None, half), slice(None))}
+    grid[(slice(None),) + region[keep]] = -1
+    return grid.flatten(1)
+
+
+def default_out(ckpt, prompt: str) -> Path:
+    run_dir = Path(ckpt).parent if ckpt else pipeline.latest_checkpoint().parent
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "sample"
+    return run_dir / "generated" / f"{slug}.png"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

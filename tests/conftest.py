@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny configs and models small enough for a CPU test in milliseconds."""
+import pytest
+import torch
+
+from minimoe.config import make_config
+from minimoe.model import Transformer
+from minimoe.tokenizers import Vocab
+
+torch.set_num_threads(2)
+
+
+def micro_config(**overrides):
+    """A config that trains in seconds: 16x16 images, 16 codes of 16 codebook entries."""
+    base = dict(image_size=16, text_len=64, vq_downsample=4, vq_codes=16, vq_dim=8,
+                vq_channels=16, vq_steps=30, vq_batch=16, d_model=32, n_layers=2, n_heads=2,
+                d_ffn=64, dense_steps=20, batch_t2i=4, batch_mmu=4, batch_lm=2, warmup=2,
+                log_every=1, ckpt_every=10, sample_every=0, sample_steps=4,
+                domains="shapes")
+    base.update(overrides)
+    return make_config("tiny", **base)
+
+
+@pytest.fixture
+def cfg():
+    return micro_config()
+
+
+@pytest.fixture
+def model_and_vocab(cfg):
+    torch.manual_seed(0)
+    vocab = Vocab(cfg.vq.vq_codes)
+    return Transformer(cfg, vocab.size, vocab.pad).eval(), vocab

@@ -1,0 +1,69 @@
+"""The transformer: shapes, the mask's effect on outputs, KV-cache decoding equals a full
+forward, padding invariance.  Run: pytest -q tests/test_model.py"""
+import torch
+
+from minimoe.model import KVCache, apply_rotary, rotary
+from minimoe.sequences import PAD_GROUP, mmu_prefix, t2i_row
+
+
+def test_logits_shape_and_aux_per_layer(cfg, model_and_vocab):
+    model, v = model_and_vocab
+    tokens, groups, _ = t2i_row([104, 105], [v.mask] * cfg.image_tokens, v, cfg.data.text_len)
+    out = model(torch.tensor([tokens]), torch.tensor([groups]))
+    assert out.logits_BLV.shape == (1, cfg.seq_len, v.size)
+    assert len(out.aux) == cfg.model.n_layers
+
+
+def test_rotary_preserves_norm_and_depends_only_on_offsets():
+    x = torch.randn(1, 1, 4, 8)
+    pos = torch.arange(4)[None]
+    cos, sin = rotary(pos, 8, 10000.0)
+    y = apply_rotary(x, cos, sin)
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    q, k = torch.randn(8), torch.randn(8)
+    def dot(pq, pk):
+        c, s = rotary(torch.tensor([[pq, pk]]), 8, 10000.0)
+        r = apply_rotary(torch.stack([q, k])[None, None], c, s)[0, 0]
+        return r[0] @ r[1]
+    assert torch.allclose(dot(3, 1), dot(10, 8), atol=1e-5)
+
+
+def test_text_positions_ignore_the_image_but_image_sees_the_caption(cfg, model_and_vocab):
+    """Changing image codes must not change text logits (text is causal and never sees the
+    image in T2I); changing the caption must change image logits."""
+    model, v = model_and_vocab
+    n = cfg.image_tokens
+    a = t2i_row([104, 105], [v.image_offset + 1] * n, v, cfg.data.text_len)
+    b = t2i_row([104, 105], [v.image_offset + 2] * n, v, cfg.data.text_len)
+    c = t2i_row([106, 105], [v.image_offset + 1] * n, v, cfg.data.text_len)
+    out = model(torch.tensor([a[0], b[0], c[0]]), torch.tensor([a[1], b[1], c[1]])).logits_BLV
+    text = slice(cfg.data.text_len - 5, cfg.data.text_len)  # [t2i] [sot] h i [eot]
+    assert torch.allclose(out[0, text], out[1, text], atol=1e-5)
+    assert not torch.allclose(out[0, text.stop:], out[2, text.stop:], atol=1e-4)
+
+
+def test_kv_cache_decoding_equals_full_forward(cfg, model_and_vocab):
+    model, v = model_and_vocab
+    codes = [v.image_offset + i % v.codes for i in range(cfg.image_tokens)]
+    tokens, groups = mmu_prefix(codes, [119, 104, 97, 116], v)
+    extra = [32, 114, 101, 100, v.eot]
+    full_t = torch.tensor([tokens + extra])
+    full_g = torch.tensor([groups + list(range(len(tokens), len(tokens) + len(extra)))])
+    full = model(full_t, full_g).logits_BLV
+    cache = KVCache(cfg.model.n_layers)
+    step = [model(torch.tensor([tokens]), torch.tensor([groups]), cache).logits_BLV[:, -1]]
+    for i, t in enumerate(extra[:-1]):
+        g = torch.tensor([[len(tokens) + i]])
+        step.append(model(torch.tensor([[t]]), g, cache).logits_BLV[:, -1])
+    incremental = torch.stack(step, 1)
+    assert torch.allclose(incremental, full[:, len(tokens) - 1:-1], atol=1e-5)
+
+
+def test_left_padding_does_not_change_a_rows_logits(cfg, model_and_vocab):
+    model, v = model_and_vocab
+    codes = [v.image_offset + 3] * cfg.image_tokens
+    tokens, groups = mmu_prefix(codes, [104, 105], v)
+    alone = model(torch.tensor([tokens]), torch.tensor([groups])).logits_BLV
+    padded = model(torch.tensor([[v.pad] * 5 + tokens]),
+                   torch.tensor([[PAD_GROUP] * 5 + groups])).logits_BLV
+    assert torch.allclose(alone, padded[:, 5:], atol=1e-5)

@@ -1,0 +1,96 @@
+"""Sequence layouts, the omni-attention mask and labels.  Run: pytest -q tests/test_sequences.py"""
+import torch
+
+from minimoe.sequences import (IGNORE, LM, MMU, PAD_GROUP, T2I, attention_mask, collate,
+                               lm_row, mask_images, mmu_row, positions, t2i_row)
+from minimoe.tokenizers import Vocab
+
+V = Vocab(16)
+TEXT_LEN, N_IMG = 12, 9
+SEQ_LEN = TEXT_LEN + N_IMG + 2
+CODES = [V.image_offset + i for i in range(N_IMG)]
+
+
+def allowed(tokens, groups):
+    g = torch.tensor([groups])
+    return attention_mask(g, g)[0, 0]
+
+
+def test_t2i_layout_is_left_padded_and_ends_with_the_image_block():
+    tokens, groups, labels = t2i_row([104, 105], CODES, V, TEXT_LEN)
+    assert len(tokens) == SEQ_LEN
+    n_pad = TEXT_LEN - 5
+    assert tokens[:n_pad] == [V.pad] * n_pad
+    assert tokens[n_pad:TEXT_LEN] == [V.t2i, V.sot, 104, 105, V.eot]
+    assert tokens[TEXT_LEN] == V.soi and tokens[-1] == V.eoi and tokens[TEXT_LEN + 1:-1] == CODES
+    assert labels == [IGNORE] * SEQ_LEN
+
+
+def test_t2i_mask_text_causal_image_bidirectional_padding_never_attended():
+    tokens, groups, _ = t2i_row([104, 105], CODES, V, TEXT_LEN)
+    m = allowed(tokens, groups)
+    pad = torch.tensor(tokens) == V.pad
+    real = ~pad
+    assert not m[real][:, pad].any(), "a real position attends to padding"
+    text = torch.arange(SEQ_LEN) < TEXT_LEN
+    ti = torch.nonzero(text & real)[:, 0]
+    assert torch.equal(m[ti][:, ti], torch.ones(len(ti), len(ti)).tril().bool()), "text not causal"
+    img = ~text
+    assert m[img][:, img].all(), "image block not bidirectional"
+    assert m[img][:, text & real].all(), "image does not see the whole caption"
+    assert not m[text & real][:, img].any(), "text sees the image"
+
+
+def test_mmu_prefix_bidirectional_then_causal_and_labels_on_answer_only():
+    q, a = [113, 63, 32], [114, 101, 100]
+    tokens, groups, labels = mmu_row(CODES, q, a, V, SEQ_LEN + 4)
+    prefix = 3 + N_IMG  # [mmu] [soi] codes [eoi]
+    m = allowed(tokens, groups)
+    assert m[:prefix, :prefix].all()
+    assert not m[:prefix, prefix:].any()
+    end = prefix + 1 + len(q) + len(a) + 1
+    txt = torch.arange(prefix, end)
+    assert torch.equal(m[txt][:, txt], torch.ones(len(txt), len(txt)).tril().bool())
+    assert tokens[end:] == [V.pad] * (len(tokens) - end)
+    pad = torch.tensor(tokens) == V.pad
+    assert not m[~pad][:, pad].any()
+    # shifted: the position before each answer token (and before [eot]) predicts it
+    targets = {i: l for i, l in enumerate(labels) if l != IGNORE}
+    first = prefix + 1 + len(q)
+    assert targets == {first - 1 + j: t for j, t in enumerate(a + [V.eot])}
+
+
+def test_lm_row_is_causal_and_predicts_every_next_token():
+    tokens, groups, labels = lm_row([1, 2, 3], V, 8)
+    assert tokens == [V.sot, 1, 2, 3, V.eot, V.pad, V.pad, V.pad]
+    assert labels == [1, 2, 3, V.eot, IGNORE, IGNORE, IGNORE, IGNORE]
+    m = allowed(tokens, groups)
+    assert torch.equal(m[:5, :5], torch.ones(5, 5).tril().bool())
+    assert groups[5:] == [PAD_GROUP] * 3
+
+
+def test_positions_skip_padding():
+    tokens = torch.tensor([[V.pad, V.pad, 1, 2], [1, 2, V.pad, V.pad]])
+    assert positions(tokens, V.pad).tolist() == [[0, 0, 0, 1], [0, 1, 1, 1]]
+
+
+def test_mask_images_masks_at_least_one_and_labels_exactly_the_masked():
+    rows = [t2i_row([104], CODES, V, TEXT_LEN) for _ in range(64)]
+    b = collate(rows, T2I)
+    gen = torch.Generator().manual_seed(0)
+    masked, labels = mask_images(b.tokens_BL, TEXT_LEN + 1, N_IMG, V, gen)
+    is_mask = masked == V.mask
+    assert (is_mask.sum(1) >= 1).all()
+    assert torch.equal(is_mask, labels != IGNORE), "labels must sit exactly on masked slots"
+    assert torch.equal(labels[is_mask], b.tokens_BL[is_mask]), "labels must be the true codes"
+    assert torch.equal(masked[~is_mask], b.tokens_BL[~is_mask])
+    assert is_mask[:, :TEXT_LEN + 1].sum() == 0 and is_mask[:, -1].sum() == 0
+    # the cosine schedule masks more than half on average (E[cos(pi t/2)] = 2/pi)
+    frac = is_mask.float().sum(1).mean() / N_IMG
+    assert 0.5 < frac < 0.8
+
+
+def test_collate_marks_tasks():
+    b = collate([lm_row([1], V, 6), lm_row([2], V, 6)], LM)
+    assert b.task_B.tolist() == [LM, LM] and b.tokens_BL.shape == (2, 6)
+    assert MMU != LM != T2I

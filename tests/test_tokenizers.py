@@ -1,0 +1,60 @@
+"""Text tokenizer round trips, the joint vocabulary, and the image tokenizer wrapper.
+Run: pytest -q tests/test_tokenizers.py"""
+import pytest
+import torch
+from PIL import Image
+
+from minimoe.config import VQConfig
+from minimoe.tokenizers import (IMAGE_OFFSET, ImageTokenizer, TextTokenizer, Vocab,
+                                images_to_tensor, tensor_to_images)
+from minimoe.vq import VQModel
+
+TEXT = TextTokenizer(Vocab(256))
+
+
+@pytest.mark.parametrize("s", ["", "a red circle", "héllo wörld", "数字 7", "emoji 🟥🔵",
+                               "tab\tnew\nline", "\x00nul"])
+def test_text_round_trip(s):
+    ids = TEXT.encode(s)
+    assert all(0 <= i < 256 for i in ids)
+    assert TEXT.decode(ids) == s
+
+
+def test_vocab_layout_has_mask_last_and_disjoint_ranges():
+    v = Vocab(100)
+    specials = [v.pad, v.t2i, v.mmu, v.sot, v.eot, v.soi, v.eoi]
+    assert len(set(specials)) == 7 and all(256 <= s < IMAGE_OFFSET for s in specials)
+    assert v.mask == IMAGE_OFFSET + 100 == v.size - 1
+
+
+def test_over_long_text_is_rejected_not_truncated():
+    with pytest.raises(ValueError, match="at most 4"):
+        TEXT.encode("héllo", max_len=4)  # 6 bytes
+    assert TEXT.encode("héllo", max_len=6) == list("héllo".encode())
+
+
+def test_non_utf8_text_is_rejected():
+    bad = b"caf\xe9".decode("utf-8", errors="surrogateescape")
+    with pytest.raises(ValueError, match="UTF-8"):
+        TEXT.encode(bad)
+
+
+def test_decode_drops_specials_and_replaces_invalid_bytes():
+    v = Vocab(16)
+    assert TEXT.decode([104, v.eot, 105, v.mask]) == "hi"
+    assert TEXT.decode([0xE9]) == "\ufffd"
+
+
+def test_image_tokenizer_shapes_and_conversions():
+    cfg = VQConfig(vq_downsample=4, vq_codes=16, vq_dim=8, vq_channels=16)
+    tok = ImageTokenizer(VQModel(cfg), cfg)
+    images = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "white")]
+    codes = tok.encode(images)
+    assert codes.shape == (3, 16) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < 16
+    out = tok.decode(codes)
+    assert out.shape == (3, 3, 16, 16) and 0 <= float(out.min()) and float(out.max()) <= 1
+    x = images_to_tensor(images)
+    assert torch.equal(images_to_tensor(tensor_to_images(x)), x), "uint8 round trip"
+    with pytest.raises(ValueError, match="square"):
+        tok.decode(codes[:, :15])
