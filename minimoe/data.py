@@ -73,8 +73,11 @@ OBJECT_GAP = 0.04  # min gap between two bounding boxes (along at least one axis
 # Two-object scenes state a relation, so its axis must be unambiguous: the offset along the
 # minor axis is at most this share of the offset along the dominant one.
 RELATION_MINOR_RATIO = 0.5
-REPEAT_PROB = 0.3  # 3-object scenes copy one (colour, shape), so counting ("two red circles") is common
+# 3-object scenes copy one (colour, shape) this often, so that counting ("two red circles")
+# is common rather than a 1-in-8 accident.
+REPEAT_PROB = 0.3
 CROSS_ARM = 0.38  # half-thickness of a cross's arms, as a share of r
+MIN_IMAGE_SIZE = 16  # below this a small shape is a few pixels and stops being a shape
 PLACEMENT_TRIES = 50  # positions tried per object before the whole layout is redrawn
 # Draw shapes on a canvas this many pixels (or more) wide, then box-downsample: edges are lightly
 # anti-aliased while the interior of each shape keeps its exact palette colour.
@@ -115,11 +118,12 @@ class Sample:
     qa: list[tuple[str, str]]  # (question, answer); answers short, lower-case, exact-match
     domain: str  # "shapes" | "glyphs" | "patterns" | a folder row's domain
     objects: list[dict] = field(default_factory=list)  # ground truth (empty for folder rows)
-    key: str = ""  # identity that decides the split
+    # Identity that decides the split: f"{domain}|{caption}" (folder rows: f"folder|{file}").
+    key: str = ""
 
 
 def split_of(key: str, heldout_fraction: float = HELDOUT_FRACTION) -> str:
-    """"train" or "heldout" for a key, from a stable hash (Python's hash() is salted per process)."""
+    """"train" or "heldout" for a key, by a stable hash (Python's hash() is salted per run)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     unit = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
     return "heldout" if unit < heldout_fraction else "train"
@@ -143,7 +147,7 @@ def _check_split(split: str) -> None:
 
 
 def relation(a: dict, b: dict) -> str:
-    """Where object a is relative to b along the dominant axis: left of / right of / above / below."""
+    """Where a is relative to b along the dominant axis: left of / right of / above / below."""
     dx, dy = b["cx"] - a["cx"], b["cy"] - a["cy"]
     if abs(dx) >= abs(dy):
         return "left of" if dx > 0 else "right of"
@@ -181,6 +185,8 @@ def random_shape_objects(rng: np.random.Generator, image_size: int,
                          n_objects: int | None = None) -> list[dict]:
     """A random non-overlapping scene: [{"shape","colour","size","cx","cy","r"}, ...]."""
     n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+    if not 1 <= n <= MAX_OBJECTS:  # captions count up to MAX_OBJECTS, and more may not fit
+        raise ValueError(f"n_objects {n}: use 1 to {MAX_OBJECTS}")
     colours = list(COLOURS)
     while True:  # a failed layout (e.g. three large shapes) is redrawn with new sizes
         objects = []
@@ -256,7 +262,8 @@ def _relation_qa(a: dict, b: dict) -> tuple[str, str] | None:
 
 
 def shapes_qa(objects: list[dict]) -> list[tuple[str, str]]:
-    """Every unambiguous question about a scene: count, colour/shape/size of unique objects, relation."""
+    """Every unambiguous question about a scene: counts, colour/shape/size of unique objects,
+    and for two objects their relation."""
     qa = [("how many objects are there?", NUMBER_WORDS[len(objects)])]
     shape_count = Counter(o["shape"] for o in objects)
     colour_count = Counter(o["colour"] for o in objects)
@@ -399,7 +406,8 @@ def _render_patterns(objects: list[dict], image_size: int, rng: np.random.Genera
     obj = objects[0]
     width = PATTERN_SCALES[obj["pattern"]][obj["scale"]] * image_size
     ys, xs = _pixel_centres(image_size)
-    # A random phase and colour order vary the image without changing what the caption says.
+    # A random phase (within one two-colour period) and colour order vary the image without
+    # changing what the caption says.
     off_x, off_y = rng.uniform(0, 2 * width, size=2)
     xs, ys = xs + off_x, ys + off_y
     if obj["pattern"] == "checkerboard":
@@ -408,7 +416,7 @@ def _render_patterns(objects: list[dict], image_size: int, rng: np.random.Genera
         # Diagonal stripes are measured across the stripe, so they are as wide as the others.
         across = {"horizontal": ys, "vertical": xs, "diagonal": (xs + ys) / np.sqrt(2)}
         band = np.floor(across[obj["direction"]] / width)
-    first, second = obj["colours"] if rng.random() < 0.5 else obj["colours"][::-1]
+    first, second = obj["colours"] if rng.integers(2) else obj["colours"][::-1]
     pixels = np.where((band % 2 == 0)[..., None], np.array(COLOURS[first], np.uint8),
                       np.array(COLOURS[second], np.uint8))
     return Image.fromarray(pixels, "RGB")
@@ -437,7 +445,6 @@ _DOMAIN_FUNCTIONS = {
     "glyphs": (_draw_glyphs, _render_glyphs, glyphs_qa),
     "patterns": (_draw_patterns, _render_patterns, patterns_qa),
 }
-MIN_IMAGE_SIZE = 16  # below this a small shape is a few pixels and stops being a shape
 
 
 def _parse_domains(domains: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
@@ -483,7 +490,8 @@ class BuiltinData:
             if split_of(key) == self.split:
                 break
         else:
-            raise RuntimeError(f"no {domain} scene in split {self.split!r} after {MAX_REDRAWS} draws")
+            raise RuntimeError(
+                f"no {domain} scene in split {self.split!r} after {MAX_REDRAWS} draws")
         assert _fits(caption), f"built-in caption over {MAX_TEXT_BYTES} bytes: {caption!r}"
         image = render(objects, self.image_size, rng)
         return Sample(image, caption, make_qa(objects), domain, objects, key)
@@ -517,7 +525,8 @@ def _parse_qa(value: object) -> list[tuple[str, str]]:
     for item in value:
         if isinstance(item, dict):
             item = [item.get("question"), item.get("answer")]
-        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(t, str) for t in item)):
+        is_pair = isinstance(item, list) and len(item) == 2
+        if not (is_pair and all(isinstance(t, str) for t in item)):
             raise ValueError(f"qa item {item!r} is not [question, answer] strings")
         pairs.append((item[0], item[1]))
     return pairs
@@ -558,6 +567,11 @@ def _parse_row(raw: bytes, folder: str, max_text_bytes: int) -> _Row:
     return _Row(file, caption, qa, domain)
 
 
+def fit_image(image: Image.Image, image_size: int) -> Image.Image:
+    """RGB, shorter side scaled to image_size, centre crop: how any outside image enters."""
+    return ImageOps.fit(image.convert("RGB"), (image_size, image_size), Image.Resampling.BICUBIC)
+
+
 class FolderData:
     """Images plus captions.jsonl. Rows are checked at init; images are decoded on access.
 
@@ -571,7 +585,8 @@ class FolderData:
         _check_split(split)
         self.path, self.image_size, self.split = path, image_size, split
         captions = os.path.join(path, CAPTIONS_FILE)
-        need = f"it must hold the images and {CAPTIONS_FILE}, one JSON object per line: {FOLDER_ROW_FORMAT}"
+        need = (f"it must hold the images and {CAPTIONS_FILE}, one JSON object per line: "
+                f"{FOLDER_ROW_FORMAT}")
         if not os.path.isdir(path):
             raise ValueError(f"data folder {path!r} does not exist; {need}")
         if not os.path.isfile(captions):
@@ -602,9 +617,7 @@ class FolderData:
     def _load(self, row: _Row) -> Image.Image:
         with Image.open(os.path.join(self.path, row.file)) as im:
             im.draft("RGB", (self.image_size, self.image_size))  # JPEG: decode at reduced scale
-            im = ImageOps.exif_transpose(im).convert("RGB")
-        # Shorter side to image_size, centre crop.
-        return ImageOps.fit(im, (self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            return fit_image(ImageOps.exif_transpose(im), self.image_size)
 
     def __getitem__(self, i: int) -> Sample:
         if i < 0:

@@ -179,7 +179,8 @@ def test_captions_state_every_object(train_samples):
             phrases = caption.split(f" {rel} ") if rel else [caption]
             assert len(phrases) == len(objects)
             for phrase, o in zip(phrases, objects):
-                assert CAPTION_OBJECT.fullmatch(phrase).groups() == (o["size"], o["colour"], o["shape"])
+                stated = CAPTION_OBJECT.fullmatch(phrase).groups()
+                assert stated == (o["size"], o["colour"], o["shape"])
             if rel:
                 assert _relation_holds(objects[0], objects[1], rel), (caption, objects)
         else:
@@ -266,7 +267,8 @@ def test_qa_answers_agree_with_ground_truth(train_samples, heldout_samples):
 def test_shape_centres_have_exact_palette_colour(train_samples):
     """The pixel at every shape's centre is its palette colour; far from all shapes it is black;
     shapes lie inside the image and their bounding boxes do not overlap."""
-    for s in _of(train_samples, "shapes") + _of([BuiltinData(64)[3 * i] for i in range(30)], "shapes"):
+    larger = [BuiltinData(64).domain_sample("shapes", i) for i in range(10)]
+    for s in _of(train_samples, "shapes") + larger:
         pixels = np.asarray(s.image)
         size = pixels.shape[0]
         ys, xs = np.mgrid[:size, :size] + 0.5
@@ -377,7 +379,8 @@ def test_folder_loads_good_rows_and_reports_bad_ones(folder):
     init = _messages(record)
     assert len(init) == 5 and all("\n" not in m for m in init)
     for needle in (f"{names['missing']}: file not found", f"{names['long']}: caption is",
-                   f"{names['badqa']}: qa item", "line 9: invalid JSON", "line 11: not valid UTF-8"):
+                   f"{names['badqa']}: qa item", "line 9: invalid JSON",
+                   "line 11: not valid UTF-8"):
         assert sum(needle in m for m in init) == 1, (needle, init)
     assert len(data) == 4  # wide, photo, grey and corrupt (found only when decoded)
 

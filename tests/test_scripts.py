@@ -1,0 +1,155 @@
+"""The scripts end to end on a micro run, and their answers to bad input: one line on stderr,
+a non-zero exit, nothing lost.  Run: pytest -q tests/test_scripts.py"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sample
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
+         "--vq-steps", "20", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
+         "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "6", "--batch-t2i", "4",
+         "--batch-mmu", "4", "--batch-lm", "2", "--ckpt-every", "3", "--sample-every", "6",
+         "--sample-steps", "2", "--log-every", "1", "--eval-n", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train.main(MICRO + ["--out", str(out)])
+    return out
+
+
+def fails(capsys, fn, argv, match):
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    err = capsys.readouterr().err
+    assert e.value.code != 0
+    assert match in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_train_writes_every_artifact(run_dir):
+    for name in ("vq.pt", "ckpt.pt", "log.jsonl", "summary.json", "samples/step_000006.png"):
+        assert (run_dir / name).exists(), name
+    log = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {"vq", "dense"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"vq", "mmu", "colours", "wall_s", "peak_rss_mb"} <= set(summary)
+
+
+def test_resume_extends_a_finished_run_and_reuses_the_tokenizer(run_dir, capsys):
+    train.main(MICRO + ["--out", str(run_dir), "--resume", "--dense-steps", "8"])
+    out = capsys.readouterr().out
+    assert "reusing the image tokenizer" in out and "resuming dense at step 6" in out
+    steps = [json.loads(l)["step"] for l in (run_dir / "log.jsonl").read_text().splitlines()
+             if '"dense"' in l]
+    assert steps[-2:] == [7, 8]
+
+
+def test_sample_prompt_writes_a_grid(run_dir, tmp_path):
+    out = tmp_path / "g.png"
+    sample.main(["--ckpt", str(run_dir / "ckpt.pt"), "--prompt", "a red circle", "--n", "2",
+                 "--steps", "2", "--out", str(out)])
+    assert out.exists()
+
+
+def test_sample_answers_a_question(run_dir, tmp_path, capsys):
+    from PIL import Image
+    img = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), "red").save(img)
+    answer = sample.main(["--ckpt", str(run_dir / "ckpt.pt"), "--image", str(img),
+                          "--question", "what colour is the circle?"])
+    assert isinstance(answer, str) and capsys.readouterr().out.strip() == answer
+
+
+def test_sample_extrapolates_from_a_kept_half(run_dir, tmp_path):
+    from PIL import Image
+    img = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), "blue").save(img)
+    out = tmp_path / "x.png"
+    sample.main(["--ckpt", str(run_dir / "ckpt.pt"), "--prompt", "a blue square", "--n", "1",
+                 "--steps", "2", "--init-image", str(img), "--keep", "top", "--out", str(out)])
+    assert out.exists()
+
+
+# --- bad input: each row names the problem and the fix -------------------------------------
+
+def test_unknown_moe_value_is_refused_until_the_moe_issue(capsys, tmp_path):
+    fails(capsys, train.main, ["--moe", "taylor", "--out", str(tmp_path)], "use --moe none")
+
+
+def test_unknown_preset_is_refused(capsys):
+    fails(capsys, train.main, ["--preset", "huge"], "invalid choice")
+
+
+def test_bad_flag_value_is_refused(capsys):
+    fails(capsys, train.main, ["--d-model", "abc"], "invalid int value")
+
+
+def test_inconsistent_sizes_are_refused(capsys, tmp_path):
+    fails(capsys, train.main, ["--d-model", "30", "--n-heads", "4", "--out", str(tmp_path)],
+          "--n-heads")
+
+
+def test_resume_without_a_checkpoint(capsys, tmp_path):
+    fails(capsys, train.main, ["--resume", "--out", str(tmp_path / "none")], "nothing to resume")
+
+
+def test_existing_run_is_not_overwritten(capsys, run_dir):
+    fails(capsys, train.main, MICRO + ["--out", str(run_dir)], "pass --resume")
+
+
+def test_resume_with_a_contradicting_architecture(capsys, run_dir):
+    fails(capsys, train.main, MICRO + ["--d-model", "64", "--out", str(run_dir),
+                                            "--resume"], "--d-model 32, not 64")
+
+
+def test_corrupt_checkpoint(capsys, run_dir, tmp_path):
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes((run_dir / "ckpt.pt").read_bytes()[:1000])
+    fails(capsys, sample.main, ["--ckpt", str(bad), "--prompt", "a red circle"], "corrupt")
+
+
+def test_foreign_checkpoint(capsys, tmp_path):
+    import torch
+    bad = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    fails(capsys, sample.main, ["--ckpt", str(bad), "--prompt", "a red circle"],
+          "not a minimoe checkpoint")
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    fails(capsys, sample.main, ["--ckpt", str(tmp_path / "no.pt"), "--prompt", "x"],
+          "does not exist")
+
+
+@pytest.mark.parametrize("prompt,match", [("", "empty"), ("   ", "empty"),
+                                          ("a red circle " * 20, "at most")])
+def test_bad_prompts(capsys, run_dir, prompt, match):
+    fails(capsys, sample.main, ["--ckpt", str(run_dir / "ckpt.pt"), "--prompt", prompt], match)
+
+
+def test_not_an_image(capsys, run_dir, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_text("not an image")
+    fails(capsys, sample.main, ["--ckpt", str(run_dir / "ckpt.pt"), "--image", str(bad),
+                                "--question", "what?"], "not an image")
+
+
+def test_non_utf8_prompt_exits_with_a_message(run_dir):
+    """Bytes that are not UTF-8 on the command line (a real subprocess: argv is bytes)."""
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run_dir / "ckpt.pt"),
+                        "--prompt", b"caf\xe9"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "UTF-8" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreadable_folder_dataset(capsys, tmp_path):
+    fails(capsys, train.main, ["--data", f"folder:{tmp_path / 'missing'}", "--out",
+                               str(tmp_path / "r")], "captions.jsonl")

@@ -1,0 +1,126 @@
+"""Training: loss goes down, resume continues with identical losses, NaN stops the run and
+keeps the last good checkpoint.  Run: pytest -q tests/test_trainer.py"""
+import pytest
+import torch
+
+from minimoe import checkpoint
+from minimoe.data import BuiltinData
+from minimoe.model import Transformer
+from minimoe.tokenizers import ImageTokenizer, Vocab
+from minimoe.trainer import (Batcher, RunFiles, TrainingError, fit, lr_at, make_optimizer,
+                             task_losses)
+from minimoe.sequences import IGNORE, TASKS
+from minimoe.vq import VQModel
+from conftest import micro_config
+
+
+def setup(cfg, tmp_path):
+    torch.manual_seed(0)
+    tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)  # untrained: codes are still a fixed function
+    vocab = Vocab(cfg.vq.vq_codes)
+    torch.manual_seed(cfg.train.seed)
+    model = Transformer(cfg, vocab.size, vocab.pad)
+    source = BuiltinData(cfg.data.image_size, ("shapes",), "train", seed=0)
+    return model, Batcher(cfg, source, vocab, tok), tok, RunFiles(tmp_path)
+
+
+def test_batches_are_deterministic_per_step_and_hold_every_task(tmp_path):
+    cfg = micro_config()
+    _, batcher, _, _ = setup(cfg, tmp_path)
+    a, b, c = batcher(3), batcher(3), batcher(4)
+    assert torch.equal(a.tokens_BL, b.tokens_BL) and torch.equal(a.labels_BL, b.labels_BL)
+    assert not torch.equal(a.tokens_BL, c.tokens_BL)
+    assert sorted(set(a.task_B.tolist())) == [0, 1, 2]
+    assert a.tokens_BL.shape == (10, cfg.seq_len)
+
+
+def test_task_losses_average_each_tasks_labelled_positions():
+    logits = torch.randn(3, 5, 7)
+    labels = torch.full((3, 5), IGNORE)
+    labels[0, 1], labels[1, 2], labels[1, 3], labels[2, 0] = 1, 2, 3, 4
+    batch = type("B", (), {"labels_BL": labels, "task_B": torch.tensor([0, 1, 2])})
+    out = task_losses(logits, batch)
+    ce = lambda r, c: torch.nn.functional.cross_entropy(logits[r, c][None], labels[r, c][None])
+    assert set(out) == {"t2i", "mmu", "lm"}
+    assert torch.allclose(out["t2i"], ce(0, 1))
+    assert torch.allclose(out["mmu"], (ce(1, 2) + ce(1, 3)) / 2)
+    assert torch.allclose(out["lm"], ce(2, 0))
+    batch.task_B = torch.tensor([1, 1, 1])
+    assert set(task_losses(logits, batch)) == {"mmu"}, "absent tasks have no entry"
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    cfg = micro_config(lr=1.0, warmup=4, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg, 20) for s in range(21)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[20] == pytest.approx(0.1)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    cfg = micro_config(dense_steps=40, ckpt_every=100)
+    model, batcher, tok, files = setup(cfg, tmp_path)
+    rec = fit(model, cfg, files, "dense", 40, batcher, tok, torch.device("cpu"), progress=False)
+    first, last = rec[0], rec[-1]
+    assert last["loss"] < 0.75 * first["loss"], (first, last)
+    for task in TASKS:
+        assert last[task] < first[task]
+
+
+def test_resume_from_checkpoint_gives_identical_losses(tmp_path):
+    cfg = micro_config(dense_steps=16, ckpt_every=8)
+    cpu = torch.device("cpu")
+    model, batcher, tok, files = setup(cfg, tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    straight = fit(model, cfg, files, "dense", 16, batcher, tok, cpu, progress=False)
+
+    (tmp_path / "b").mkdir()
+    model, batcher, tok, files = setup(cfg, tmp_path / "b")
+    # Train to step 8 only: a run that stopped after writing the step-8 checkpoint.
+    try:
+        fit(model, cfg, files, "dense", 16, _StopAfter(batcher, 8), tok, cpu, progress=False)
+    except _Stop:
+        pass
+    payload = checkpoint.load(files.ckpt)
+    assert payload["step"] == 8
+    model2, _, _, _ = setup(cfg, tmp_path / "b")
+    model2.load_state_dict(payload["model"])
+    opt = make_optimizer(model2, cfg)
+    opt.load_state_dict(payload["optimizer"])
+    resumed = fit(model2, cfg, files, "dense", 16, batcher, tok, cpu, start_step=8,
+                  optimizer=opt, progress=False)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight[8:]]
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter:
+    """A batcher that dies when asked for step `n` (after step n's checkpoint was written)."""
+
+    def __init__(self, batcher, n):
+        self.batcher, self.n = batcher, n
+
+    def __call__(self, step):
+        if step >= self.n:
+            raise _Stop
+        return self.batcher(step)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = micro_config(dense_steps=12, ckpt_every=4)
+    model, batcher, tok, files = setup(cfg, tmp_path)
+    forward = model.forward
+
+    def poisoned(tokens, groups, cache=None):
+        out = forward(tokens, groups, cache)
+        if poisoned.calls == 6:
+            out.logits_BLV = out.logits_BLV * float("nan")
+        poisoned.calls += 1
+        return out
+    poisoned.calls = 0
+    model.forward = poisoned
+    with pytest.raises(TrainingError, match="step 6.*last good checkpoint"):
+        fit(model, cfg, files, "dense", 12, batcher, tok, torch.device("cpu"), progress=False)
+    assert checkpoint.load(files.ckpt)["step"] == 4
