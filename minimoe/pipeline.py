@@ -249,15 +249,21 @@ def peak_memory_mb() -> float:
     return round(mb, 1)
 
 
-def format_summary(s: dict) -> str:
+def format_report(s: dict) -> str:
+    """The MMU and colour lines of a quick_eval result."""
     m, c = s["mmu"], s["colours"]
-    lines = [f"tokenizer  PSNR {s['vq']['psnr']:.2f} dB, perplexity {s['vq']['perplexity']:.1f}",
-             f"MMU        exact match {m['accuracy']:.1%} on {m['n']} held-out questions "
+    lines = [f"MMU        exact match {m['accuracy']:.1%} on {m['n']} held-out questions "
              f"(blind majority baseline {m['majority_baseline']:.1%})"]
     lines += [f"  {t:<9} {r['accuracy']:.1%} (baseline {r['majority_baseline']:.1%}, n={r['n']})"
               for t, r in m["per_type"].items()]
     lines += [f"colours    generated images show all caption colours {c['matched']['all']:.1%}, "
               f"exactly {c['matched']['exact']:.1%} (shifted captions: {c['chance']['all']:.1%},"
-              f" {c['chance']['exact']:.1%}; real images: {s['colours_real']['all']:.1%})",
-              f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"]
+              f" {c['chance']['exact']:.1%}; real images: {s['colours_real']['all']:.1%})"]
     return "\n".join(lines)
+
+
+def format_summary(s: dict) -> str:
+    """format_report plus the tokenizer, wall-time and memory lines of a training run."""
+    return "\n".join([f"tokenizer  PSNR {s['vq']['psnr']:.2f} dB, perplexity "
+                      f"{s['vq']['perplexity']:.1f}", format_report(s),
+                      f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"])

@@ -153,3 +153,12 @@ def test_non_utf8_prompt_exits_with_a_message(run_dir):
 def test_unreadable_folder_dataset(capsys, tmp_path):
     fails(capsys, train.main, ["--data", f"folder:{tmp_path / 'missing'}", "--out",
                                str(tmp_path / "r")], "captions.jsonl")
+
+
+def test_eval_writes_metrics(run_dir, tmp_path):
+    import eval as eval_script
+    report = eval_script.main(["--ckpt", str(run_dir / "ckpt.pt"), "--n", "3", "--out",
+                               str(tmp_path), "--no-progress"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["n"] == 3 and saved["mmu"]["n"] == report["mmu"]["n"] > 0
+    assert 0 <= saved["colours"]["matched"]["all"] <= 1
