@@ -24,10 +24,10 @@ class VQConfig:
     vq_downsample: int = 4  # image pixels per code along a side (a power of two)
     vq_codes: int = 256  # codebook size
     vq_dim: int = 32  # code vector size
-    vq_channels: int = 64  # conv width of the encoder/decoder
-    vq_steps: int = 800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
-    vq_batch: int = 64  # images per VQ step
-    vq_lr: float = 2e-3  # AdamW learning rate of the encoder/decoder
+    vq_channels: int = 96  # conv width at the code grid (halved per doubling of resolution)
+    vq_steps: int = 1800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
+    vq_batch: int = 32  # images per VQ step
+    vq_lr: float = 3e-3  # AdamW learning rate of the encoder/decoder
     vq_beta: float = 0.25  # commitment loss weight
     vq_decay: float = 0.95  # EMA decay of the codebook statistics
     vq_dead_after: int = 50  # a code unused for this many steps is restarted from an encoder output
@@ -56,7 +56,7 @@ class MoEConfig:
 class TrainConfig:
     seed: int = 0  # seeds the model init, the data stream and every per-step random draw
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dense_steps: int = 1200  # optimizer steps of stage 2 (dense model)
+    dense_steps: int = 2000  # optimizer steps of stage 2 (dense model)
     moe_steps: int = 0  # optimizer steps of stage 3 (MoE; arrives with the MoE issue)
     batch_t2i: int = 16  # text-to-image rows per step
     batch_mmu: int = 12  # image-understanding rows per step
@@ -111,7 +111,7 @@ PRESETS: dict[str, dict] = {
     # Show-o scale: 24 layers, d_model 2048, 16x16 = 256 tokens from an 8192-code tokenizer.
     "full": dict(
         image_size=256, text_len=128, vq_downsample=16, vq_codes=8192, vq_dim=64,
-        vq_channels=128, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24, n_heads=32,
+        vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24, n_heads=32,
         d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16, lr=2e-4,
         warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100, sample_steps=18,
     ),

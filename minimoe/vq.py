@@ -30,7 +30,8 @@ from tqdm import tqdm
 from minimoe.config import VQConfig
 
 NORM_GROUPS = 32  # GroupNorm groups (fewer when the width is not a multiple of 32)
-L1_WEIGHT = 0.0  # extra L1 term of the reconstruction loss; MSE alone reaches the PSNR target
+MAX_WIDTH_RATIO = 4  # the full-resolution convs are at least vq_channels / 4 wide
+L1_WEIGHT = 0.0  # optional L1 term of the reconstruction loss; off: PSNR scores the MSE
 EMA_EPS = 1e-5  # keeps the code mean finite while its EMA count is ~0
 RESTART_COUNT = 1.0  # EMA count given to a restarted code: small, so it moves fast at first
 NEAREST_CHUNK = 4096  # vectors per distance matrix (K=8192 codes x 4096 vectors = 128 MB)
@@ -69,22 +70,32 @@ class ResBlock(nn.Module):
         return x + self.net(x)
 
 
-def _encoder(cfg: VQConfig) -> nn.Sequential:
+def _widths(cfg: VQConfig) -> list[int]:
+    """Conv width after i halvings, for i = 0..log2(f): vq_channels at the code grid, half as
+    many per doubling of resolution, but at least a quarter (like VQGAN's channel multipliers
+    1..4). Full-resolution convs dominate the cost, so they get the fewest channels."""
     C, halvings = cfg.vq_channels, int(math.log2(cfg.vq_downsample))
-    layers: list[nn.Module] = [nn.Conv2d(3, C, 3, padding=1)]
-    for _ in range(halvings):
-        layers += [ResBlock(C), nn.Conv2d(C, C, 3, stride=2, padding=1)]
-    layers += [ResBlock(C), _norm(C), nn.SiLU(), nn.Conv2d(C, cfg.vq_dim, 1)]
+    return [max(C >> (halvings - i), C // MAX_WIDTH_RATIO) for i in range(halvings + 1)]
+
+
+def _encoder(cfg: VQConfig) -> nn.Sequential:
+    w = _widths(cfg)
+    layers: list[nn.Module] = [nn.Conv2d(3, w[0], 3, padding=1)]
+    for i in range(len(w) - 1):
+        layers += [ResBlock(w[i]), nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
+    layers += [ResBlock(w[-1]), _norm(w[-1]), nn.SiLU(), nn.Conv2d(w[-1], cfg.vq_dim, 1)]
     return nn.Sequential(*layers)
 
 
 def _decoder(cfg: VQConfig) -> nn.Sequential:
-    C, halvings = cfg.vq_channels, int(math.log2(cfg.vq_downsample))
-    layers: list[nn.Module] = [nn.Conv2d(cfg.vq_dim, C, 3, padding=1), ResBlock(C)]
-    for _ in range(halvings):
-        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(C, C, 3, padding=1),
-                   ResBlock(C)]
-    layers += [_norm(C), nn.SiLU(), nn.Conv2d(C, 3, 3, padding=1)]
+    """The encoder mirrored; nearest upsampling + conv instead of transposed convs (no
+    checkerboard artefacts)."""
+    w = _widths(cfg)
+    layers: list[nn.Module] = [nn.Conv2d(cfg.vq_dim, w[-1], 3, padding=1), ResBlock(w[-1])]
+    for i in reversed(range(len(w) - 1)):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                   nn.Conv2d(w[i + 1], w[i], 3, padding=1), ResBlock(w[i])]
+    layers += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], 3, 3, padding=1)]
     return nn.Sequential(*layers)
 
 
@@ -112,6 +123,7 @@ class VQModel(nn.Module):
 
     # -- the three public directions -------------------------------------------------------
 
+    @torch.no_grad()  # codes are discrete: no gradient can pass them anyway
     def encode(self, x_B3HW: Tensor) -> Tensor:
         """Images in [0,1] -> long codes [B, H/f, W/f]."""
         z_BDhw = self._encode_continuous(x_B3HW)
@@ -134,7 +146,9 @@ class VQModel(nn.Module):
         # The codebook is moved by the EMA only, so the commitment term pulls the encoder alone.
         commit_loss = F.mse_loss(z_ND, q_ND)
         # Straight-through: the decoder sees the code, the encoder gets the decoder's gradient.
-        q_ND = z_ND + (q_ND - z_ND).detach()
+        # Written q + (z - z) rather than z + (q - z) because z - z is exactly 0 in floating
+        # point, so the forward value is bit-for-bit the code, as in `decode`.
+        q_ND = q_ND + (z_ND - z_ND.detach())
         B, D, h, w = z_BDhw.shape
         raw_B3HW = self._decode_raw(q_ND.view(B, h, w, D).permute(0, 3, 1, 2))
         # The loss sees the unclamped output so that overshooting pixels still get a gradient.
@@ -237,7 +251,7 @@ def codebook_stats(codes: Tensor, n_codes: int) -> dict:
 def psnr(x: Tensor, y: Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [0,1], from the MSE over all pixels
     (inf for identical images)."""
-    mse = float(F.mse_loss(x.float(), y.float()))
+    mse = float(F.mse_loss(x.detach().float(), y.detach().float()))
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
@@ -289,4 +303,4 @@ def train_vq(model: VQModel, next_batch: Callable[[int], Tensor], cfg: VQConfig,
     return history
 
 
-__all__ = ["VQConfig", "VQModel", "VQOutput", "train_vq", "psnr", "codebook_stats"]
+__all__ = ["VQModel", "VQOutput", "train_vq", "psnr", "codebook_stats"]
