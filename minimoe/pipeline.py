@@ -30,7 +30,7 @@ VQ_EVAL_IMAGES = 256  # held-out images for the tokenizer's PSNR and codebook us
 # Fields that fix the tokenizer's architecture and input; a cached vq.pt must agree on them.
 VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels")
 GRID_PROMPTS = ("a large red circle", "a small blue square left of a large yellow triangle",
-                "two green circles and a purple square", "the digit 3 in white on blue",
+                "two green circles and a purple square", "the digit 3 in yellow on blue",
                 "narrow red and blue vertical stripes", "")
 
 

@@ -7,7 +7,6 @@ have seen, and the checkpoint needs no RNG state.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config, to_dict
+from .schedules import warmup_cosine
 from .sequences import (IGNORE, LM, MMU, T2I, TASKS, Batch, collate, concat, lm_row,
                         mask_images, mmu_row, t2i_row)
 from .tokenizers import ImageTokenizer, TextTokenizer, Vocab
@@ -98,10 +98,7 @@ def total_loss(losses: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
 def lr_at(step: int, cfg: Config, total: int) -> float:
     """Linear warmup to lr, then cosine decay to lr * min_lr_ratio at `total`."""
     t = cfg.train
-    if step < t.warmup:
-        return t.lr * (step + 1) / t.warmup
-    progress = min(1.0, (step - t.warmup) / max(1, total - t.warmup))
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return t.lr * warmup_cosine(step, total, t.warmup, t.min_lr_ratio)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from minimoe.config import VQConfig
+from .config import VQConfig
+from .schedules import warmup_cosine
 
 NORM_GROUPS = 32  # GroupNorm groups (fewer when the width is not a multiple of 32)
 MAX_WIDTH_RATIO = 4  # the full-resolution convs are at least vq_channels / 4 wide
@@ -255,15 +256,6 @@ def psnr(x: Tensor, y: Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def _lr_factor(step: int, steps: int) -> float:
-    """Linear warmup, then cosine decay from 1 to MIN_LR_RATIO."""
-    warmup = max(1, int(WARMUP_FRACTION * steps))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_vq(model: VQModel, next_batch: Callable[[int], Tensor], cfg: VQConfig,
              steps: int | None = None, device: str | torch.device = "cpu",
              log: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
@@ -276,7 +268,8 @@ def train_vq(model: VQModel, next_batch: Callable[[int], Tensor], cfg: VQConfig,
     steps = cfg.vq_steps if steps is None else steps
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.vq_lr, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
+        s, steps, max(1, int(WARMUP_FRACTION * steps)), MIN_LR_RATIO))
     history, restarts = [], 0
     bar = tqdm(range(steps), desc="vq", disable=not progress)
     for step in bar:
