@@ -644,12 +644,13 @@ class FolderData:
 
 
 def load_source(spec: str, image_size: int, split: str, seed: int = 0,
-                domains: tuple[str, ...] | str = DOMAINS) -> BuiltinData | FolderData:
+                domains: tuple[str, ...] | str = DOMAINS,
+                max_text_bytes: int = MAX_TEXT_BYTES) -> BuiltinData | FolderData:
     """--data: "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)."""
     if spec == "builtin":
         return BuiltinData(image_size, domains, split, seed)
     if spec.startswith("folder:") and spec[len("folder:"):]:
-        return FolderData(spec[len("folder:"):], image_size, split, seed)
+        return FolderData(spec[len("folder:"):], image_size, split, seed, max_text_bytes)
     raise ValueError(f"data source {spec!r}: use 'builtin' or 'folder:PATH'")
 
 

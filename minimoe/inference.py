@@ -10,7 +10,7 @@ import torch
 
 from .model import KVCache, Transformer
 from .sampler import greedy, maskgit
-from .sequences import PAD_GROUP, mmu_prefix, t2i_row
+from .sequences import PAD_GROUP, mmu_prefix, question_text, t2i_row
 from .tokenizers import TextTokenizer, Vocab
 
 MAX_ANSWER_TOKENS = 16  # answers are a few words; stop runaway generations here
@@ -72,7 +72,8 @@ class Session:
                max_new: int = MAX_ANSWER_TOKENS) -> list[str]:
         """Greedy answers to one question per image (codes in 0..codes-1)."""
         v = self.vocab
-        prompts = [mmu_prefix((c + v.image_offset).tolist(), self.text.encode(q + " "), v)
+        prompts = [mmu_prefix((c + v.image_offset).tolist(),
+                              self.text.encode(question_text(q)), v)
                    for c, q in zip(codes_BN, questions)]
         longest = max(len(p[0]) for p in prompts)
         # Left padding lines every prompt up at its last position; pads are never attended and

@@ -106,8 +106,10 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
 
 
 def open_source(cfg: Config, split: str):
+    # Folder rows must fit every layout: a caption, or "question answer", in text_len - 4 bytes.
     return load_source(cfg.data.data, cfg.data.image_size, split, seed=cfg.train.seed,
-                       domains=tuple(cfg.data.domains.split(",")))
+                       domains=tuple(cfg.data.domains.split(",")),
+                       max_text_bytes=cfg.data.text_len - 4)
 
 
 def batch_images(source, first: int, n: int) -> torch.Tensor:

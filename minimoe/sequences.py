@@ -71,6 +71,12 @@ def t2i_row(caption: list[int], codes: list[int], vocab: Vocab, text_len: int):
     return tokens, groups, [IGNORE] * len(tokens)
 
 
+def question_text(question: str) -> str:
+    """How a question is written before its answer: "what colour is it? red". The empty
+    question (samples that bring no question/answer pairs) asks for the caption."""
+    return f"{question} " if question else ""
+
+
 def mmu_prefix(codes: list[int], question: list[int], vocab: Vocab):
     """(tokens, groups) of an MMU prompt up to and including the question bytes."""
     prefix = [vocab.mmu, vocab.soi, *codes, vocab.eoi]

@@ -19,11 +19,10 @@ from . import checkpoint
 from .config import Config, to_dict
 from .schedules import warmup_cosine
 from .sequences import (IGNORE, LM, MMU, T2I, TASKS, Batch, collate, concat, lm_row,
-                        mask_images, mmu_row, t2i_row)
+                        mask_images, mmu_row, question_text, t2i_row)
 from .tokenizers import ImageTokenizer, TextTokenizer, Vocab
 
 STEP_SEED_STRIDE = 1_000_003  # mixes (seed, step) into one generator seed without collisions
-CAPTION_QUESTION = "what is in the image?"  # MMU question for samples that bring no QA pairs
 
 
 class TrainingError(RuntimeError):
@@ -63,22 +62,23 @@ class Batcher:
         rows = []
         for s, c in zip(mmu, codes[len(t2i):]):
             q, a = self._pick_qa(s, gen)
-            rows.append(mmu_row(c.tolist(), self.text.encode(q + " "), self.text.encode(a), v,
-                                seq_len))
+            rows.append(mmu_row(c.tolist(), self.text.encode(question_text(q)),
+                                self.text.encode(a), v, seq_len))
         b_mmu = collate(rows, MMU) if rows else None
 
         rows = []
         for s in lm:
             q, a = self._pick_qa(s, gen)
-            text = s.caption if torch.rand(1, generator=gen).item() < 0.5 else f"{q} {a}"
+            use_caption = torch.rand(1, generator=gen).item() < 0.5
+            text = s.caption if use_caption else question_text(q) + a
             rows.append(lm_row(self.text.encode(text), v, seq_len))
         b_lm = collate(rows, LM) if rows else None
         return concat([b for b in (b_t2i, b_mmu, b_lm) if b is not None])
 
     @staticmethod
     def _pick_qa(sample, gen: torch.Generator) -> tuple[str, str]:
-        if not sample.qa:
-            return CAPTION_QUESTION, sample.caption
+        if not sample.qa:  # captioning: the empty question is answered with the caption
+            return "", sample.caption
         return sample.qa[int(torch.randint(len(sample.qa), (1,), generator=gen))]
 
 

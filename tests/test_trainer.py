@@ -124,3 +124,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match="step 6.*last good checkpoint"):
         fit(model, cfg, files, "dense", 12, batcher, tok, torch.device("cpu"), progress=False)
     assert checkpoint.load(files.ckpt)["step"] == 4
+
+
+def test_samples_without_questions_train_captioning_at_full_caption_length(tmp_path):
+    """A folder row with no QA pairs becomes an MMU row whose answer is its caption, and the
+    longest caption the folder loader accepts still fits the row."""
+    import json
+    from PIL import Image
+    from minimoe.pipeline import open_source
+    from minimoe.sequences import MMU
+    cfg = micro_config(data=f"folder:{tmp_path}", batch_t2i=0, batch_mmu=4, batch_lm=0)
+    caption = "x" * (cfg.data.text_len - 4)  # the longest caption open_source admits
+    rows = []
+    for i in range(40):
+        Image.new("RGB", (20, 20), "red").save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"file": f"{i}.png", "caption": caption}))
+    (tmp_path / "captions.jsonl").write_text("\n".join(rows))
+    source = open_source(cfg, "train")
+    _, _, tok, _ = setup(cfg, tmp_path)
+    batch = Batcher(cfg, source, Vocab(cfg.vq.vq_codes), tok)(0)
+    assert batch.task_B.tolist() == [MMU] * 4
+    labels = batch.labels_BL[0][batch.labels_BL[0] != IGNORE].tolist()
+    assert bytes(labels[:-1]).decode() == caption and labels[-1] == Vocab(16).eot
