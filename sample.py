@@ -75,7 +75,6 @@ def run(args):
     cfg, session, image_tok = pipeline.load_run(args.ckpt, device)
     if args.image is not None:
         codes = image_tok.encode([load_image(args.image, cfg.data.image_size)])
-        session.text.encode(args.question, max_len=cfg.seq_len - cfg.image_tokens - 8)
         answer = session.answer(codes, [args.question.strip()])[0]
         print(answer)
         return answer

@@ -25,6 +25,7 @@ class Session:
         self.text_len = model.cfg.data.text_len
         self.n_image = model.cfg.image_tokens
         self.max_caption = self.text_len - 3  # [t2i] [sot] ... [eot]
+        self.max_question = self.text_len - 6  # training fits "question answer" in text_len - 4
 
     @property
     def device(self) -> torch.device:
@@ -72,8 +73,9 @@ class Session:
                max_new: int = MAX_ANSWER_TOKENS) -> list[str]:
         """Greedy answers to one question per image (codes in 0..codes-1)."""
         v = self.vocab
-        prompts = [mmu_prefix((c + v.image_offset).tolist(),
-                              self.text.encode(question_text(q)), v)
+        for q in questions:
+            self.text.encode(q, self.max_question)  # a clear error for an over-long question
+        prompts = [mmu_prefix((c + v.image_offset).tolist(), self.text.encode(question_text(q)), v)
                    for c, q in zip(codes_BN, questions)]
         longest = max(len(p[0]) for p in prompts)
         # Left padding lines every prompt up at its last position; pads are never attended and
@@ -84,11 +86,12 @@ class Session:
                               device=self.device)
         cache = KVCache(len(self.model.blocks))
         first = self.model(tokens, groups, cache).logits_BLV[:, -1]
-        next_group = [longest]  # a new token's group is above every earlier position
+        next_group = longest  # a new token's group is above every earlier position
 
         def next_logits(ids_B: torch.Tensor) -> torch.Tensor:
-            g = torch.full((ids_B.shape[0], 1), next_group[0], device=self.device)
-            next_group[0] += 1
+            nonlocal next_group
+            g = torch.full((ids_B.shape[0], 1), next_group, device=self.device)
+            next_group += 1
             return self.model(ids_B[:, None], g, cache).logits_BLV[:, -1]
 
         out = greedy(next_logits, first, max_new, v.eot)

@@ -162,3 +162,11 @@ def test_eval_writes_metrics(run_dir, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["n"] == 3 and saved["mmu"]["n"] == report["mmu"]["n"] > 0
     assert 0 <= saved["colours"]["matched"]["all"] <= 1
+
+
+def test_over_long_question(capsys, run_dir, tmp_path):
+    from PIL import Image
+    img = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), "red").save(img)
+    fails(capsys, sample.main, ["--ckpt", str(run_dir / "ckpt.pt"), "--image", str(img),
+                                "--question", "what colour " * 10], "at most")
