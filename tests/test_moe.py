@@ -1,0 +1,78 @@
+"""The MoE layer's four steps against their definitions and the per-expert loop twin.
+Run: pytest -q tests/test_moe.py"""
+import torch
+
+from minimoe.moe import MoE, expert_ffn, grouped_mm, moe_loop, permute, route, unpermute
+
+
+def test_route_picks_the_top_k_and_renormalises():
+    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0], [3.0, 0.0, 0.0, 3.0]])
+    weights, ids, probs = route(logits, top_k=2)
+    assert ids[0].tolist() == [1, 2]
+    assert set(ids[1].tolist()) == {0, 3}
+    assert torch.allclose(weights.sum(-1), torch.ones(2))
+    p = probs[0]
+    assert torch.allclose(weights[0], p[[1, 2]] / p[[1, 2]].sum())
+    hot = route(logits, 2, temperature=0.1)[0][0]
+    assert hot[0] > weights[0, 0], "a low temperature sharpens the weights"
+
+
+def test_permute_groups_by_expert_then_slot_with_offsets():
+    g = torch.Generator().manual_seed(0)
+    T, K, E, D = 7, 2, 5, 3
+    x = torch.randn(T, D, generator=g)
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)])
+    ids[:, :] = ids.clamp(max=3)  # expert 4 gets no tokens: empty experts are legal
+    x_ND, slots, offsets = permute(x, ids, E)
+    flat = ids.flatten()
+    assert offsets[0] == 0 and offsets[-1] == T * K and offsets[4] == offsets[5]
+    for e in range(E):
+        rows = slots[offsets[e]:offsets[e + 1]]
+        assert (flat[rows] == e).all()
+        assert torch.equal(rows, rows.sort().values), "ascending slot order within an expert"
+    assert torch.equal(x_ND, x[slots // K])
+    assert torch.equal(slots.sort().values, torch.arange(T * K)), "every slot exactly once"
+
+
+def test_unpermute_inverts_permute_with_unit_weights_per_choice():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 4, generator=g)
+    ids = torch.randint(0, 3, (6, 2), generator=g)
+    x_ND, slots, _ = permute(x, ids, 3)
+    w = torch.full((6, 2), 0.5)
+    assert torch.allclose(unpermute(x_ND, slots, w), x)
+
+
+def test_grouped_mm_equals_per_row_matmul_with_its_experts_weight():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 4, generator=g)
+    w = torch.randn(3, 4, 5, generator=g)
+    offsets = torch.tensor([0, 4, 4, 9])  # expert 1 empty
+    y = grouped_mm(x, w, offsets)
+    expert_of_row = torch.tensor([0] * 4 + [2] * 5)
+    assert torch.allclose(y, torch.einsum("nd,ndh->nh", x, w[expert_of_row]), atol=1e-6)
+
+
+def test_moe_equals_the_loop_twin_forward_and_backward():
+    torch.manual_seed(0)
+    layer = MoE(d_model=8, d_hidden=16, num_experts=4, top_k=2)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    y, aux = layer(x)
+    x_TD = x.reshape(-1, 8)
+    w, ids, _ = route(layer.router(x_TD), 2)
+    ref = moe_loop(x_TD, w, ids, layer.w1_EDH, layer.w2_EHD).view_as(x)
+    assert torch.allclose(y, ref, atol=1e-5)
+    assert torch.equal(aux["expert_ids_TK"], ids)
+    g_fast = torch.autograd.grad(y.square().sum(), [x, layer.w1_EDH, layer.router.weight])
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, layer.w1_EDH, layer.router.weight])
+    for a, b in zip(g_fast, g_ref):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_expert_ffn_with_one_expert_is_the_dense_ffn():
+    from minimoe.model import FFN
+    torch.manual_seed(0)
+    dense = FFN(8, 16)
+    x = torch.randn(5, 8)
+    y = expert_ffn(x, dense.w1.weight.T[None], dense.w2.weight.T[None], torch.tensor([0, 5]))
+    assert torch.allclose(y, dense(x)[0], atol=1e-6)
