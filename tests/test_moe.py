@@ -76,3 +76,59 @@ def test_expert_ffn_with_one_expert_is_the_dense_ffn():
     x = torch.randn(5, 8)
     y = expert_ffn(x, dense.w1.weight.T[None], dense.w2.weight.T[None], torch.tensor([0, 5]))
     assert torch.allclose(y, dense(x)[0], atol=1e-6)
+
+
+def test_balance_loss_is_one_when_balanced_and_larger_when_collapsed():
+    from minimoe.moe import balance_loss, z_loss
+    E, T = 4, 8
+    probs = torch.full((T, E), 1 / E)
+    ids = torch.arange(T * 2).view(T, 2) % E
+    assert torch.isclose(balance_loss(probs, ids), torch.tensor(1.0))
+    collapsed = torch.zeros(T, E)
+    collapsed[:, 0] = 1
+    assert torch.isclose(balance_loss(collapsed, torch.zeros(T, 1, dtype=torch.long)),
+                         torch.tensor(float(E)))
+    assert z_loss(torch.zeros(3, E)) == torch.log(torch.tensor(float(E))) ** 2
+
+
+def _dense_and_input():
+    from minimoe.model import FFN
+    torch.manual_seed(0)
+    return FFN(8, 24), torch.randn(10, 8)
+
+
+def _all_experts_sum(dense, x, groups):
+    """Every expert active with weight 1: the split layer's output."""
+    from minimoe.moe import stack_experts
+    w1, w2 = stack_experts(dense.w1.weight, dense.w2.weight, groups)
+    E = len(groups)
+    ids = torch.arange(E).repeat(x.shape[0], 1)  # every token chooses every expert
+    x_ND, slots, offsets = permute(x, ids, E)
+    return unpermute(expert_ffn(x_ND, w1, w2, offsets), slots, torch.ones(x.shape[0], E))
+
+
+def test_random_split_with_all_experts_on_equals_the_dense_ffn():
+    from minimoe.moe import random_groups
+    dense, x = _dense_and_input()
+    groups = random_groups(24, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat(groups).sort().values, torch.arange(24)), "a partition"
+    assert torch.allclose(_all_experts_sum(dense, x, groups), dense(x)[0], atol=1e-5)
+
+
+def test_taylor_split_partitions_neurons_by_importance_and_equals_the_dense_ffn():
+    from minimoe.moe import taylor_groups
+    dense, x = _dense_and_input()
+    g = torch.Generator().manual_seed(1)
+    text, image = torch.rand(24, generator=g), torch.rand(24, generator=g)
+    text[:4] += 10  # neurons 0-3 matter to text only
+    image[4:8] += 10  # 4-7 to images only
+    text[8:12] += 10
+    image[8:12] += 10  # 8-11 to both
+    groups = taylor_groups(text, image, n_text=2, n_image=3, n_shared=1)
+    flat = torch.cat(groups["text"] + groups["image"] + groups["shared"])
+    assert torch.equal(flat.sort().values, torch.arange(24)), "a partition"
+    assert set(groups["text"][0].tolist()) == {0, 1, 2, 3}
+    assert set(groups["image"][0].tolist()) == {4, 5, 6, 7}
+    assert set(groups["shared"][0].tolist()) == {8, 9, 10, 11}
+    all_groups = groups["text"] + groups["image"] + groups["shared"]
+    assert torch.allclose(_all_experts_sum(dense, x, all_groups), dense(x)[0], atol=1e-5)
