@@ -8,9 +8,9 @@ Shape legend (suffixes on tensor names):
 
 This is the readable pure-PyTorch backend: the C++/CUDA extension (its own issue) provides
 `permute`, `unpermute` and `grouped_mm` with the same contracts. Also here: the balance and z
-losses, and the neuron groupings that turn a dense FFN into experts (random, Taylor). Not yet
-wired into the model: router schedules and biases, Taylor-score collection, shared experts in
-the layer and the `--moe` stage arrive with the rest of the MoE issue.
+losses. How a dense FFN becomes experts is `convert.py`. Not yet wired into the model: router
+schedules and biases, shared experts in the layer and the `--moe` stage arrive with the rest of
+the MoE issue.
 """
 from __future__ import annotations
 
@@ -121,54 +121,3 @@ def balance_loss(probs_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> torch.T
 def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
     """Router z-loss (ST-MoE): mean squared log-sum-exp of the logits; keeps them small."""
     return torch.logsumexp(logits_TE.float(), dim=-1).square().mean()
-
-
-# --- turning a dense FFN into experts ----------------------------------------------------------
-
-def stack_experts(w1_HD: torch.Tensor, w2_DH: torch.Tensor, groups: list[torch.Tensor]):
-    """Stacked expert weights from a dense FFN (nn.Linear layouts: w1 [H, D], w2 [D, H]) whose
-    hidden neurons are split into `groups` (equal sizes). Returns (w1_EDH, w2_EHD)."""
-    sizes = {len(g) for g in groups}
-    if len(sizes) != 1:
-        raise ValueError(f"expert groups must have equal sizes, got {sorted(sizes)}")
-    w1_EDH = torch.stack([w1_HD[g].T for g in groups])
-    w2_EHD = torch.stack([w2_DH[:, g].T for g in groups])
-    return w1_EDH.contiguous(), w2_EHD.contiguous()
-
-
-def random_groups(d_ffn: int, num_experts: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """The hidden neurons split at random into equal experts (the control for Taylor groups)."""
-    if d_ffn % num_experts:
-        raise ValueError(f"--d-ffn {d_ffn} does not split into {num_experts} equal experts")
-    return list(torch.randperm(d_ffn, generator=generator).view(num_experts, -1))
-
-
-def taylor_groups(score_text_H: torch.Tensor, score_image_H: torch.Tensor, n_text: int,
-                  n_image: int, n_shared: int) -> dict[str, list[torch.Tensor]]:
-    """Group neurons by task importance into text, image and shared experts of equal size.
-
-    Scores are first normalised to sum to 1 per task. Shared experts take the neurons that
-    matter most to both tasks (largest min of the two scores); of the rest, the neurons that
-    lean most to text (largest text - image score) fill the text experts and the others the
-    image experts. Within each kind, neurons are cut into experts in order of importance, so
-    expert 0 of a kind holds its most important segment.
-    """
-    H = score_text_H.numel()
-    n = n_text + n_image + n_shared
-    if n == 0 or H % n:
-        raise ValueError(f"--d-ffn {H} does not split into {n} equal experts")
-    size = H // n
-    t, i = score_text_H / score_text_H.sum(), score_image_H / score_image_H.sum()
-    shared = torch.minimum(t, i).argsort(descending=True)[:n_shared * size]
-    rest = torch.ones(H, dtype=torch.bool)
-    rest[shared] = False
-    rest_ids = rest.nonzero()[:, 0]
-    lean = (t - i)[rest_ids].argsort(descending=True)
-    text_ids, image_ids = rest_ids[lean[:n_text * size]], rest_ids[lean[n_text * size:]]
-
-    def cut(ids: torch.Tensor, score: torch.Tensor, k: int) -> list[torch.Tensor]:
-        ordered = ids[score[ids].argsort(descending=True)]
-        return list(ordered.view(k, size)) if k else []
-
-    return {"text": cut(text_ids, t, n_text), "image": cut(image_ids, i, n_image),
-            "shared": cut(shared, t + i, n_shared)}

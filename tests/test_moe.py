@@ -99,7 +99,7 @@ def _dense_and_input():
 
 def _all_experts_sum(dense, x, groups):
     """Every expert active with weight 1: the split layer's output."""
-    from minimoe.moe import stack_experts
+    from minimoe.convert import stack_experts
     w1, w2 = stack_experts(dense.w1.weight, dense.w2.weight, groups)
     E = len(groups)
     ids = torch.arange(E).repeat(x.shape[0], 1)  # every token chooses every expert
@@ -108,7 +108,7 @@ def _all_experts_sum(dense, x, groups):
 
 
 def test_random_split_with_all_experts_on_equals_the_dense_ffn():
-    from minimoe.moe import random_groups
+    from minimoe.convert import random_groups
     dense, x = _dense_and_input()
     groups = random_groups(24, 4, torch.Generator().manual_seed(0))
     assert torch.equal(torch.cat(groups).sort().values, torch.arange(24)), "a partition"
@@ -116,7 +116,7 @@ def test_random_split_with_all_experts_on_equals_the_dense_ffn():
 
 
 def test_taylor_split_partitions_neurons_by_importance_and_equals_the_dense_ffn():
-    from minimoe.moe import taylor_groups
+    from minimoe.convert import taylor_groups
     dense, x = _dense_and_input()
     g = torch.Generator().manual_seed(1)
     text, image = torch.rand(24, generator=g), torch.rand(24, generator=g)

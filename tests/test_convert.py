@@ -1,0 +1,62 @@
+"""Dense-to-MoE conversion: Taylor scores are the first-order change of the task loss when a
+neuron's activation is scaled.  Run: pytest -q tests/test_convert.py"""
+import torch
+import torch.nn.functional as F
+
+from minimoe.convert import IMAGE_TASKS, TEXT_TASKS, taylor_scores
+from minimoe.data import BuiltinData
+from minimoe.model import Transformer
+from minimoe.tokenizers import ImageTokenizer, Vocab
+from minimoe.sequences import IGNORE, TASKS
+from minimoe.trainer import Batcher
+from minimoe.vq import VQModel
+from conftest import micro_config
+
+
+def _setup():
+    cfg = micro_config()
+    torch.manual_seed(0)
+    tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
+    vocab = Vocab(cfg.vq.vq_codes)
+    model = Transformer(cfg, vocab.size, vocab.pad).double()
+    batch = Batcher(cfg, BuiltinData(16, ("shapes",), "train", 0), vocab, tok)(0)
+    return model, batch
+
+
+def _task_loss(model, batch, tasks):
+    """task_losses' definition, kept in float64 so that a 1e-4 change of a neuron shows."""
+    logits = model(batch.tokens_BL, batch.groups_BL).logits_BLV
+    sel = batch.labels_BL != IGNORE
+    ce = F.cross_entropy(logits[sel], batch.labels_BL[sel], reduction="none")
+    task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
+    return sum(ce[task == TASKS.index(t)].mean() for t in tasks)
+
+
+def test_scores_match_the_loss_change_when_a_neuron_is_scaled():
+    model, batch = _setup()
+    for tasks in (IMAGE_TASKS, TEXT_TASKS):
+        scores = taylor_scores(model, [batch], tasks)
+        assert len(scores) == len(model.blocks) and scores[0].shape == (64,)
+        w2 = model.blocks[1].ffn.w2.weight
+        eps = 1e-4
+        for j in (0, 7, 33):
+            col = w2.data[:, j].clone()
+            with torch.no_grad():
+                w2[:, j] = col * (1 + eps)
+                up = _task_loss(model, batch, tasks)
+                w2[:, j] = col * (1 - eps)
+                down = _task_loss(model, batch, tasks)
+                w2[:, j] = col
+            first_order = abs(float(up - down) / (2 * eps))
+            assert abs(first_order - float(scores[1][j])) <= 1e-3 * first_order + 1e-7
+
+
+def test_per_token_scores_bound_the_summed_ones_and_absent_tasks_score_zero():
+    model, batch = _setup()
+    summed = taylor_scores(model, [batch], IMAGE_TASKS)
+    per_token = taylor_scores(model, [batch], IMAGE_TASKS, per_token=True)
+    assert all((p >= s - 1e-6).all() for p, s in zip(per_token, summed))
+    batch.task_B[:] = 2  # every row now counts as LM: no T2I rows
+    batch.labels_BL[:] = -100
+    assert all((s == 0).all() for s in taylor_scores(model, [batch], IMAGE_TASKS))
+    assert not any(h for b in model.blocks for h in b.ffn.w2._forward_pre_hooks.values())
