@@ -4,6 +4,7 @@ Hidden neuron j of a dense FFN is row j of W1 and column j of W2 (see `model.FFN
 the neurons into groups and stacking each group as an expert keeps the parameter count; with
 every expert active at weight 1 the experts sum exactly to the dense FFN (tested).
 
+- `moe_from_dense`: one entry point for every `--moe` method (scratch, naive, random, taylor).
 - `random_groups`: neurons split at random (the control).
 - `taylor_scores` + `taylor_groups`: neurons ranked by first-order Taylor importance
   |sum over tokens of a_j * dL/da_j| for text tasks (MMU + LM) and image tasks (T2I), grouped
@@ -15,6 +16,8 @@ from typing import Iterable
 
 import torch
 
+from .model import FFN
+from .moe import MoE
 from .sequences import Batch
 from .trainer import task_losses
 
@@ -107,3 +110,53 @@ def taylor_groups(score_text_H: torch.Tensor, score_image_H: torch.Tensor, n_tex
 
     return {"text": cut(text_ids, t, n_text), "image": cut(image_ids, i, n_image),
             "shared": cut(shared, t + i, n_shared)}
+
+
+METHODS = ("scratch", "naive", "random", "taylor")
+NAIVE_NOISE = 0.01  # relative std of the noise that breaks the symmetry of copied experts
+
+
+def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shared: int,
+                   generator: torch.Generator, scores: tuple | None = None) -> MoE:
+    """A MoE layer built from a trained dense FFN.
+
+    scratch / naive: each expert as wide as the dense FFN (E x the parameters), fresh or a copy
+    plus NAIVE_NOISE relative noise (sparse upcycling; routed experts only). random / taylor: the dense neurons split
+    into num_experts + num_shared equal experts (same parameter count); taylor needs
+    scores = (text scores [H], image scores [H]) and makes half of the routed experts text
+    experts and half image experts.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown --moe {method!r}; use none or one of {', '.join(METHODS)}")
+    w1_HD, w2_DH = ffn.w1.weight.detach(), ffn.w2.weight.detach()
+    H, D = w1_HD.shape
+    if method == "naive" and num_shared:
+        raise ValueError("naive upcycling copies the dense FFN into routed experts only; "
+                         "use --num-shared 0")
+    if method in ("scratch", "naive"):
+        moe = MoE(D, H, num_experts, top_k, num_shared)
+        if method == "naive":
+            with torch.no_grad():
+                for w, dense in ((moe.w1_EDH, w1_HD.T), (moe.w2_EHD, w2_DH.T)):
+                    noise = torch.randn(w.shape, generator=generator) * NAIVE_NOISE * dense.std()
+                    w.copy_(dense.expand_as(w) + noise)
+        return moe
+    if method == "random":
+        groups = random_groups(H, num_experts + num_shared, generator)
+        routed, shared = groups[:num_experts], groups[num_experts:]
+    else:
+        if scores is None:
+            raise ValueError("--moe taylor needs Taylor scores of the dense FFN")
+        n_text = num_experts // 2
+        g = taylor_groups(scores[0], scores[1], n_text, num_experts - n_text, num_shared)
+        routed, shared = g["text"] + g["image"], g["shared"]
+    moe = MoE(D, H // (num_experts + num_shared), num_experts, top_k, num_shared)
+    w1_EDH, w2_EHD = stack_experts(w1_HD, w2_DH, routed)
+    with torch.no_grad():
+        moe.w1_EDH.copy_(w1_EDH)
+        moe.w2_EHD.copy_(w2_EHD)
+        if shared:
+            neurons = torch.cat(shared)
+            moe.shared.w1.weight.copy_(w1_HD[neurons])
+            moe.shared.w2.weight.copy_(w2_DH[:, neurons])
+    return moe

@@ -74,26 +74,45 @@ def expert_ffn(x_ND, w1_EDH, w2_EHD, offsets_E1) -> torch.Tensor:
 
 
 class MoE(nn.Module):
-    """Routed experts with stacked weights, returning (y, aux) like the dense FFN.
+    """Routed experts with stacked weights plus optional always-on shared experts; returns
+    (y, aux) like the dense FFN.
 
-    aux holds the router's softmax and choices so that the balance losses and the routing
-    statistics can be computed outside the layer.
+    Shared experts have no router, so they are stored as one dense FFN whose hidden neurons are
+    theirs side by side (the sum of several FFNs is one wider FFN). aux holds the router's
+    logits, softmax and choices so that the balance losses and routing statistics can be
+    computed outside the layer.
     """
 
-    def __init__(self, d_model: int, d_hidden: int, num_experts: int, top_k: int):
+    def __init__(self, d_model: int, d_hidden: int, num_experts: int, top_k: int,
+                 num_shared: int = 0):
         super().__init__()
+        from .model import FFN  # model.py builds MoE layers through make_ffn: import late
         self.num_experts, self.top_k = num_experts, top_k
         self.router = nn.Linear(d_model, num_experts, bias=True)
         self.w1_EDH = nn.Parameter(torch.randn(num_experts, d_model, d_hidden) * d_model ** -0.5)
         self.w2_EHD = nn.Parameter(torch.randn(num_experts, d_hidden, d_model) * d_hidden ** -0.5)
+        self.shared = FFN(d_model, num_shared * d_hidden) if num_shared else None
 
     def forward(self, x_BLD: torch.Tensor) -> tuple[torch.Tensor, dict]:
         x_TD = x_BLD.reshape(-1, x_BLD.shape[-1])
-        weights_TK, expert_ids_TK, probs_TE = route(self.router(x_TD), self.top_k)
+        logits_TE = self.router(x_TD)
+        weights_TK, expert_ids_TK, probs_TE = route(logits_TE, self.top_k)
         x_ND, slots_N, offsets_E1 = permute(x_TD, expert_ids_TK, self.num_experts)
         y_ND = expert_ffn(x_ND, self.w1_EDH, self.w2_EHD, offsets_E1)
         y_TD = unpermute(y_ND, slots_N, weights_TK.to(y_ND.dtype))
-        return y_TD.view_as(x_BLD), {"probs_TE": probs_TE, "expert_ids_TK": expert_ids_TK}
+        if self.shared is not None:
+            y_TD = y_TD + self.shared(x_TD)[0]
+        return y_TD.view_as(x_BLD), {"logits_TE": logits_TE, "probs_TE": probs_TE,
+                                     "expert_ids_TK": expert_ids_TK}
+
+    def all_experts(self, x_TD: torch.Tensor) -> torch.Tensor:
+        """Every routed expert at weight 1, plus the shared ones: for a layer split from a
+        dense FFN (random or Taylor), exactly that FFN."""
+        T, E = x_TD.shape[0], self.num_experts
+        x_ND, slots_N, offsets_E1 = permute(x_TD, torch.arange(E).repeat(T, 1), E)
+        y_TD = unpermute(expert_ffn(x_ND, self.w1_EDH, self.w2_EHD, offsets_E1), slots_N,
+                         x_TD.new_ones(T, E))
+        return y_TD + (self.shared(x_TD)[0] if self.shared is not None else 0)
 
 
 def moe_loop(x_TD, weights_TK, expert_ids_TK, w1_EDH, w2_EHD) -> torch.Tensor:

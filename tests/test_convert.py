@@ -60,3 +60,50 @@ def test_per_token_scores_bound_the_summed_ones_and_absent_tasks_score_zero():
     batch.labels_BL[:] = -100
     assert all((s == 0).all() for s in taylor_scores(model, [batch], IMAGE_TASKS))
     assert not any(h for b in model.blocks for h in b.ffn.w2._forward_pre_hooks.values())
+
+
+def _dense():
+    from minimoe.model import FFN
+    torch.manual_seed(0)
+    return FFN(8, 24), torch.randn(10, 8)
+
+
+def test_random_and_taylor_layers_with_all_experts_on_compute_the_dense_ffn():
+    from minimoe.convert import moe_from_dense
+    dense, x = _dense()
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.rand(24, generator=g), torch.rand(24, generator=g))
+    for method in ("random", "taylor"):
+        moe = moe_from_dense(dense, method, num_experts=4, top_k=2, num_shared=2, generator=g,
+                             scores=scores)
+        assert sum(p.numel() for n, p in moe.named_parameters() if "router" not in n) == \
+            sum(p.numel() for p in dense.parameters()), "same parameter count"
+        assert torch.allclose(moe.all_experts(x), dense(x)[0], atol=1e-5), method
+        y, aux = moe(x[None])
+        assert y.shape == (1, 10, 8) and aux["expert_ids_TK"].shape == (10, 2)
+
+
+def test_naive_experts_are_noisy_copies_of_the_dense_ffn():
+    from minimoe.convert import moe_from_dense
+    dense, x = _dense()
+    moe = moe_from_dense(dense, "naive", 4, 2, 0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y, want = moe(x[None])[0][0], dense(x)[0]
+    # every expert ~ the dense FFN and the top-k weights sum to 1: the layer ~ the dense FFN
+    assert torch.allclose(y, want, atol=0.05 * float(want.abs().max()))
+    assert not torch.equal(moe.w1_EDH[0], moe.w1_EDH[1]), "noise breaks the symmetry"
+
+
+def test_conversion_refuses_bad_requests():
+    import pytest
+    from minimoe.convert import moe_from_dense
+    dense, _ = _dense()
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="use none or one of"):
+        moe_from_dense(dense, "magic", 4, 2, 0, g)
+    with pytest.raises(ValueError, match="Taylor scores"):
+        moe_from_dense(dense, "taylor", 4, 2, 0, g)
+    with pytest.raises(ValueError, match="equal experts"):
+        moe_from_dense(dense, "random", 5, 2, 0, g)
+    with pytest.raises(ValueError, match="--num-shared 0"):
+        moe_from_dense(dense, "naive", 4, 2, 1, g)
