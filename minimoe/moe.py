@@ -7,9 +7,9 @@ Shape legend (suffixes on tensor names):
     K experts per token (top-k), N = T*K routed rows, E1 = E + 1 offsets.
 
 This is the readable pure-PyTorch backend: the C++/CUDA extension (its own issue) provides
-`permute`, `unpermute` and `grouped_mm` with the same contracts. Also here: the balance and z
-losses. How a dense FFN becomes experts is `convert.py`. Not yet wired into the model: router
-schedules and biases, shared experts in the layer and the `--moe` stage arrive with the rest of
+`permute`, `unpermute` and `grouped_mm` with the same contracts. Also here: always-on shared
+experts and the balance and z losses. How a dense FFN becomes experts is `convert.py`. Not yet
+wired into the model: router schedules and biases and the `--moe` stage arrive with the rest of
 the MoE issue.
 """
 from __future__ import annotations

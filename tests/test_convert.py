@@ -107,3 +107,26 @@ def test_conversion_refuses_bad_requests():
         moe_from_dense(dense, "random", 5, 2, 0, g)
     with pytest.raises(ValueError, match="--num-shared 0"):
         moe_from_dense(dense, "naive", 4, 2, 1, g)
+
+
+def test_random_groups_partition_the_neurons():
+    from minimoe.convert import random_groups
+    groups = random_groups(24, 4, torch.Generator().manual_seed(0))
+    assert [len(g) for g in groups] == [6] * 4
+    assert torch.equal(torch.cat(groups).sort().values, torch.arange(24))
+
+
+def test_taylor_groups_partition_neurons_by_importance():
+    from minimoe.convert import taylor_groups
+    g = torch.Generator().manual_seed(1)
+    text, image = torch.rand(24, generator=g), torch.rand(24, generator=g)
+    text[:4] += 10  # neurons 0-3 matter to text only
+    image[4:8] += 10  # 4-7 to images only
+    text[8:12] += 10
+    image[8:12] += 10  # 8-11 to both
+    groups = taylor_groups(text, image, n_text=2, n_image=3, n_shared=1)
+    flat = torch.cat(groups["text"] + groups["image"] + groups["shared"])
+    assert torch.equal(flat.sort().values, torch.arange(24)), "a partition"
+    assert set(groups["text"][0].tolist()) == {0, 1, 2, 3}
+    assert set(groups["image"][0].tolist()) == {4, 5, 6, 7}
+    assert set(groups["shared"][0].tolist()) == {8, 9, 10, 11}
