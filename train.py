@@ -1,13 +1,17 @@
-"""Train minimoe: stage 1 the VQ image tokenizer, stage 2 the dense unified transformer.
+"""Train minimoe: stage 1 the VQ image tokenizer, stage 2 the dense unified transformer, and
+with --moe stage 3: convert the dense FFNs into experts and train the MoE.
 
     python train.py                                   # tiny preset, built-in data, CPU, minutes
+    python train.py --moe taylor                      # tokenizer -> dense -> Taylor MoE, one command
+    python train.py --moe naive --init out/dense/ckpt.pt   # convert an existing dense model
     python train.py --dense-steps 200 --vq-steps 200  # a quicker look
     python train.py --resume                          # continue out/dense where it stopped
     python train.py --preset small --device cuda      # one GPU, about an hour
     python train.py --data folder:/data/mine --out out/mine
 
-Everything lands in the run folder (--out, default out/dense): vq.pt (the tokenizer, reused
-when it exists), ckpt.pt (written atomically), log.jsonl, samples/*.png and summary.json.
+Everything lands in the run folder (--out, default out/dense or out/moe-METHOD): vq.pt (the
+tokenizer, reused when it exists), ckpt.pt (written atomically), log.jsonl, samples/*.png,
+summary.json, and for MoE runs dense.pt (the converted model), routing.json and routing.png.
 """
 import argparse
 import json
@@ -16,15 +20,17 @@ import time
 
 import torch
 
-from minimoe import config, pipeline
-from minimoe.trainer import Batcher, RunFiles, fit
+from minimoe import config, pipeline, stages
+from minimoe.trainer import Batcher, RunFiles
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     config.add_arguments(parser)
-    parser.add_argument("--out", default=None, help="run folder (default: out/dense)")
+    parser.add_argument("--out", default=None, help="run folder (default: out/dense or out/moe-METHOD)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    parser.add_argument("--init", default=None,
+                        help="dense checkpoint to convert (skips stages 1 and 2; needs --moe)")
     parser.add_argument("--eval-n", type=int, default=120, help="held-out samples in the final check")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     pipeline.add_debug_flag(parser)
@@ -37,35 +43,47 @@ def run(args) -> dict:
     t_start = time.time()
     files = RunFiles(pipeline.run_folder(args.out, args.moe))
     cfg, start_step, payload = pipeline.prepare_run(files, args, resume=args.resume)
+    stage = payload["stage"] if payload else None
+    if args.init and (cfg.moe.moe == "none" or stage is not None):
+        raise pipeline.UserError("--init converts a dense checkpoint: it needs --moe METHOD and "
+                                 "a fresh run folder (not --resume)")
+    init = stages.load_dense(args.init, cfg) if args.init else None
     device = pipeline.pick_device(cfg.train.device)
     progress = not args.no_progress
     print(config.describe(cfg))
     print(f"run folder: {files.root}   device: {device}")
 
     # Stage 1: the image tokenizer (trained once per run folder, then reused).
-    image_tok, vq_report = pipeline.tokenizer_stage(cfg, files, device, progress)
+    image_tok, vq_report = pipeline.tokenizer_stage(cfg, files, device, progress,
+                                                    init_vq=init["vq"] if init else None)
+    summary = {"vq": vq_report}
 
-    # Stage 2: the dense model on a mix of T2I, MMU and LM batches.
-    torch.manual_seed(cfg.train.seed)
-    model, vocab = pipeline.build_model(cfg, device)
-    optimizer = None
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer = pipeline.restore_optimizer(model, cfg, payload)
-        print(f"resuming {payload['stage']} at step {start_step}")
-    print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
-    batcher = Batcher(cfg, pipeline.open_source(cfg, "train"), vocab, image_tok)
-    grids = pipeline.GridWriter(model, vocab, image_tok, files.samples, cfg)
-    fit(model, cfg, files, "dense", cfg.train.dense_steps, batcher, image_tok, device,
-        start_step=start_step, optimizer=optimizer, on_sample=grids, progress=progress)
+    # Stage 2: the dense model on a mix of T2I, MMU and LM batches (skipped once in stage 3).
+    if stage == "moe":
+        model, vocab, optimizer = stages.resume_moe(cfg, payload, device)
+    else:
+        model, vocab = stages.dense_stage(cfg, files, image_tok, device, payload, args.init,
+                                          progress)
+        start_step, optimizer = 0, None
+
+    # Stage 3: dense FFNs -> experts, then MoE training; its data continues after stage 2's.
+    if cfg.moe.moe != "none":
+        batcher = Batcher(cfg, pipeline.open_source(cfg, "train"), vocab, image_tok,
+                          offset=cfg.train.dense_steps)
+        if stage != "moe":
+            model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
+                                                                image_tok, device, batcher)
+        stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
+                         optimizer, progress)
+        summary["routing"] = stages.routing_report(model, cfg, files, vocab, image_tok, device)
 
     # A quick check of both abilities on held-out data (the full evaluation is eval.py).
-    summary = {"vq": vq_report,
-               **pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress),
-               "wall_s": round(time.time() - t_start, 1),
-               "peak_rss_mb": pipeline.peak_memory_mb()}
+    summary.update(pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
+    summary.update(wall_s=round(time.time() - t_start, 1), peak_rss_mb=pipeline.peak_memory_mb())
     (files.root / "summary.json").write_text(json.dumps(summary, indent=2))
     print(pipeline.format_summary(summary))
+    if "routing" in summary:
+        print(stages.format_routing(summary["routing"]))
     return summary
 
 

@@ -8,7 +8,7 @@ checkpoint as a plain dict (`asdict`).
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 @dataclass
@@ -45,11 +45,34 @@ class ModelConfig:
 
 @dataclass
 class MoEConfig:
-    # Placeholders until the MoE issue: only `none` (the dense model) is accepted.
+    # What becomes a MoE and how (DESIGN section 6; formulas in moe.py and routing.py).
     moe: str = "none"  # how FFNs become experts: none | scratch | naive | random | taylor
     num_experts: int = 8  # routed experts per MoE layer
-    top_k: int = 2  # experts per token (GShard top-2)
-    num_shared: int = 0  # always-active shared experts
+    top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch)
+    num_shared: int = 0  # always-active shared experts (not for naive)
+    text_experts: int = 4  # taylor: routed experts built from text-important neurons (rest: image)
+    moe_layers: str = "all"  # which blocks become MoE: all | every_other | last:N
+    expert_scale: float = 0.0  # multiplier of the routed output; 0: per method (see convert.py)
+    naive_noise: float = 0.01  # naive: noise std relative to the dense weights' std
+    taylor_batches: int = 8  # taylor: calibration batches for the importance scores
+    taylor_per_token: bool = False  # taylor: sum |a*g| per token instead of |sum a*g|
+    taylor_router_init: bool = True  # taylor: router starts as a text/image probe (convert.py)
+    # Router (routing.py has every schedule; each is a pure function of the MoE step).
+    router_bias: bool = True  # learnable bias b in logits = W x + b
+    router_temp_start: float = 2.0  # softmax temperature tau at the first MoE step ...
+    router_temp_end: float = 1.0  # ... annealed to this (and kept for inference)
+    balance_start: float = 0.01  # balance-loss coefficient alpha at the first MoE step ...
+    balance_end: float = 0.0  # ... decayed to this
+    balance_scope: str = "global"  # global | modality (balance text and image tokens separately)
+    z_loss_weight: float = 0.001  # router z-loss weight
+    anneal_steps: int = 0  # steps over which tau, alpha and the prior bias anneal (0: all MoE steps)
+    anneal_shape: str = "cosine"  # linear | exponential | cosine
+    router_prior: str = "none"  # none | modality | domain: annealed learnable bias b_i(t)
+    prior_strength: float = 2.0  # initial logit bonus of the favoured experts
+    aux_free_rate: float = 0.0  # >0: DeepSeek-V3 selection-bias balancing at this rate per step
+    capacity_factor: float = 0.0  # expert capacity as a multiple of the even share (0: dropless)
+    random_routing: bool = False  # top-2: keep the second expert with probability min(1, 2 g2)
+    router_sample: bool = False  # training picks experts by sampling softmax(logits / tau)
 
 
 @dataclass
@@ -57,7 +80,8 @@ class TrainConfig:
     seed: int = 0  # seeds the model init, the data stream and every per-step random draw
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dense_steps: int = 2000  # optimizer steps of stage 2 (dense model)
-    moe_steps: int = 0  # optimizer steps of stage 3 (MoE; arrives with the MoE issue)
+    moe_steps: int = 600  # optimizer steps of stage 3 (the MoE; unused with --moe none)
+    moe_lr: float = 1e-3  # peak learning rate of stage 3 (warmup, then cosine as in stage 2)
     batch_t2i: int = 16  # text-to-image rows per step
     batch_mmu: int = 12  # image-understanding rows per step
     batch_lm: int = 4  # text-only rows per step
@@ -91,6 +115,11 @@ class Config:
         return (self.data.image_size // self.vq.vq_downsample) ** 2
 
     @property
+    def domain_names(self) -> list[str]:
+        """Named data domains; rows of any other (folder) domain share one index after them."""
+        return self.data.domains.split(",")
+
+    @property
     def seq_len(self) -> int:
         # text block + [soi] + image codes + [eoi]; every task's rows share this length
         return self.data.text_len + self.image_tokens + 2
@@ -106,7 +135,7 @@ PRESETS: dict[str, dict] = {
         image_size=64, text_len=96, vq_codes=1024, vq_dim=64, vq_channels=128, vq_steps=5000,
         vq_batch=128, d_model=512, n_layers=8, n_heads=8, d_ffn=2048, dense_steps=20000,
         batch_t2i=48, batch_mmu=32, batch_lm=16, lr=6e-4, warmup=500, ckpt_every=1000,
-        sample_every=2000, log_every=50, sample_steps=16,
+        sample_every=2000, log_every=50, sample_steps=16, moe_steps=5000, moe_lr=3e-4,
     ),
     # Show-o scale: 24 layers, d_model 2048, 16x16 = 256 tokens from an 8192-code tokenizer.
     "full": dict(
@@ -114,10 +143,37 @@ PRESETS: dict[str, dict] = {
         vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24, n_heads=32,
         d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16, lr=2e-4,
         warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100, sample_steps=18,
+        moe_steps=50000, moe_lr=1e-4,
     ),
 }
 
-MOE_AVAILABLE = ("none",)  # grows with the MoE issue
+MOE_METHODS = ("none", "scratch", "naive", "random", "taylor")
+UPCYCLED = ("scratch", "naive")  # experts as wide as the dense FFN; the others split its neurons
+# Flags whose value is one of a fixed set (argparse lists them in --help and refuses others).
+CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
+           "anneal_shape": ("linear", "exponential", "cosine"),
+           "router_prior": ("none", "modality", "domain")}
+
+
+def moe_layer_ids(spec: str, n_layers: int) -> list[int]:
+    """Blocks that become MoE layers: all, every_other (1, 3, 5, ... as in GShard) or last:N."""
+    if spec == "all":
+        return list(range(n_layers))
+    if spec == "every_other":
+        return list(range(1, n_layers, 2))
+    if spec.startswith("last:") and spec[5:].isdigit() and 1 <= int(spec[5:]) <= n_layers:
+        return list(range(n_layers - int(spec[5:]), n_layers))
+    raise ValueError(f"--moe-layers {spec!r}: use all, every_other or last:N with "
+                     f"1 <= N <= {n_layers}")
+
+
+def expert_hidden(cfg: "Config") -> int:
+    """Hidden neurons of one expert: the dense width when upcycling, a share of it when the
+    dense neurons are split among routed and shared experts."""
+    m = cfg.moe
+    if m.moe in UPCYCLED:
+        return cfg.model.d_ffn
+    return cfg.model.d_ffn // (m.num_experts + m.num_shared)
 
 
 def _field_owner() -> dict[str, str]:
@@ -148,10 +204,10 @@ def make_config(preset: str = "tiny", **overrides) -> Config:
 def validate(cfg: Config) -> None:
     """Raise ValueError naming the first inconsistent value."""
     d, v, m = cfg.data, cfg.vq, cfg.model
-    if cfg.moe.moe not in MOE_AVAILABLE:
-        raise ValueError(
-            f"--moe {cfg.moe.moe} is not available yet (the MoE layers are the next issue); "
-            f"use --moe none")
+    for name, allowed in CHOICES.items():
+        value = flat(cfg)[name]
+        if value not in allowed:
+            raise ValueError(f"--{name.replace('_', '-')} {value!r}: use one of {', '.join(allowed)}")
     if v.vq_downsample & (v.vq_downsample - 1) or d.image_size % v.vq_downsample:
         raise ValueError(f"--vq-downsample {v.vq_downsample} must be a power of two dividing "
                          f"--image-size {d.image_size}")
@@ -163,11 +219,60 @@ def validate(cfg: Config) -> None:
     if not (d.data == "builtin" or d.data.startswith("folder:")):
         raise ValueError(f"--data {d.data!r}: use 'builtin' or 'folder:PATH'")
     counts = dict(vq_steps=v.vq_steps, dense_steps=cfg.train.dense_steps,
-                  batch_t2i=cfg.train.batch_t2i, batch_mmu=cfg.train.batch_mmu,
-                  batch_lm=cfg.train.batch_lm)
+                  moe_steps=cfg.train.moe_steps, batch_t2i=cfg.train.batch_t2i,
+                  batch_mmu=cfg.train.batch_mmu, batch_lm=cfg.train.batch_lm,
+                  capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
+                  anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise)
     for name, value in counts.items():
         if value < 0:
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")
+    validate_moe(cfg)
+
+
+def validate_moe(cfg: Config) -> None:
+    m, d_ffn = cfg.moe, cfg.model.d_ffn
+    if m.moe == "none":
+        return
+    moe_layer_ids(m.moe_layers, cfg.model.n_layers)
+    if m.num_experts < 1 or not 1 <= m.top_k <= m.num_experts:
+        raise ValueError(f"--top-k {m.top_k} must be between 1 and --num-experts {m.num_experts}")
+    if m.num_shared < 0:
+        raise ValueError(f"--num-shared {m.num_shared} must be >= 0")
+    if m.moe == "naive" and m.num_shared:
+        raise ValueError("naive upcycling copies the dense FFN into routed experts only; "
+                         "use --num-shared 0")
+    if m.moe not in UPCYCLED and d_ffn % (m.num_experts + m.num_shared):
+        raise ValueError(f"--d-ffn {d_ffn} does not split into --num-experts {m.num_experts} + "
+                         f"--num-shared {m.num_shared} equal experts; pick counts that divide it")
+    if m.moe == "taylor" and not 1 <= m.text_experts < m.num_experts:
+        raise ValueError(f"--text-experts {m.text_experts} must leave at least one text and one "
+                         f"image expert among --num-experts {m.num_experts}")
+    if m.random_routing and m.top_k != 2:
+        raise ValueError("--random-routing True needs --top-k 2 (it drops the second expert)")
+    if m.router_temp_start <= 0 or m.router_temp_end <= 0:
+        raise ValueError("router temperatures must be > 0")
+    if min(m.balance_start, m.balance_end) < 0:
+        raise ValueError("--balance-start and --balance-end must be >= 0")
+    ends = {"router temperature": (m.router_temp_start, m.router_temp_end),
+            "balance coefficient": (m.balance_start, m.balance_end)}
+    for name, (start, end) in ends.items():
+        if m.anneal_shape == "exponential" and min(start, end) <= 0:
+            raise ValueError(f"--anneal-shape exponential needs positive end points, but the "
+                             f"{name} goes {start} -> {end}; use linear or cosine")
+
+
+def dense_version(cfg: Config) -> Config:
+    """The same config with --moe none: the architecture of a MoE run's dense stage."""
+    return replace(cfg, moe=replace(cfg.moe, moe="none"))
+
+
+def parse_bool(text: str) -> bool:
+    """argparse type for boolean flags: --random-routing true / false (also 1/0, yes/no)."""
+    words = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+    return words[text.lower()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,14 +282,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for section in SECTIONS:
         group = parser.add_argument_group(f"{section} config")
         for f in fields(type(getattr(Config(), section))):
-            kind = type(f.default)
-            flag = "--" + f.name.replace("_", "-")
-            if flag == "--moe":
-                group.add_argument(flag, default=None, choices=["none", "scratch", "naive",
-                                   "random", "taylor"], help="dense-to-MoE method (default none)")
-            else:
-                group.add_argument(flag, dest=f.name, type=kind, default=None,
-                                   help=f"(default from preset; tiny: {f.default})")
+            kind = parse_bool if isinstance(f.default, bool) else type(f.default)
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+                               default=None, choices=CHOICES.get(f.name),
+                               help=f"(default from preset; tiny: {f.default})")
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict:
@@ -235,4 +336,5 @@ def describe(cfg: Config) -> str:
 __all__ = ["Config", "DataConfig", "VQConfig", "ModelConfig", "MoEConfig", "TrainConfig",
            "PRESETS", "make_config", "validate", "add_arguments", "from_args", "to_dict",
            "explicit_overrides", "section_of", "flat",
-           "from_dict", "describe"]
+           "from_dict", "describe", "MOE_METHODS", "UPCYCLED", "moe_layer_ids", "expert_hidden",
+           "parse_bool", "dense_version"]

@@ -16,7 +16,8 @@ from typing import Iterable
 
 import torch
 
-from .model import FFN
+from .config import UPCYCLED, Config
+from .model import FFN, Transformer
 from .moe import MoE
 from .sequences import Batch
 from .trainer import task_losses
@@ -113,44 +114,46 @@ def taylor_groups(score_text_H: torch.Tensor, score_image_H: torch.Tensor, n_tex
 
 
 METHODS = ("scratch", "naive", "random", "taylor")
-NAIVE_NOISE = 0.01  # relative std of the noise that breaks the symmetry of copied experts
+PROBE_GAIN = 2.0  # router logit of a text expert at the text-token mean (and -2 at the image mean)
 
 
-def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shared: int,
-                   generator: torch.Generator, scores: tuple | None = None) -> MoE:
-    """A MoE layer built from a trained dense FFN.
+def init_experts_(moe: MoE, ffn: FFN, method: str, generator: torch.Generator,
+                  scores: tuple | None = None, text_experts: int | None = None,
+                  noise: float = 0.01) -> None:
+    """Fill a MoE layer's experts from a trained dense FFN, in place.
 
-    scratch / naive: each expert as wide as the dense FFN (E x the parameters), fresh or a copy
-    plus NAIVE_NOISE relative noise (sparse upcycling; routed experts only). random / taylor: the dense neurons split
-    into num_experts + num_shared equal experts (same parameter count); taylor needs
-    scores = (text scores [H], image scores [H]) and makes half of the routed experts text
-    experts and half image experts.
+    scratch: keep the fresh experts. naive: every routed expert a copy of the dense FFN plus
+    `noise` x (the dense weights' std) Gaussian noise (sparse upcycling). random / taylor: the
+    dense neurons split into num_experts + shared equal experts (same parameter count); taylor
+    needs scores = (text scores [H], image scores [H]) and puts the `text_experts` most
+    text-leaning groups first, then the image experts.
     """
     if method not in METHODS:
         raise ValueError(f"unknown --moe {method!r}; use none or one of {', '.join(METHODS)}")
     w1_HD, w2_DH = ffn.w1.weight.detach(), ffn.w2.weight.detach()
-    H, D = w1_HD.shape
-    if method == "naive" and num_shared:
+    H = w1_HD.shape[0]
+    E, S = moe.num_experts, (moe.shared.w1.out_features // moe.w1_EDH.shape[2]
+                             if moe.shared is not None else 0)
+    if method == "naive" and S:
         raise ValueError("naive upcycling copies the dense FFN into routed experts only; "
                          "use --num-shared 0")
-    if method in ("scratch", "naive"):
-        moe = MoE(D, H, num_experts, top_k, num_shared)
-        if method == "naive":
-            with torch.no_grad():
-                for w, dense in ((moe.w1_EDH, w1_HD.T), (moe.w2_EHD, w2_DH.T)):
-                    noise = torch.randn(w.shape, generator=generator) * NAIVE_NOISE * dense.std()
-                    w.copy_(dense.expand_as(w) + noise)
-        return moe
+    if method == "scratch":
+        return
+    if method == "naive":
+        with torch.no_grad():
+            for w, dense in ((moe.w1_EDH, w1_HD.T), (moe.w2_EHD, w2_DH.T)):
+                jitter = torch.randn(w.shape, generator=generator) * noise * dense.std()
+                w.copy_(dense.expand_as(w) + jitter)
+        return
     if method == "random":
-        groups = random_groups(H, num_experts + num_shared, generator)
-        routed, shared = groups[:num_experts], groups[num_experts:]
+        groups = random_groups(H, E + S, generator)
+        routed, shared = groups[:E], groups[E:]
     else:
         if scores is None:
             raise ValueError("--moe taylor needs Taylor scores of the dense FFN")
-        n_text = num_experts // 2
-        g = taylor_groups(scores[0], scores[1], n_text, num_experts - n_text, num_shared)
+        n_text = E // 2 if text_experts is None else text_experts
+        g = taylor_groups(scores[0], scores[1], n_text, E - n_text, S)
         routed, shared = g["text"] + g["image"], g["shared"]
-    moe = MoE(D, H // (num_experts + num_shared), num_experts, top_k, num_shared)
     w1_EDH, w2_EHD = stack_experts(w1_HD, w2_DH, routed)
     with torch.no_grad():
         moe.w1_EDH.copy_(w1_EDH)
@@ -159,4 +162,128 @@ def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shar
             neurons = torch.cat(shared)
             moe.shared.w1.weight.copy_(w1_HD[neurons])
             moe.shared.w2.weight.copy_(w2_DH[:, neurons])
+
+
+def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shared: int,
+                   generator: torch.Generator, scores: tuple | None = None) -> MoE:
+    """A stand-alone MoE layer built from a dense FFN (init_experts_ on a layer of the size
+    the method needs)."""
+    H, D = ffn.w1.weight.shape
+    if method in METHODS and method not in ("scratch", "naive") and H % (num_experts + num_shared):
+        raise ValueError(f"--d-ffn {H} does not split into {num_experts + num_shared} equal experts")
+    width = H if method in ("scratch", "naive") else H // (num_experts + num_shared)
+    moe = MoE(D, width, num_experts, top_k, num_shared)
+    init_experts_(moe, ffn, method, generator, scores)
     return moe
+
+
+@torch.no_grad()
+def modality_means(model, batches: Iterable[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per block: the mean FFN input (what the router sees) of text and of image tokens."""
+    sums = [[torch.zeros(model.cfg.model.d_model, dtype=torch.float64) for _ in range(2)]
+            for _ in model.blocks]
+    counts = [[0, 0] for _ in model.blocks]
+
+    def keep(layer):
+        def hook(module, args):
+            x_TD, info = args[0].reshape(-1, args[0].shape[-1]).double(), args[1]
+            for m, tokens in enumerate((info.valid_T & ~info.image_T,
+                                        info.valid_T & info.image_T)):
+                sums[layer][m] += x_TD[tokens].sum(0).cpu()
+                counts[layer][m] += int(tokens.sum())
+        return hook
+
+    handles = [b.ffn.register_forward_pre_hook(keep(i)) for i, b in enumerate(model.blocks)]
+    try:
+        for batch in batches:
+            model(batch.tokens_BL, batch.groups_BL)
+    finally:
+        for h in handles:
+            h.remove()
+    return [tuple((s / max(1, c)).float() for s, c in zip(sums[i], counts[i]))
+            for i in range(len(model.blocks))]
+
+
+@torch.no_grad()
+def probe_router_init_(moe: MoE, mean_text_D: torch.Tensor, mean_image_D: torch.Tensor,
+                       text_experts: int) -> None:
+    """Start the router as a linear text/image probe on top of its random initialisation.
+
+    With d = mean_text - mean_image and m their midpoint, z(x) = 2 (x - m).d / |d|^2 is +1 at
+    the text mean and -1 at the image mean. Text experts get logit +PROBE_GAIN * z(x), image
+    experts -PROBE_GAIN * z(x); the random part of the router breaks ties within a kind. The
+    router stays fully learnable: nothing anneals away.
+    """
+    d = mean_text_D - mean_image_D
+    u = 2 * d / d.square().sum().clamp_min(1e-12)
+    sign_E = torch.ones(moe.num_experts)
+    sign_E[text_experts:] = -1
+    moe.router.weight += PROBE_GAIN * sign_E[:, None] * u[None, :]
+    if moe.router.bias is not None:
+        midpoint = (mean_text_D + mean_image_D) / 2
+        moe.router.bias -= PROBE_GAIN * sign_E * (midpoint @ u)
+
+
+@torch.no_grad()
+def prior_init_(moe: MoE, kind: str, strength: float, text_experts: int, num_domains: int
+                ) -> None:
+    """The annealed prior bias b_i(t) at its start: `strength` on the favoured experts.
+
+    modality: row 0 (text tokens) favours experts [0, text_experts), row 1 (image) the rest.
+    domain: named domain d favours the experts e with e * num_domains // E == d (contiguous
+    blocks); rows of other domains start at zero.
+    """
+    if moe.prior_GE is None:
+        return
+    E = moe.num_experts
+    moe.prior_GE.zero_()
+    if kind == "modality":
+        moe.prior_GE[0, :text_experts] = strength
+        moe.prior_GE[1, text_experts:] = strength
+    else:
+        for e in range(E):
+            moe.prior_GE[e * num_domains // E, e] = strength
+
+
+def default_expert_scale(cfg: Config) -> float:
+    """The routed output's multiplier when --expert-scale is 0 (see the README's measurement).
+
+    Upcycled experts (scratch, naive) are each a whole FFN and the top-k weights sum to 1: 1.
+    Split experts (random, taylor): MEASURE.
+    """
+    m = cfg.moe
+    if m.expert_scale:
+        return m.expert_scale
+    return 1.0 if m.moe in UPCYCLED else m.num_experts / m.top_k
+
+
+def convert_model(dense, cfg: Config, batches: list[Batch], generator: torch.Generator,
+                  progress: bool = False):
+    """The MoE model of `cfg` built from a trained dense model: every non-FFN weight copied,
+    every MoE layer's experts filled by `cfg.moe.moe`, router and prior initialised.
+    `batches` are the calibration batches (Taylor scores and the router probe)."""
+    m = cfg.moe
+    model = Transformer(cfg, dense.head.out_features, dense.pad_id, dense.image_offset)
+    model.to(next(dense.parameters()).device)
+    moe_ids = [i for i, _ in model.moe_layers()]
+    keep = {k: v for k, v in dense.state_dict().items()
+            if not any(k.startswith(f"blocks.{i}.ffn.") for i in moe_ids)}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    assert not unexpected and all(k.split(".")[2] == "ffn" for k in missing), (missing, unexpected)
+    scores = means = None
+    if m.moe == "taylor":
+        text = taylor_scores(dense, batches, TEXT_TASKS, m.taylor_per_token)
+        image = taylor_scores(dense, batches, IMAGE_TASKS, m.taylor_per_token)
+        scores = list(zip(text, image))
+        if m.taylor_router_init:
+            means = modality_means(dense, batches)
+    scale = default_expert_scale(cfg)
+    for i, layer in model.moe_layers():
+        init_experts_(layer, dense.blocks[i].ffn, m.moe, generator,
+                      scores[i] if scores else None, m.text_experts, m.naive_noise)
+        layer.expert_scale.fill_(scale)
+        if means is not None:
+            probe_router_init_(layer, *means[i], m.text_experts)
+        prior_init_(layer, m.router_prior, m.prior_strength, m.text_experts,
+                    len(cfg.domain_names))
+    return model

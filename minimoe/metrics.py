@@ -78,3 +78,21 @@ def mmu_report(predictions: list[str], answers: list[str]) -> dict:
             "majority_baseline": hits / len(idx)}
     report["majority_baseline"] = majority_hits / max(1, len(answers))
     return report
+
+
+def group_nmi(counts_GE) -> float:
+    """How much the expert choice says about a token's group (modality or data domain):
+    I(G; E) / log G with every non-empty group weighted equally, so that the many image tokens
+    cannot dominate. 0: every group spreads over the experts alike; 1: each expert serves one
+    group. For two groups this is the Jensen-Shannon divergence of their expert distributions
+    in bits."""
+    c = np.asarray(counts_GE, dtype=np.float64)
+    c = c[c.sum(1) > 0]
+    G = c.shape[0]
+    if G < 2:
+        return 0.0
+    p_GE = c / c.sum(1, keepdims=True) / G
+    p_E = p_GE.sum(0, keepdims=True)
+    nz = p_GE > 0
+    return float((p_GE[nz] * np.log(p_GE[nz] * G / np.broadcast_to(p_E, p_GE.shape)[nz])).sum()
+                 / np.log(G))

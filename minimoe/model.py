@@ -4,8 +4,9 @@
 
 Pre-norm blocks with RMSNorm, rotary position embeddings, QK-norm and PyTorch's
 `scaled_dot_product_attention` under the omni-attention mask of `sequences.py`. The FFN sits
-behind one seam, `make_ffn`: it returns a module mapping x [B, L, D] to (y [B, L, D], aux), where
-aux is a dict of auxiliary losses/statistics (empty for the dense FFN; the MoE layers fill it).
+behind one seam, `make_ffn`: it returns a module mapping (x [B, L, D], TokenInfo) to
+(y [B, L, D], routing), where routing is None for the dense FFN and a `moe.Routing` for a MoE
+layer (what the balance losses and routing statistics read).
 Single device; parallelism wraps this model from the outside.
 """
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, expert_hidden, moe_layer_ids
+from .moe import MoE, RouterOptions, Routing, TokenInfo
 from .sequences import attention_mask, positions
+from .tokenizers import IMAGE_OFFSET
 
 INIT_STD = 0.02  # GPT-2 style initialisation of embeddings and matrices
 
@@ -26,7 +29,7 @@ INIT_STD = 0.02  # GPT-2 style initialisation of embeddings and matrices
 @dataclass
 class ModelOutput:
     logits_BLV: torch.Tensor
-    aux: list[dict] = field(default_factory=list)  # one dict per layer, from its FFN
+    routing: list[Routing | None] = field(default_factory=list)  # per layer (None: dense FFN)
 
 
 class KVCache:
@@ -93,13 +96,21 @@ class FFN(nn.Module):
         self.w1 = nn.Linear(d_model, d_ffn, bias=False)
         self.w2 = nn.Linear(d_ffn, d_model, bias=False)
 
-    def forward(self, x_BLD: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return self.w2(F.gelu(self.w1(x_BLD))), {}
+    def forward(self, x_BLD: torch.Tensor, info: TokenInfo | None = None
+                ) -> tuple[torch.Tensor, None]:
+        return self.w2(F.gelu(self.w1(x_BLD))), None
 
 
 def make_ffn(cfg: Config, layer: int) -> nn.Module:
-    """The FFN of block `layer`: the seam where MoE layers replace the dense FFN."""
-    return FFN(cfg.model.d_model, cfg.model.d_ffn)
+    """The FFN of block `layer`: the seam where MoE layers replace the dense FFN. The config
+    alone fixes every shape, so a MoE checkpoint loads into `Transformer(its config)`."""
+    m = cfg.moe
+    if m.moe == "none" or layer not in moe_layer_ids(m.moe_layers, cfg.model.n_layers):
+        return FFN(cfg.model.d_model, cfg.model.d_ffn)
+    groups = {"none": 0, "modality": 2, "domain": len(cfg.domain_names) + 1}
+    return MoE(cfg.model.d_model, expert_hidden(cfg), m.num_experts, m.top_k, m.num_shared,
+               m.router_bias, m.router_prior, groups[m.router_prior],
+               RouterOptions(m.capacity_factor, m.random_routing, m.router_sample))
 
 
 class Block(nn.Module):
@@ -111,26 +122,29 @@ class Block(nn.Module):
         self.ffn = make_ffn(cfg, layer)
         self.dropout = nn.Dropout(cfg.model.dropout)
 
-    def forward(self, x_BLD, cos, sin, mask_B1LS, cache, layer):
+    def forward(self, x_BLD, cos, sin, mask_B1LS, cache, layer, info: TokenInfo):
         x_BLD = x_BLD + self.dropout(self.attn(self.attn_norm(x_BLD), cos, sin, mask_B1LS,
                                                cache, layer))
-        y_BLD, aux = self.ffn(self.ffn_norm(x_BLD))
-        return x_BLD + self.dropout(y_BLD), aux
+        y_BLD, routing = self.ffn(self.ffn_norm(x_BLD), info)
+        return x_BLD + self.dropout(y_BLD), routing
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: Config, vocab_size: int, pad_id: int):
+    def __init__(self, cfg: Config, vocab_size: int, pad_id: int,
+                 image_offset: int = IMAGE_OFFSET):
         super().__init__()
-        self.cfg, self.pad_id = cfg, pad_id
+        self.cfg, self.pad_id, self.image_offset = cfg, pad_id, image_offset
         m = cfg.model
         self.embed = nn.Embedding(vocab_size, m.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(m.n_layers))
         self.norm = nn.RMSNorm(m.d_model)
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
         self.apply(self._init)
-        # Scale the projections that write into the residual stream by depth (GPT-2).
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("w2.weight"):
+            if name.endswith("w1_EDH"):  # fresh experts start like a fresh dense FFN
+                nn.init.normal_(p, std=INIT_STD)
+            # Scale the projections that write into the residual stream by depth (GPT-2).
+            if name.endswith(("proj.weight", "w2.weight", "w2_EHD")):
                 nn.init.normal_(p, std=INIT_STD / math.sqrt(2 * m.n_layers))
 
     @staticmethod
@@ -139,9 +153,11 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=INIT_STD)
 
     def forward(self, tokens_BL: torch.Tensor, groups_BL: torch.Tensor,
-                cache: KVCache | None = None) -> ModelOutput:
+                cache: KVCache | None = None, domain_B: torch.Tensor | None = None
+                ) -> ModelOutput:
         """Logits for every position. With a cache, the new positions also attend to (and are
-        appended to) everything cached before them."""
+        appended to) everything cached before them. domain_B (the data domain of each row)
+        only matters to a router with a domain prior."""
         all_tokens, all_groups = (tokens_BL, groups_BL) if cache is None else \
             cache.extend(tokens_BL, groups_BL)
         L = tokens_BL.shape[1]
@@ -149,12 +165,18 @@ class Transformer(nn.Module):
         cos, sin = rotary(pos_BL, self.cfg.model.d_model // self.cfg.model.n_heads,
                           self.cfg.model.rope_base)
         mask_B1LS = attention_mask(groups_BL, all_groups)
+        info = TokenInfo((tokens_BL >= self.image_offset).flatten(),
+                         (tokens_BL != self.pad_id).flatten(),
+                         None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
-        aux = []
+        routing = []
         for i, block in enumerate(self.blocks):
-            x_BLD, layer_aux = block(x_BLD, cos, sin, mask_B1LS, cache, i)
-            aux.append(layer_aux)
-        return ModelOutput(self.head(self.norm(x_BLD)), aux)
+            x_BLD, layer_routing = block(x_BLD, cos, sin, mask_B1LS, cache, i, info)
+            routing.append(layer_routing)
+        return ModelOutput(self.head(self.norm(x_BLD)), routing)
+
+    def moe_layers(self) -> list[tuple[int, MoE]]:
+        return [(i, b.ffn) for i, b in enumerate(self.blocks) if isinstance(b.ffn, MoE)]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

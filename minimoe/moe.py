@@ -4,32 +4,87 @@
 
 Shape legend (suffixes on tensor names):
     T tokens (batch and sequence flattened), D d_model, H expert hidden size, E routed experts,
-    K experts per token (top-k), N = T*K routed rows, E1 = E + 1 offsets.
+    K experts per token (top-k), N = T*K routed rows, E1 = E + 1 offsets, G prior groups.
+
+Router of one layer, for a token x (DESIGN section 6):
+
+    logits = W x + b  (+ s(t) * prior[group of the token])     b: learnable bias (optional)
+    probs  = softmax(logits / tau(t))                          tau: annealed temperature
+    chosen = top-k of (logits / tau(t) + selection_bias)        selection_bias: aux-loss-free
+    weights = probs[chosen] / sum(probs[chosen])                 renormalised over the k
+    y = expert_scale * sum_k weights_k * expert_k(x)  (+ shared experts(x))
+
+Temperature does not change *which* experts win (top-k of logits / tau is top-k of logits)
+unless a selection bias is in play or training samples the choice (`router_sample`); it
+changes the mixing weights and how much gradient every chosen expert's router logit receives.
+
+Dropped slots (padding, over capacity, the second expert under random routing) are moved to a
+sink group after the last expert: permuted like any other, computed by no expert, combined with
+weight 0. A dropped token's MoE output is therefore zero (never the input passed through).
 
 This is the readable pure-PyTorch backend: the C++/CUDA extension (its own issue) provides
-`permute`, `unpermute` and `grouped_mm` with the same contracts. Also here: always-on shared
-experts and the balance and z losses. How a dense FFN becomes experts is `convert.py`. Not yet
-wired into the model: router schedules and biases and the `--moe` stage arrive with the rest of
-the MoE issue.
+`permute`, `unpermute` and `grouped_mm` with the same contracts. The schedules, losses and
+statistics that training needs live in `routing.py`; how a dense FFN becomes experts in
+`convert.py`.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def route(logits_TE: torch.Tensor, top_k: int, temperature: float = 1.0):
-    """GShard/Switch routing: softmax over experts (at `temperature`), top-k, the k weights
+@dataclass
+class TokenInfo:
+    """What the router may know about each token besides its hidden state."""
+    image_T: torch.Tensor  # bool: an image position (code or [MASK]); else text
+    valid_T: torch.Tensor  # bool: not padding (padding is never routed)
+    domain_T: torch.Tensor | None = None  # long: data-domain index of the token's row
+
+    @staticmethod
+    def plain(T: int, device) -> "TokenInfo":
+        """Every token valid text: for calling a layer on bare activations."""
+        return TokenInfo(torch.zeros(T, dtype=torch.bool, device=device),
+                         torch.ones(T, dtype=torch.bool, device=device))
+
+
+@dataclass
+class Routing:
+    """One MoE layer's routing of one forward pass: what the losses and statistics read."""
+    logits_TE: torch.Tensor  # router logits before temperature (prior bias included)
+    probs_TE: torch.Tensor  # softmax(logits / tau), float32
+    expert_ids_TK: torch.Tensor  # long: the chosen experts
+    kept_TK: torch.Tensor  # bool: False where the slot was dropped (padding, capacity, random)
+    info: TokenInfo
+
+
+# --- the four steps --------------------------------------------------------------------------
+
+def route(logits_TE: torch.Tensor, top_k: int, temperature: float | torch.Tensor = 1.0,
+          selection_bias_E: torch.Tensor | None = None, sample: bool = False):
+    """GShard/Switch routing: softmax over experts at `temperature`, top-k, the k weights
     renormalised to sum to 1.
 
+    selection_bias_E (aux-loss-free balancing) shifts which experts are chosen but not their
+    weights. sample=True picks the k experts by sampling softmax(logits / tau) without
+    replacement (Gumbel top-k), so that a high temperature explores.
+
     Returns:
-        weights_TK (float), expert_ids_TK (long), probs_TE (the full softmax, for the losses).
+        weights_TK (float32), expert_ids_TK (long), probs_TE (float32, the full softmax).
     """
-    probs_TE = torch.softmax(logits_TE.float() / temperature, dim=-1)
-    top_TK, expert_ids_TK = probs_TE.topk(top_k, dim=-1)
-    weights_TK = top_TK / top_TK.sum(-1, keepdim=True)
-    return weights_TK, expert_ids_TK, probs_TE
+    scaled_TE = logits_TE.float() / temperature
+    probs_TE = torch.softmax(scaled_TE, dim=-1)
+    score_TE = scaled_TE
+    if sample:
+        score_TE = score_TE - torch.empty_like(score_TE).exponential_().log()  # + Gumbel(0, 1)
+    if selection_bias_E is not None:
+        score_TE = score_TE + selection_bias_E
+    expert_ids_TK = score_TE.topk(top_k, dim=-1).indices
+    top_TK = probs_TE.gather(1, expert_ids_TK)
+    return top_TK / top_TK.sum(-1, keepdim=True), expert_ids_TK, probs_TE
 
 
 def permute(x_TD: torch.Tensor, expert_ids_TK: torch.Tensor, num_experts: int):
@@ -73,45 +128,127 @@ def expert_ffn(x_ND, w1_EDH, w2_EHD, offsets_E1) -> torch.Tensor:
     return grouped_mm(F.gelu(grouped_mm(x_ND, w1_EDH, offsets_E1)), w2_EHD, offsets_E1)
 
 
+def experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, w1_EDH, w2_EHD) -> torch.Tensor:
+    """permute -> expert FFNs -> unpermute, with dropped slots in a sink group (see the module
+    docstring): y_TD = sum over kept k of weights_TK[t, k] * expert_{ids[t, k]}(x_t)."""
+    E = w1_EDH.shape[0]
+    sink_ids_TK = expert_ids_TK.masked_fill(~kept_TK, E)
+    x_ND, slots_N, offsets_E2 = permute(x_TD, sink_ids_TK, E + 1)
+    n_routed = int(offsets_E2[E])
+    y_ND = expert_ffn(x_ND[:n_routed], w1_EDH, w2_EHD, offsets_E2[:E + 1])
+    y_ND = torch.cat([y_ND, y_ND.new_zeros(x_ND.shape[0] - n_routed, y_ND.shape[1])])
+    return unpermute(y_ND, slots_N, weights_TK.masked_fill(~kept_TK, 0).to(y_ND.dtype))
+
+
+# --- dropping slots --------------------------------------------------------------------------
+
+def random_second(weights_TK: torch.Tensor, kept_TK: torch.Tensor):
+    """GShard random routing: keep each token's second expert with probability p = min(1, 2 g2).
+
+    A kept second weight is divided by p (as inverted dropout does), so that the expected
+    output in training equals the deterministic top-2 output used at inference.
+    Returns (weights_TK, kept_TK).
+    """
+    p_T = (2 * weights_TK[:, 1]).clamp(max=1.0)
+    keep_T = torch.rand_like(p_T) < p_T
+    weights_TK = weights_TK.clone()
+    weights_TK[:, 1] = torch.where(keep_T, weights_TK[:, 1] / p_T, 0.0)
+    return weights_TK, kept_TK & torch.stack([torch.ones_like(keep_T), keep_T], 1)
+
+
+def capacity(num_tokens: int, top_k: int, num_experts: int, factor: float) -> int:
+    """Slots per expert: factor times the even share T*K/E, rounded up."""
+    return math.ceil(factor * num_tokens * top_k / num_experts)
+
+
+def within_capacity(expert_ids_TK: torch.Tensor, kept_TK: torch.Tensor, num_experts: int,
+                    limit: int) -> torch.Tensor:
+    """kept_TK, minus the slots beyond `limit` per expert. Priority as in GShard: every token's
+    first choice before any second choice, then token order."""
+    T, K = expert_ids_TK.shape
+    ids_N = expert_ids_TK.T.flatten()  # choice-major order = priority order
+    live_N = kept_TK.T.flatten()
+    onehot_NE = F.one_hot(ids_N, num_experts) * live_N[:, None]
+    position_N = (onehot_NE.cumsum(0) * onehot_NE).sum(1) - 1  # rank among the expert's slots
+    return (live_N & (position_N < limit)).view(K, T).T
+
+
+# --- the layer -------------------------------------------------------------------------------
+
+@dataclass
+class RouterOptions:
+    """Train-time routing behaviour (inference always routes deterministically, dropless)."""
+    capacity_factor: float = 0.0  # 0: dropless
+    random_routing: bool = False  # top-2 only
+    sample: bool = False  # Gumbel top-k exploration at the current temperature
+
+
 class MoE(nn.Module):
     """Routed experts with stacked weights plus optional always-on shared experts; returns
-    (y, aux) like the dense FFN.
+    (y, Routing) where the dense FFN returns (y, None).
 
     Shared experts have no router, so they are stored as one dense FFN whose hidden neurons are
-    theirs side by side (the sum of several FFNs is one wider FFN). aux holds the router's
-    logits, softmax and choices so that the balance losses and routing statistics can be
-    computed outside the layer.
+    theirs side by side (the sum of several FFNs is one wider FFN). The router's schedule state
+    (temperature, prior scale) and the aux-loss-free selection bias are buffers: they are set by
+    `routing.py` during training and saved in checkpoints, so inference uses their final values.
     """
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, top_k: int,
-                 num_shared: int = 0):
+                 num_shared: int = 0, router_bias: bool = True, prior: str = "none",
+                 prior_groups: int = 0, options: RouterOptions | None = None):
         super().__init__()
         from .model import FFN  # model.py builds MoE layers through make_ffn: import late
-        self.num_experts, self.top_k = num_experts, top_k
-        self.router = nn.Linear(d_model, num_experts, bias=True)
+        self.num_experts, self.top_k, self.prior = num_experts, top_k, prior
+        self.options = options or RouterOptions()
+        self.router = nn.Linear(d_model, num_experts, bias=router_bias)
         self.w1_EDH = nn.Parameter(torch.randn(num_experts, d_model, d_hidden) * d_model ** -0.5)
         self.w2_EHD = nn.Parameter(torch.randn(num_experts, d_hidden, d_model) * d_hidden ** -0.5)
         self.shared = FFN(d_model, num_shared * d_hidden) if num_shared else None
+        # prior_GE[g, e]: the annealed learnable bias b_i(t) of group g: modality (0 text,
+        # 1 image) or data domain, as `prior` says
+        self.prior_GE = nn.Parameter(torch.zeros(prior_groups, num_experts)) \
+            if prior != "none" else None
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("prior_scale", torch.tensor(0.0))
+        self.register_buffer("selection_bias_E", torch.zeros(num_experts))
+        self.register_buffer("expert_scale", torch.tensor(1.0))
 
-    def forward(self, x_BLD: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        x_TD = x_BLD.reshape(-1, x_BLD.shape[-1])
+    def router_logits(self, x_TD: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         logits_TE = self.router(x_TD)
-        weights_TK, expert_ids_TK, probs_TE = route(logits_TE, self.top_k)
-        x_ND, slots_N, offsets_E1 = permute(x_TD, expert_ids_TK, self.num_experts)
-        y_ND = expert_ffn(x_ND, self.w1_EDH, self.w2_EHD, offsets_E1)
-        y_TD = unpermute(y_ND, slots_N, weights_TK.to(y_ND.dtype))
+        if self.prior_GE is not None:
+            groups_T = info.domain_T if self.prior == "domain" else info.image_T.long()
+            if groups_T is not None:
+                logits_TE = logits_TE + self.prior_scale * self.prior_GE[groups_T]
+        return logits_TE
+
+    def forward(self, x_BLD: torch.Tensor, info: TokenInfo | None = None
+                ) -> tuple[torch.Tensor, Routing]:
+        x_TD = x_BLD.reshape(-1, x_BLD.shape[-1])
+        T, opt, train = x_TD.shape[0], self.options, self.training
+        info = info or TokenInfo.plain(T, x_TD.device)
+        logits_TE = self.router_logits(x_TD, info)
+        weights_TK, expert_ids_TK, probs_TE = route(
+            logits_TE, self.top_k, self.temperature, self.selection_bias_E, train and opt.sample)
+        kept_TK = info.valid_T[:, None].expand(T, self.top_k)
+        if train and opt.random_routing:
+            weights_TK, kept_TK = random_second(weights_TK, kept_TK)
+        if train and opt.capacity_factor > 0:
+            limit = capacity(int(info.valid_T.sum()), self.top_k, self.num_experts,
+                             opt.capacity_factor)
+            kept_TK = within_capacity(expert_ids_TK, kept_TK, self.num_experts, limit)
+        y_TD = self.expert_scale * experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK,
+                                                   self.w1_EDH, self.w2_EHD)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)[0]
-        return y_TD.view_as(x_BLD), {"logits_TE": logits_TE, "probs_TE": probs_TE,
-                                     "expert_ids_TK": expert_ids_TK}
+        return y_TD.view_as(x_BLD), Routing(logits_TE, probs_TE, expert_ids_TK, kept_TK, info)
 
     def all_experts(self, x_TD: torch.Tensor) -> torch.Tensor:
         """Every routed expert at weight 1, plus the shared ones: for a layer split from a
         dense FFN (random or Taylor), exactly that FFN."""
         T, E = x_TD.shape[0], self.num_experts
-        x_ND, slots_N, offsets_E1 = permute(x_TD, torch.arange(E).repeat(T, 1), E)
-        y_TD = unpermute(expert_ffn(x_ND, self.w1_EDH, self.w2_EHD, offsets_E1), slots_N,
-                         x_TD.new_ones(T, E))
+        ones_TE = x_TD.new_ones(T, E)
+        y_TD = experts_forward(x_TD, ones_TE, torch.arange(E).repeat(T, 1), ones_TE.bool(),
+                               self.w1_EDH, self.w2_EHD)
         return y_TD + (self.shared(x_TD)[0] if self.shared is not None else 0)
 
 
@@ -131,7 +268,7 @@ def moe_loop(x_TD, weights_TK, expert_ids_TK, w1_EDH, w2_EHD) -> torch.Tensor:
 def balance_loss(probs_TE: torch.Tensor, expert_ids_TK: torch.Tensor) -> torch.Tensor:
     """GShard/Switch load balance: E * sum_e f_e * P_e, where f_e is the share of routed slots
     that went to expert e and P_e its mean router probability. Equals 1 when both are uniform,
-    and grows as routing collapses (at most E)."""
+    and grows as routing collapses (at most E). Only P_e carries a gradient."""
     E = probs_TE.shape[-1]
     f_E = torch.bincount(expert_ids_TK.flatten(), minlength=E).float() / expert_ids_TK.numel()
     return E * (f_E * probs_TE.mean(0)).sum()

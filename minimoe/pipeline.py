@@ -116,10 +116,16 @@ def batch_images(source, first: int, n: int) -> torch.Tensor:
     return images_to_tensor([source[first + i].image for i in range(n)])
 
 
-def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True):
-    """Stage 1: train the VQ tokenizer, or reuse the run folder's vq.pt. Returns
-    (ImageTokenizer, report with held-out PSNR and codebook usage)."""
+def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
+                    init_vq: dict | None = None):
+    """Stage 1: train the VQ tokenizer, or reuse the run folder's vq.pt, or take `init_vq`
+    (the tokenizer of an --init dense checkpoint, which that model's codes belong to).
+    Returns (ImageTokenizer, report with held-out PSNR and codebook usage)."""
     vq = VQModel(cfg.vq).to(device)
+    if init_vq is not None:
+        vq.load_state_dict(init_vq)
+        print("image tokenizer taken from --init")
+        return ImageTokenizer(vq, cfg.vq), _keep_tokenizer(vq, cfg, files, device)
     if files.vq.exists():
         payload = checkpoint.load(files.vq)
         saved = config.flat(config.from_dict(payload["config"]))
@@ -138,12 +144,17 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True)
     B = cfg.vq.vq_batch
     train_vq(vq, lambda step: batch_images(source, step * B, B), cfg.vq, device=device,
              progress=progress, log=lambda rec: log_line(files, {"stage": "vq", **rec}))
+    return ImageTokenizer(vq, cfg.vq), _keep_tokenizer(vq, cfg, files, device)
+
+
+def _keep_tokenizer(vq: VQModel, cfg: Config, files: RunFiles, device) -> dict:
+    """Evaluate the tokenizer on held-out images and save it with its report as vq.pt."""
     report = evaluate_tokenizer(vq, open_source(cfg, "heldout"), device)
     checkpoint.save({"config": config.to_dict(cfg), "vq": vq.state_dict(), "report": report},
                     files.vq)
     print(f"image tokenizer: held-out PSNR {report['psnr']:.2f} dB, codebook perplexity "
           f"{report['perplexity']:.1f} of {cfg.vq.vq_codes}, {report['used_fraction']:.0%} used")
-    return ImageTokenizer(vq, cfg.vq), report
+    return report
 
 
 @torch.no_grad()
@@ -179,6 +190,8 @@ def load_run(path: str | Path | None, device) -> tuple[Config, Session, ImageTok
     path = Path(path) if path else latest_checkpoint()
     payload = checkpoint.load(path)
     cfg = config.from_dict(payload["config"])
+    if payload.get("stage") == "dense":  # a MoE run still in (or just past) its dense stage
+        cfg = config.dense_version(cfg)
     model, vocab = build_model(cfg, device)
     vq = VQModel(cfg.vq).to(device)
     try:

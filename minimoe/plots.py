@@ -1,4 +1,5 @@
-"""Pictures for people: labelled image grids (more plots arrive with the evaluation)."""
+"""Pictures for people: labelled image grids and routing heatmaps (more arrive with the
+evaluation)."""
 from __future__ import annotations
 
 import textwrap
@@ -28,3 +29,48 @@ def image_grid(images: list[Image.Image], labels: list[str] | None = None, cols:
             for j, line in enumerate(lines):
                 draw.text((x + 2, y + CELL + j * LINE_HEIGHT), line, fill="black", font=font)
     return grid
+
+
+HEAT_CELL = 28  # pixels per (layer, expert) cell of a routing heatmap
+HEAT_LABEL = 60  # left margin for the layer names
+
+
+def _heat_colour(share: float, top: float) -> tuple[int, int, int]:
+    """White (0) to dark blue (top), linear."""
+    t = min(1.0, share / top) if top > 0 else 0.0
+    return (int(255 - 225 * t), int(255 - 175 * t), int(255 - 75 * t))
+
+
+def routing_heatmaps(summary: dict, title: str = "") -> Image.Image:
+    """One panel per modality and per data domain: rows = MoE layers, columns = experts, cell =
+    the share of that group's routed slots sent to the expert (written inside, in percent).
+    Colour is scaled to 2 / E (twice the even share), so uniform routing looks pale."""
+    layers = list(summary)
+    if not layers:
+        raise ValueError("no MoE layers in the routing summary")
+    E = len(summary[layers[0]]["text"])
+    panels = [("text tokens", "text"), ("image tokens", "image")]
+    panels += [(f"domain: {d}", ("domains", d)) for d in summary[layers[0]]["domains"]]
+    font = ImageFont.load_default(size=FONT_SIZE)
+    pw, ph = HEAT_LABEL + E * HEAT_CELL + 10, (len(layers) + 2) * HEAT_CELL
+    img = Image.new("RGB", (pw * len(panels), ph + LINE_HEIGHT + 4), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 2), title, fill="black", font=font)
+    top = 2.0 / E
+    for p, (name, key) in enumerate(panels):
+        x0, y0 = p * pw, LINE_HEIGHT + 4
+        draw.text((x0 + HEAT_LABEL, y0), name, fill="black", font=font)
+        for r, layer in enumerate(layers):
+            row = summary[layer][key] if isinstance(key, str) else summary[layer][key[0]][key[1]]
+            y = y0 + (r + 1) * HEAT_CELL
+            draw.text((x0 + 4, y + 8), layer, fill="black", font=font)
+            for e, share in enumerate(row):
+                x = x0 + HEAT_LABEL + e * HEAT_CELL
+                fill = _heat_colour(share, top)
+                draw.rectangle([x, y, x + HEAT_CELL - 2, y + HEAT_CELL - 2], fill=fill)
+                ink = "white" if share > top / 2 else "black"
+                draw.text((x + 3, y + 8), f"{100 * share:.0f}", fill=ink, font=font)
+        for e in range(E):
+            draw.text((x0 + HEAT_LABEL + e * HEAT_CELL + 8, y0 + (len(layers) + 1) * HEAT_CELL + 4),
+                      f"e{e}", fill="black", font=font)
+    return img

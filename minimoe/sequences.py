@@ -38,10 +38,13 @@ class Batch:
     groups_BL: torch.Tensor  # long: attention groups (see module docstring)
     labels_BL: torch.Tensor  # long: targets, IGNORE where no loss
     task_B: torch.Tensor  # long: T2I / MMU / LM per row
+    domain_B: torch.Tensor  # long: data-domain index per row (for routing priors and statistics)
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.tokens_BL, self.groups_BL, self.labels_BL,
-                                                 self.task_B)))
+        return Batch(*(getattr(self, f).to(device) for f in BATCH_FIELDS))
+
+
+BATCH_FIELDS = ("tokens_BL", "groups_BL", "labels_BL", "task_B", "domain_B")
 
 
 def attention_mask(groups_q: torch.Tensor, groups_k: torch.Tensor) -> torch.Tensor:
@@ -138,14 +141,15 @@ def mask_images(tokens_BL: torch.Tensor, image_start: int, n_image: int, vocab: 
     return out, labels
 
 
-def collate(rows: list[tuple], task: int) -> Batch:
-    """Stack (tokens, groups, labels) rows of one task into a Batch."""
+def collate(rows: list[tuple], task: int, domains: list[int] | None = None) -> Batch:
+    """Stack (tokens, groups, labels) rows of one task into a Batch (domain 0 unless given)."""
     tokens, groups, labels = (torch.tensor([r[i] for r in rows], dtype=torch.long)
                               for i in range(3))
-    return Batch(tokens, groups, labels, torch.full((len(rows),), task, dtype=torch.long))
+    domain_B = torch.tensor(domains or [0] * len(rows), dtype=torch.long)
+    return Batch(tokens, groups, labels, torch.full((len(rows),), task, dtype=torch.long),
+                 domain_B)
 
 
 def concat(batches: list[Batch]) -> Batch:
     batches = [b for b in batches if b.tokens_BL.shape[0]]
-    return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in
-                   ("tokens_BL", "groups_BL", "labels_BL", "task_B")))
+    return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in BATCH_FIELDS))

@@ -36,13 +36,23 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 class Batcher:
     """Builds the mixed T2I / MMU / LM batch of a step from a data source."""
 
-    def __init__(self, cfg: Config, source, vocab: Vocab, image_tok: ImageTokenizer):
+    def __init__(self, cfg: Config, source, vocab: Vocab, image_tok: ImageTokenizer,
+                 offset: int = 0):
+        # offset: the data position of step 0 (the MoE stage continues where the dense stopped)
         self.cfg, self.source, self.vocab, self.image_tok = cfg, source, vocab, image_tok
+        self.offset = offset
         self.text = TextTokenizer(vocab)
         t = cfg.train
         self.sizes = (t.batch_t2i, t.batch_mmu, t.batch_lm)
+        self.domains = cfg.domain_names
+
+    def domain_ids(self, samples) -> list[int]:
+        """Index of each sample's domain in --domains; any other (folder) domain: the last."""
+        return [self.domains.index(s.domain) if s.domain in self.domains
+                else len(self.domains) for s in samples]
 
     def __call__(self, step: int) -> Batch:
+        step += self.offset
         cfg, v, gen = self.cfg, self.vocab, step_generator(self.cfg.train.seed, step)
         first = step * sum(self.sizes)  # samples are consumed in order: data position = step
         samples = [self.source[first + i] for i in range(sum(self.sizes))]
@@ -54,7 +64,7 @@ class Batcher:
         drop = torch.rand(len(t2i), generator=gen) < cfg.train.caption_dropout
         rows = [t2i_row([] if d else self.text.encode(s.caption), c.tolist(), v, text_len)
                 for s, c, d in zip(t2i, codes, drop)]
-        b_t2i = collate(rows, T2I) if rows else None
+        b_t2i = collate(rows, T2I, self.domain_ids(t2i)) if rows else None
         if b_t2i is not None:
             b_t2i.tokens_BL, b_t2i.labels_BL = mask_images(
                 b_t2i.tokens_BL, text_len + 1, cfg.image_tokens, v, gen)
@@ -64,7 +74,7 @@ class Batcher:
             q, a = self._pick_qa(s, gen)
             rows.append(mmu_row(c.tolist(), self.text.encode(question_text(q)),
                                 self.text.encode(a), v, seq_len))
-        b_mmu = collate(rows, MMU) if rows else None
+        b_mmu = collate(rows, MMU, self.domain_ids(mmu)) if rows else None
 
         rows = []
         for s in lm:
@@ -72,7 +82,7 @@ class Batcher:
             use_caption = torch.rand(1, generator=gen).item() < 0.5
             text = s.caption if use_caption else question_text(q) + a
             rows.append(lm_row(self.text.encode(text), v, seq_len))
-        b_lm = collate(rows, LM) if rows else None
+        b_lm = collate(rows, LM, self.domain_ids(lm)) if rows else None
         return concat([b for b in (b_t2i, b_mmu, b_lm) if b is not None])
 
     @staticmethod
@@ -95,10 +105,11 @@ def total_loss(losses: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
     return sum(weights[k] * v for k, v in losses.items())
 
 
-def lr_at(step: int, cfg: Config, total: int) -> float:
-    """Linear warmup to lr, then cosine decay to lr * min_lr_ratio at `total`."""
+def lr_at(step: int, cfg: Config, total: int, peak: float | None = None) -> float:
+    """Linear warmup to the peak (default --lr), then cosine decay to peak * min_lr_ratio at
+    `total`."""
     t = cfg.train
-    return t.lr * warmup_cosine(step, total, t.warmup, t.min_lr_ratio)
+    return (t.lr if peak is None else peak) * warmup_cosine(step, total, t.warmup, t.min_lr_ratio)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -130,6 +141,16 @@ class RunFiles:
     def samples(self) -> Path:
         return self.root / "samples"
 
+    @property
+    def dense(self) -> Path:
+        """A MoE run's trained dense model: the input of the conversion, kept for reuse."""
+        return self.root / "dense.pt"
+
+    @property
+    def routing(self) -> Path:
+        """Routing statistics of the final MoE model (routing.json, and routing.png beside)."""
+        return self.root / "routing.json"
+
 
 def log_line(files: RunFiles, record: dict) -> None:
     with open(files.log, "a") as f:
@@ -137,19 +158,24 @@ def log_line(files: RunFiles, record: dict) -> None:
 
 
 def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, step: int,
-                    image_tok: ImageTokenizer, extra: dict | None = None) -> None:
+                    image_tok: ImageTokenizer, path: Path | None = None) -> None:
+    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer and tokenizer."""
     checkpoint.save({"config": to_dict(cfg), "stage": stage, "step": step,
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "vq": image_tok.vq.state_dict(), **(extra or {})}, files.ckpt)
+                     "vq": image_tok.vq.state_dict()}, path or files.ckpt)
 
 
 def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Batcher,
         image_tok: ImageTokenizer, device: torch.device, start_step: int = 0,
-        optimizer=None, on_sample=None, progress: bool = True) -> list[dict]:
+        optimizer=None, on_sample=None, progress: bool = True, router=None,
+        peak_lr: float | None = None) -> list[dict]:
     """Train `model` for steps [start_step, steps). Returns the logged records of this call.
 
-    A non-finite loss stops the run with TrainingError before anything is saved, so the last
-    checkpoint on disk stays the last good one.
+    `router` (a routing.RouterTraining, MoE stage only) sets the router schedules before each
+    step, adds the balance and z losses, updates aux-loss-free biases after the step and adds
+    its statistics to the log. Every step's model-side randomness (random routing, dropout) is
+    seeded by (seed, step) too. A non-finite loss stops the run with TrainingError before
+    anything is saved, so the last checkpoint on disk stays the last good one.
     """
     t = cfg.train
     optimizer = optimizer or make_optimizer(model, cfg)
@@ -159,14 +185,21 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                initial=start_step, total=steps)
     model.train()
     for step in bar:
-        lr = lr_at(step, cfg, steps)
+        lr = lr_at(step, cfg, steps, peak_lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        torch.manual_seed(t.seed * STEP_SEED_STRIDE + step)
+        if router:
+            router.before_step(step)
         batch = batcher(step).to(device)
         with autocast:
-            out = model(batch.tokens_BL, batch.groups_BL)
+            out = model(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
             losses = task_losses(out.logits_BLV, batch)
             loss = total_loss(losses, cfg)
+            if router:
+                aux = router.losses(out.routing)
+                loss = loss + router.weighted(aux)
+                losses.update(aux)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{stage} loss became {loss.item()} at step {step}; the last good checkpoint "
@@ -175,6 +208,8 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
+        if router:
+            router.after_step(out.routing)
         seen_tokens += batch.tokens_BL.numel()
         done = step + 1
         if done % t.log_every == 0 or done == steps:
@@ -182,7 +217,7 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                    "grad_norm": round(grad_norm.item(), 4),
                    **{k: round(v.item(), 5) for k, v in losses.items()},
                    "tok_per_s": round(seen_tokens / (time.time() - t0)),
-                   "time_s": round(time.time() - t0, 2)}
+                   "time_s": round(time.time() - t0, 2), **(router.record() if router else {})}
             records.append(rec)
             log_line(files, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", t2i=rec.get("t2i"), mmu=rec.get("mmu"),

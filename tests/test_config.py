@@ -36,11 +36,42 @@ def test_checkpoint_dict_round_trip():
 
 @pytest.mark.parametrize("overrides,match", [
     (dict(d_model=30), "--n-heads"), (dict(vq_downsample=3), "power of two"),
-    (dict(moe="naive"), "use --moe none"), (dict(data="http://x"), "folder:PATH"),
-    (dict(dense_steps=-1), "dense-steps"), (dict(nonsense=1), "unknown config field")])
+    (dict(moe="magic"), "--moe 'magic': use one of none, scratch"),
+    (dict(data="http://x"), "folder:PATH"),
+    (dict(dense_steps=-1), "dense-steps"), (dict(nonsense=1), "unknown config field"),
+    (dict(moe="random", top_k=9), "--top-k 9 must be between 1 and --num-experts 8"),
+    (dict(moe="taylor", num_experts=7), "--d-ffn 512 does not split"),
+    (dict(moe="random", num_experts=6, num_shared=2), None),  # 512 = 8 experts of 64: fine
+    (dict(moe="naive", num_shared=1), "--num-shared 0"),
+    (dict(moe="taylor", text_experts=8), "--text-experts 8"),
+    (dict(moe="taylor", moe_layers="first:2"), "--moe-layers"),
+    (dict(moe="taylor", random_routing=True, top_k=1), "--top-k 2"),
+    (dict(moe="taylor", anneal_shape="exponential"), "use linear or cosine"),
+    (dict(moe="taylor", capacity_factor=-1.0), "--capacity-factor")])
 def test_invalid_values_are_refused_with_the_flag_named(overrides, match):
+    if match is None:
+        config.make_config("tiny", **overrides)
+        return
     with pytest.raises(ValueError, match=match):
         config.make_config("tiny", **overrides)
+
+
+def test_moe_layer_choice_and_expert_width():
+    assert config.moe_layer_ids("all", 4) == [0, 1, 2, 3]
+    assert config.moe_layer_ids("every_other", 4) == [1, 3]
+    assert config.moe_layer_ids("last:1", 4) == [3]
+    assert config.expert_hidden(config.make_config(moe="naive")) == 512, "upcycled: full width"
+    assert config.expert_hidden(config.make_config(moe="taylor", num_shared=0)) == 64
+
+
+def test_boolean_flags_parse_words_not_truthiness():
+    import argparse
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    assert parser.parse_args(["--random-routing", "false"]).random_routing is False
+    assert parser.parse_args(["--random-routing", "yes"]).random_routing is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--random-routing", "maybe"])
 
 
 def test_unknown_preset():

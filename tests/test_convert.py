@@ -80,7 +80,7 @@ def test_random_and_taylor_layers_with_all_experts_on_compute_the_dense_ffn():
             sum(p.numel() for p in dense.parameters()), "same parameter count"
         assert torch.allclose(moe.all_experts(x), dense(x)[0], atol=1e-5), method
         y, aux = moe(x[None])
-        assert y.shape == (1, 10, 8) and aux["expert_ids_TK"].shape == (10, 2)
+        assert y.shape == (1, 10, 8) and aux.expert_ids_TK.shape == (10, 2)
 
 
 def test_naive_experts_are_noisy_copies_of_the_dense_ffn():

@@ -11,7 +11,7 @@ def test_logits_shape_and_aux_per_layer(cfg, model_and_vocab):
     tokens, groups, _ = t2i_row([104, 105], [v.mask] * cfg.image_tokens, v, cfg.data.text_len)
     out = model(torch.tensor([tokens]), torch.tensor([groups]))
     assert out.logits_BLV.shape == (1, cfg.seq_len, v.size)
-    assert len(out.aux) == cfg.model.n_layers
+    assert len(out.routing) == cfg.model.n_layers
 
 
 def test_rotary_preserves_norm_and_depends_only_on_offsets():

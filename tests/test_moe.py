@@ -62,7 +62,7 @@ def test_moe_equals_the_loop_twin_forward_and_backward():
     w, ids, _ = route(layer.router(x_TD), 2)
     ref = moe_loop(x_TD, w, ids, layer.w1_EDH, layer.w2_EHD).view_as(x)
     assert torch.allclose(y, ref, atol=1e-5)
-    assert torch.equal(aux["expert_ids_TK"], ids)
+    assert torch.equal(aux.expert_ids_TK, ids)
     g_fast = torch.autograd.grad(y.square().sum(), [x, layer.w1_EDH, layer.router.weight])
     g_ref = torch.autograd.grad(ref.square().sum(), [x, layer.w1_EDH, layer.router.weight])
     for a, b in zip(g_fast, g_ref):

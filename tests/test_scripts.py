@@ -81,8 +81,16 @@ def test_sample_extrapolates_from_a_kept_half(run_dir, tmp_path):
 
 # --- bad input: each row names the problem and the fix -------------------------------------
 
-def test_unknown_moe_value_is_refused_until_the_moe_issue(capsys, tmp_path):
-    fails(capsys, train.main, ["--moe", "taylor", "--out", str(tmp_path)], "use --moe none")
+def test_unknown_moe_value_is_refused(capsys, tmp_path):
+    fails(capsys, train.main, ["--moe", "magic", "--out", str(tmp_path)], "invalid choice")
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--moe", "random", "--top-k", "9"], "--top-k 9 must be between 1 and --num-experts 8"),
+    (["--moe", "taylor", "--num-experts", "7"], "does not split into --num-experts 7"),
+    (["--moe", "naive", "--num-shared", "2"], "use --num-shared 0")])
+def test_impossible_moe_shapes_are_refused(capsys, tmp_path, flags, match):
+    fails(capsys, train.main, flags + ["--out", str(tmp_path)], match)
 
 
 def test_unknown_preset_is_refused(capsys):

@@ -1,0 +1,187 @@
+"""Training the router: schedules, auxiliary losses, aux-loss-free balancing, routing statistics.
+
+Schedules, pure functions of the MoE step s (A = --anneal-steps, or the whole MoE stage):
+
+    tau(s)   = anneal(s, A, router_temp_start, router_temp_end)   softmax temperature
+    alpha(s) = anneal(s, A, balance_start, balance_end)           balance-loss coefficient
+    prior(s) = anneal(s, A, 1, 0)                                 scales the learnable prior b_i
+
+all with the shape --anneal-shape (schedules.anneal). The loss added to the task losses is
+
+    alpha(s) * mean over MoE layers of balance  +  z_loss_weight * mean over MoE layers of z
+
+where balance = E * sum_e f_e * P_e over the non-padding tokens (moe.balance_loss). It sees the
+*tempered* probabilities softmax(logits / tau): those are the probabilities that weight the
+experts, so the balance loss regulates the distribution that is actually used, and it equals 1
+exactly when that distribution is balanced. With --balance-scope modality it is computed on
+the text tokens and on the image tokens separately and averaged, so that the many image tokens
+cannot balance the load by pushing themselves into the text experts.
+
+Aux-loss-free balancing (DeepSeek-V3), with rate r = --aux-free-rate: after every optimizer step
+each layer's selection bias moves by r * sign(mean load - load_e), so an overloaded expert
+becomes less likely to be chosen; the bias never enters the weights or the losses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import Config
+from .metrics import group_nmi
+from .moe import MoE, Routing, balance_loss, z_loss
+from .schedules import anneal
+
+TEXT, IMAGE = 0, 1  # modality rows of the statistics
+
+
+@dataclass
+class Schedule:
+    temperature: float
+    alpha: float
+    prior: float
+
+
+def schedule(cfg: Config, step: int) -> Schedule:
+    """The router's schedule values at MoE step `step`."""
+    m = cfg.moe
+    span = m.anneal_steps or cfg.train.moe_steps
+    return Schedule(anneal(step, span, m.router_temp_start, m.router_temp_end, m.anneal_shape),
+                    anneal(step, span, m.balance_start, m.balance_end, m.anneal_shape),
+                    anneal(step, span, 1.0, 0.0,
+                           "linear" if m.anneal_shape == "exponential" else m.anneal_shape))
+
+
+def describe_schedule(cfg: Config) -> str:
+    """A few sample points of every schedule, printed at the start of a MoE run."""
+    span = cfg.moe.anneal_steps or cfg.train.moe_steps
+    points = sorted({0, span // 4, span // 2, 3 * span // 4, span})
+    rows = [f"  step {s:>6}: tau {x.temperature:.3f}  alpha {x.alpha:.4f}  prior {x.prior:.3f}"
+            for s, x in ((s, schedule(cfg, s)) for s in points)]
+    return "router schedules (" + cfg.moe.anneal_shape + "):\n" + "\n".join(rows)
+
+
+def moe_layers(model) -> list[MoE]:
+    return [b.ffn for b in model.blocks if isinstance(b.ffn, MoE)]
+
+
+def apply_schedule(model, s: Schedule) -> None:
+    for layer in moe_layers(model):
+        layer.temperature.fill_(s.temperature)
+        layer.prior_scale.fill_(s.prior)
+
+
+def router_losses(routings: list[Routing | None], scope: str = "global") -> dict[str, torch.Tensor]:
+    """Mean balance loss and mean z-loss over the MoE layers (padding excluded)."""
+    balance, z = [], []
+    for r in routings:
+        if r is None:
+            continue
+        valid = r.info.valid_T
+        if scope == "modality":
+            parts = [valid & ~r.info.image_T, valid & r.info.image_T]
+            parts = [p for p in parts if p.any()]
+        else:
+            parts = [valid]
+        balance.append(torch.stack([balance_loss(r.probs_TE[p], r.expert_ids_TK[p])
+                                    for p in parts]).mean())
+        z.append(z_loss(r.logits_TE[valid]))
+    return {"balance": torch.stack(balance).mean(), "z": torch.stack(z).mean()}
+
+
+@torch.no_grad()
+def update_selection_bias(model, routings: list[Routing | None], rate: float) -> None:
+    """One aux-loss-free step: bias_e += rate * sign(mean load - load_e) per MoE layer."""
+    for layer, r in zip(moe_layers(model), [r for r in routings if r is not None]):
+        load_E = torch.bincount(r.expert_ids_TK[r.kept_TK], minlength=layer.num_experts).float()
+        layer.selection_bias_E += rate * torch.sign(load_E.mean() - load_E)
+
+
+class RoutingStats:
+    """Counts of routed slots per MoE layer: by modality, by data domain, and how many were
+    dropped. Every non-padding slot counts where the router sent it, dropped or not."""
+
+    def __init__(self, layers: list[int], num_experts: int, domains: list[str]):
+        self.layers, self.E, self.domains = layers, num_experts, domains + ["other"]
+        self.reset()
+
+    def reset(self) -> None:
+        n, E = len(self.layers), self.E
+        self.modality_LME = torch.zeros(n, 2, E, dtype=torch.long)
+        self.domain_LGE = torch.zeros(n, len(self.domains), E, dtype=torch.long)
+        self.dropped_L = torch.zeros(n, dtype=torch.long)
+        self.slots_L = torch.zeros(n, dtype=torch.long)
+
+    @torch.no_grad()
+    def add(self, routings: list[Routing | None]) -> None:
+        for i, r in enumerate(x for x in routings if x is not None):
+            valid_T = r.info.valid_T
+            ids_TK = r.expert_ids_TK.cpu()
+            K = ids_TK.shape[1]
+            image_T, valid_T = r.info.image_T.cpu(), valid_T.cpu()
+            for row, tokens in ((TEXT, valid_T & ~image_T), (IMAGE, valid_T & image_T)):
+                self.modality_LME[i, row] += torch.bincount(ids_TK[tokens].flatten(),
+                                                            minlength=self.E)
+            if r.info.domain_T is not None:
+                G = len(self.domains)
+                dom_TK = r.info.domain_T.cpu()[:, None].expand(-1, K)
+                pair = dom_TK[valid_T] * self.E + ids_TK[valid_T]
+                self.domain_LGE[i] += torch.bincount(pair.flatten(), minlength=G * self.E
+                                                     ).view(G, self.E)
+            self.dropped_L[i] += int((~r.kept_TK.cpu() & valid_T[:, None]).sum())
+            self.slots_L[i] += int(valid_T.sum()) * K
+
+    def summary(self) -> dict:
+        """Per layer: shares of text / image / each domain's slots per expert, modality and
+        domain NMI, max load violation (max load / mean load - 1) and drop rate."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            m, d = self.modality_LME[i].double(), self.domain_LGE[i].double()
+            load = m.sum(0)
+            seen = [g for g in range(len(self.domains)) if d[g].sum() > 0]
+            out[f"layer{layer}"] = {
+                "text": _shares(m[TEXT]), "image": _shares(m[IMAGE]),
+                "domains": {self.domains[g]: _shares(d[g]) for g in seen},
+                "modality_nmi": round(group_nmi(m), 4),
+                "domain_nmi": round(group_nmi(d[seen]), 4) if len(seen) > 1 else None,
+                "max_violation": round(float(load.max() / load.mean() - 1), 4)
+                if load.sum() else None,
+                "drop_rate": round(int(self.dropped_L[i]) / max(1, int(self.slots_L[i])), 4)}
+        return out
+
+
+def _shares(counts_E: torch.Tensor) -> list[float]:
+    total = counts_E.sum()
+    return [round(float(c / total), 4) if total else 0.0 for c in counts_E]
+
+
+class RouterTraining:
+    """What `trainer.fit` does for the router around each MoE step."""
+
+    def __init__(self, model, cfg: Config):
+        self.model, self.cfg = model, cfg
+        self.stats = RoutingStats([i for i, b in enumerate(model.blocks) if isinstance(b.ffn, MoE)],
+                                  cfg.moe.num_experts, cfg.domain_names)
+        self.now = schedule(cfg, 0)
+
+    def before_step(self, step: int) -> None:
+        self.now = schedule(self.cfg, step)
+        apply_schedule(self.model, self.now)
+
+    def losses(self, routings) -> dict[str, torch.Tensor]:
+        return router_losses(routings, self.cfg.moe.balance_scope)
+
+    def weighted(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.now.alpha * losses["balance"] + self.cfg.moe.z_loss_weight * losses["z"]
+
+    def after_step(self, routings) -> None:
+        if self.cfg.moe.aux_free_rate:
+            update_selection_bias(self.model, routings, self.cfg.moe.aux_free_rate)
+        self.stats.add(routings)
+
+    def record(self) -> dict:
+        """Schedule values and the routing statistics since the last record (then reset)."""
+        rec = {"tau": round(self.now.temperature, 4), "alpha": round(self.now.alpha, 5),
+               "prior": round(self.now.prior, 4), "routing": self.stats.summary()}
+        self.stats.reset()
+        return rec

@@ -1,0 +1,157 @@
+"""Stages 2 and 3 of `train.py`: the dense model (trained, resumed or reused), its conversion
+into a MoE (with the loss right before and right after), MoE training and the final routing
+report. Stage 1, the tokenizer, and the shared run plumbing are in `pipeline.py`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, config
+from .config import Config
+from .convert import convert_model
+from .pipeline import (VQ_IDENTITY, GridWriter, UserError, build_model, open_source,
+                       restore_optimizer)
+from .plots import routing_heatmaps
+from .routing import RouterTraining, RoutingStats, apply_schedule, describe_schedule, schedule
+from .trainer import Batcher, RunFiles, fit, log_line, task_losses
+
+CONVERSION_BATCHES = 4  # held-out batches that measure the loss jump at conversion
+ROUTING_BATCHES = 8  # held-out batches behind routing.json / routing.png
+# What a dense checkpoint must share with this run to be converted by it.
+DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len") + VQ_IDENTITY
+
+
+def load_dense(path: Path, cfg: Config) -> dict:
+    """A dense checkpoint (a dense run's ckpt.pt or a MoE run's dense.pt) that fits `cfg`."""
+    payload = checkpoint.load(path)
+    if payload.get("stage") != "dense":
+        raise UserError(f"{path} holds a {payload.get('stage')} model, not a dense one; pass a "
+                        f"dense run's ckpt.pt or a MoE run's dense.pt to --init")
+    saved, wanted = config.flat(config.from_dict(payload["config"])), config.flat(cfg)
+    for name in DENSE_IDENTITY:
+        if saved[name] != wanted[name]:
+            raise UserError(f"{path} has {name}={saved[name]} but this run asks for "
+                            f"{wanted[name]}; pass --{name.replace('_', '-')} {saved[name]} or "
+                            f"another --init")
+    return payload
+
+
+def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict | None,
+                init: str | None, progress: bool):
+    """The trained dense model, from (first that applies): --init, the run folder's dense.pt,
+    or training (resumed from `payload` if it is a dense-stage checkpoint). A MoE run keeps
+    the result as dense.pt."""
+    torch.manual_seed(cfg.train.seed)
+    model, vocab = build_model(config.dense_version(cfg), device)
+    source = Path(init) if init else files.dense if files.dense.exists() and payload is None \
+        else None
+    if source is not None:
+        reused = load_dense(source, cfg)
+        model.load_state_dict(reused["model"])
+        if source != files.dense:
+            checkpoint.save(reused, files.dense)
+        print(f"reusing the dense model in {source} (step {reused['step']})")
+        return model, vocab
+    optimizer, start = None, 0
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        optimizer, start = restore_optimizer(model, cfg, payload), payload["step"]
+        print(f"resuming dense at step {start}")
+    print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
+    fit(model, cfg, files, "dense", cfg.train.dense_steps,
+        Batcher(cfg, open_source(cfg, "train"), vocab, image_tok), image_tok, device,
+        start_step=start, optimizer=optimizer,
+        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress)
+    if cfg.moe.moe != "none":  # fit's last save is the finished dense model
+        checkpoint.save(checkpoint.load(files.ckpt), files.dense)
+    return model, vocab
+
+
+def heldout_batches(cfg: Config, vocab, image_tok, n: int) -> list:
+    batcher = Batcher(cfg, open_source(cfg, "heldout"), vocab, image_tok)
+    return [batcher(i) for i in range(n)]
+
+
+@torch.no_grad()
+def mean_losses(model, batches, device) -> dict[str, float]:
+    """Task losses averaged over `batches`, in eval mode."""
+    model.eval()
+    sums: dict[str, float] = {}
+    for b in batches:
+        b = b.to(device)
+        out = model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B)
+        for k, v in task_losses(out.logits_BLV, b).items():
+            sums[k] = sums.get(k, 0.0) + v.item() / len(batches)
+    return {k: round(v, 4) for k, v in sums.items()}
+
+
+def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
+                  moe_batcher: Batcher):
+    """The MoE built from `dense` (calibrated on the first MoE batches), and the held-out
+    task losses right before and right after the conversion (router at its step-0 schedule)."""
+    probe = heldout_batches(cfg, vocab, image_tok, CONVERSION_BATCHES)
+    before = mean_losses(dense, probe, device)
+    calibration = [moe_batcher(i).to(device) for i in range(cfg.moe.taylor_batches)]
+    dense.train()  # Taylor scores need gradients of the training-mode loss
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    model = convert_model(dense, cfg, calibration, generator)
+    apply_schedule(model, schedule(cfg, 0))
+    after = mean_losses(model, probe, device)
+    report = {"before": before, "after": after, "method": cfg.moe.moe,
+              "moe_params": model.num_params(), "dense_params": dense.num_params()}
+    log_line(files, {"stage": "convert", **report})
+    print(f"conversion ({cfg.moe.moe}): held-out losses "
+          + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before)
+          + f"; parameters {report['dense_params'] / 1e6:.2f}M -> {report['moe_params'] / 1e6:.2f}M")
+    return model, report
+
+
+def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, batcher: Batcher,
+              start_step: int, optimizer, progress: bool) -> None:
+    print(describe_schedule(cfg))
+    fit(model, cfg, files, "moe", cfg.train.moe_steps, batcher, image_tok, device,
+        start_step=start_step, optimizer=optimizer,
+        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
+        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr)
+
+
+def resume_moe(cfg: Config, payload: dict, device):
+    model, vocab = build_model(cfg, device)
+    model.load_state_dict(payload["model"])
+    print(f"resuming moe at step {payload['step']}")
+    return model, vocab, restore_optimizer(model, cfg, payload)
+
+
+@torch.no_grad()
+def routing_report(model, cfg: Config, files: RunFiles, vocab, image_tok, device) -> dict:
+    """Routing statistics of the trained MoE on held-out batches: routing.json + routing.png."""
+    stats = RoutingStats([i for i, _ in model.moe_layers()], cfg.moe.num_experts,
+                         cfg.domain_names)
+    model.eval()
+    for b in heldout_batches(cfg, vocab, image_tok, ROUTING_BATCHES):
+        b = b.to(device)
+        stats.add(model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B).routing)
+    summary = stats.summary()
+    if cfg.moe.moe == "taylor":
+        n = cfg.moe.text_experts
+        for layer in summary.values():
+            layer["text_to_text_experts"] = round(sum(layer["text"][:n]), 4)
+            layer["image_to_image_experts"] = round(sum(layer["image"][n:]), 4)
+    files.routing.write_text(json.dumps(summary, indent=2))
+    routing_heatmaps(summary, f"{files.root.name}: share of each group's routed slots per "
+                     f"expert (%), held-out").save(files.routing.with_suffix(".png"))
+    return summary
+
+
+def format_routing(summary: dict) -> str:
+    lines = []
+    for name, s in summary.items():
+        extra = (f", text->text experts {s['text_to_text_experts']:.0%}, image->image experts "
+                 f"{s['image_to_image_experts']:.0%}" if "text_to_text_experts" in s else "")
+        lines.append(f"routing    {name}: modality NMI {s['modality_nmi']:.3f}, domain NMI "
+                     f"{s['domain_nmi'] if s['domain_nmi'] is not None else '-'}, max load "
+                     f"+{s['max_violation']:.0%}{extra}")
+    return "\n".join(lines)
