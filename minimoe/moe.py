@@ -145,15 +145,16 @@ def experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, w1_EDH, w2_EHD) ->
 def random_second(weights_TK: torch.Tensor, kept_TK: torch.Tensor):
     """GShard random routing: keep each token's second expert with probability p = min(1, 2 g2).
 
-    A kept second weight is divided by p (as inverted dropout does), so that the expected
-    output in training equals the deterministic top-2 output used at inference.
-    Returns (weights_TK, kept_TK).
+    A kept second weight is divided by p (as inverted dropout does; p counts as a constant for
+    the gradient), so that the expected output in training equals the deterministic top-2
+    output used at inference. Returns (weights_TK, kept_TK).
     """
-    p_T = (2 * weights_TK[:, 1]).clamp(max=1.0)
+    g2_T = weights_TK[:, 1]
+    p_T = (2 * g2_T).clamp(max=1.0).detach()
     keep_T = torch.rand_like(p_T) < p_T
-    weights_TK = weights_TK.clone()
-    weights_TK[:, 1] = torch.where(keep_T, weights_TK[:, 1] / p_T, 0.0)
-    return weights_TK, kept_TK & torch.stack([torch.ones_like(keep_T), keep_T], 1)
+    second_T = torch.where(keep_T, g2_T / p_T, 0.0)
+    return (torch.stack([weights_TK[:, 0], second_T], 1),
+            kept_TK & torch.stack([torch.ones_like(keep_T), keep_T], 1))
 
 
 def capacity(num_tokens: int, top_k: int, num_experts: int, factor: float) -> int:

@@ -100,8 +100,10 @@ def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
     model = convert_model(dense, cfg, calibration, generator)
     apply_schedule(model, schedule(cfg, 0))
     after = mean_losses(model, probe, device)
+    router = sum(p.numel() for n, p in model.named_parameters() if ".router." in n or "prior_GE" in n)
     report = {"before": before, "after": after, "method": cfg.moe.moe,
-              "moe_params": model.num_params(), "dense_params": dense.num_params()}
+              "moe_params": model.num_params(), "router_params": router,
+              "dense_params": dense.num_params()}
     log_line(files, {"stage": "convert", **report})
     print(f"conversion ({cfg.moe.moe}): held-out losses "
           + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before)

@@ -89,3 +89,64 @@ def test_balance_loss_is_one_when_balanced_and_larger_when_collapsed():
     assert torch.isclose(balance_loss(collapsed, torch.zeros(T, 1, dtype=torch.long)),
                          torch.tensor(float(E)))
     assert z_loss(torch.zeros(3, E)) == torch.log(torch.tensor(float(E))) ** 2
+
+
+def test_temperature_changes_weights_but_not_selection_unless_biased_or_sampled():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(50, 6, generator=g)
+    w1, ids1, _ = route(logits, 2, temperature=1.0)
+    w3, ids3, _ = route(logits, 2, temperature=3.0)
+    assert torch.equal(ids1, ids3), "top-k of logits / tau is top-k of logits"
+    assert (w3[:, 0] < w1[:, 0]).all(), "a higher temperature evens out the weights"
+    bias = torch.tensor([0.0, 0, 0, 0, 0, 1.0])
+    _, b1, _ = route(logits, 2, 1.0, bias)
+    _, b3, _ = route(logits, 2, 3.0, bias)
+    assert not torch.equal(b1, b3), "a selection bias weighs more against flatter logits"
+    torch.manual_seed(0)
+    _, sampled, _ = route(logits, 2, 1.0, sample=True)
+    assert not torch.equal(sampled, ids1), "sampling explores beyond the top-k"
+    w_b, ids_b, p_b = route(logits, 2, 1.0, bias)
+    assert torch.allclose(w_b, p_b.gather(1, ids_b) / p_b.gather(1, ids_b).sum(1, keepdim=True)), \
+        "the selection bias changes the choice, never the weights' formula"
+
+
+def test_dropped_slots_contribute_zero_and_padding_is_never_routed():
+    from minimoe.moe import RouterOptions, TokenInfo
+    torch.manual_seed(0)
+    layer = MoE(8, 16, num_experts=4, top_k=1, options=RouterOptions(capacity_factor=0.25))
+    layer.train()
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.bias.copy_(torch.tensor([5.0, 0, 0, 0]))  # every token wants expert 0
+    x = torch.randn(1, 16, 8)
+    info = TokenInfo(torch.zeros(16, dtype=torch.bool), torch.ones(16, dtype=torch.bool))
+    info.valid_T[:2] = False  # two padding tokens
+    y, r = layer(x, info)
+    # capacity = ceil(0.25 * 14 valid * 1 / 4) = 1 slot for expert 0: the first valid token
+    assert r.kept_TK[:, 0].tolist() == [False, False, True] + [False] * 13
+    assert (y[0, 3:] == 0).all() and (y[0, :2] == 0).all(), "dropped: zero, not the input"
+    want = moe_loop(x[0, 2:3], torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long),
+                    layer.w1_EDH, layer.w2_EHD)
+    assert torch.allclose(y[0, 2:3], want, atol=1e-6)
+    layer.eval()
+    assert layer(x, info)[1].kept_TK[2:].all(), "inference is dropless"
+
+
+def test_capacity_keeps_first_choices_before_second_choices():
+    from minimoe.moe import within_capacity
+    ids = torch.tensor([[1, 0], [0, 1], [0, 1]])
+    kept = within_capacity(ids, torch.ones(3, 2, dtype=torch.bool), 2, limit=2)
+    # expert 0: first choices of tokens 1, 2 fill it; token 0's second choice is dropped
+    assert kept.tolist() == [[True, False], [True, True], [True, False]]
+
+
+def test_random_routing_is_unbiased_for_the_deterministic_top2_output():
+    from minimoe.moe import random_second
+    torch.manual_seed(0)
+    weights = torch.tensor([[0.8, 0.2], [0.5, 0.5]]).repeat(20000, 1)
+    kept = torch.ones_like(weights, dtype=torch.bool)
+    w, k = random_second(weights, kept)
+    assert abs(k[0::2, 1].float().mean().item() - 0.4) < 0.02, "kept with probability 2 g2"
+    assert k[1::2, 1].all(), "2 g2 >= 1: always kept"
+    assert torch.allclose((w * k)[0::2].mean(0), torch.tensor([0.8, 0.2]), atol=0.01)
+    assert (w[:, 0] == weights[:, 0]).all()

@@ -79,6 +79,63 @@ def test_sample_extrapolates_from_a_kept_half(run_dir, tmp_path):
     assert out.exists()
 
 
+# --- MoE runs ------------------------------------------------------------------------------
+MOE = ["--num-experts", "4", "--text-experts", "2", "--moe-steps", "4", "--taylor-batches", "2"]
+
+
+@pytest.mark.parametrize("method", ["scratch", "naive", "random", "taylor"])
+def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tmp_path, method):
+    out = tmp_path / method
+    summary = train.main(MICRO + MOE + ["--moe", method, "--init", str(run_dir / "ckpt.pt"),
+                                        "--out", str(out)])
+    for name in ("vq.pt", "dense.pt", "ckpt.pt", "routing.json", "routing.png", "summary.json"):
+        assert (out / name).exists(), name
+    assert set(summary["conversion"]["before"]) == set(summary["conversion"]["after"])
+    assert set(summary["routing"]) == {"layer0", "layer1"}
+    c = summary["conversion"]
+    experts_and_rest = c["moe_params"] - c["router_params"]
+    if method in ("scratch", "naive"):
+        assert experts_and_rest > c["dense_params"], "upcycling multiplies the FFN parameters"
+    else:
+        assert experts_and_rest == c["dense_params"], "a split keeps the parameter count"
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log][:1] == ["convert"] and log[-1]["stage"] == "moe"
+    assert "tau" in log[-1] and "layer1" in log[-1]["routing"]
+    grid = tmp_path / "g.png"
+    sample.main(["--ckpt", str(out / "ckpt.pt"), "--prompt", "a red circle", "--n", "1",
+                 "--steps", "2", "--out", str(grid)])
+    assert grid.exists()
+
+
+def test_one_command_runs_every_stage_and_resumes_the_moe_stage(tmp_path, capsys):
+    out = tmp_path / "t"
+    train.main(MICRO + MOE + ["--moe", "taylor", "--out", str(out)])
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [s for i, s in enumerate(r["stage"] for r in log)
+            if i == 0 or log[i - 1]["stage"] != s] == ["vq", "dense", "convert", "moe"]
+    capsys.readouterr()
+    train.main(MICRO + MOE + ["--moe", "taylor", "--out", str(out), "--resume",
+                              "--moe-steps", "6"])
+    printed = capsys.readouterr().out
+    assert "resuming moe at step 4" in printed and "conversion" not in printed
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_init_must_be_a_dense_model_of_the_same_shape(capsys, run_dir, tmp_path):
+    moe_run = tmp_path / "m"
+    train.main(MICRO + MOE + ["--moe", "random", "--init", str(run_dir / "ckpt.pt"),
+                              "--out", str(moe_run)])
+    fails(capsys, train.main, MICRO + ["--moe", "naive", "--init", str(moe_run / "ckpt.pt"),
+                                       "--out", str(tmp_path / "a")], "not a dense one")
+    fails(capsys, train.main, MICRO + ["--d-model", "64", "--moe", "naive", "--init",
+                                       str(run_dir / "ckpt.pt"), "--out", str(tmp_path / "b")],
+          "pass --d-model 32")
+    fails(capsys, train.main, MICRO + ["--init", str(run_dir / "ckpt.pt"),
+                                       "--out", str(tmp_path / "c")], "needs --moe")
+    fails(capsys, train.main, MICRO + ["--moe", "naive", "--init", str(tmp_path / "none.pt"),
+                                       "--out", str(tmp_path / "d")], "does not exist")
+
+
 # --- bad input: each row names the problem and the fix -------------------------------------
 
 def test_unknown_moe_value_is_refused(capsys, tmp_path):

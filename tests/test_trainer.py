@@ -113,8 +113,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model, batcher, tok, files = setup(cfg, tmp_path)
     forward = model.forward
 
-    def poisoned(tokens, groups, cache=None):
-        out = forward(tokens, groups, cache)
+    def poisoned(tokens, groups, cache=None, domain_B=None):
+        out = forward(tokens, groups, cache, domain_B)
         if poisoned.calls == 6:
             out.logits_BLV = out.logits_BLV * float("nan")
         poisoned.calls += 1
