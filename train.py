@@ -2,7 +2,7 @@
 with --moe stage 3: convert the dense FFNs into experts and train the MoE.
 
     python train.py                                   # tiny preset, built-in data, CPU, minutes
-    python train.py --moe taylor                      # tokenizer -> dense -> Taylor MoE, one command
+    python train.py --moe taylor                      # tokenizer -> dense -> Taylor MoE
     python train.py --moe naive --init out/dense/ckpt.pt   # convert an existing dense model
     python train.py --dense-steps 200 --vq-steps 200  # a quicker look
     python train.py --resume                          # continue out/dense where it stopped
@@ -27,11 +27,13 @@ from minimoe.trainer import Batcher, RunFiles
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     config.add_arguments(parser)
-    parser.add_argument("--out", default=None, help="run folder (default: out/dense or out/moe-METHOD)")
+    parser.add_argument("--out", default=None,
+                        help="run folder (default: out/dense or out/moe-METHOD)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     parser.add_argument("--init", default=None,
                         help="dense checkpoint to convert (skips stages 1 and 2; needs --moe)")
-    parser.add_argument("--eval-n", type=int, default=120, help="held-out samples in the final check")
+    parser.add_argument("--eval-n", type=int, default=120,
+                        help="held-out samples in the final check (0: skip it)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     pipeline.add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -78,7 +80,8 @@ def run(args) -> dict:
         summary["routing"] = stages.routing_report(model, cfg, files, vocab, image_tok, device)
 
     # A quick check of both abilities on held-out data (the full evaluation is eval.py).
-    summary.update(pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
+    if args.eval_n:
+        summary.update(pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
     summary.update(wall_s=round(time.time() - t_start, 1), peak_rss_mb=pipeline.peak_memory_mb())
     (files.root / "summary.json").write_text(json.dumps(summary, indent=2))
     print(pipeline.format_summary(summary))

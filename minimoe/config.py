@@ -65,7 +65,7 @@ class MoEConfig:
     balance_end: float = 0.0  # ... decayed to this
     balance_scope: str = "global"  # global | modality (balance text and image tokens separately)
     z_loss_weight: float = 0.001  # router z-loss weight
-    anneal_steps: int = 0  # steps over which tau, alpha and the prior bias anneal (0: all MoE steps)
+    anneal_steps: int = 0  # steps over which tau, alpha and the prior anneal (0: all MoE steps)
     anneal_shape: str = "cosine"  # linear | exponential | cosine
     router_prior: str = "none"  # none | modality | domain: annealed learnable bias b_i(t)
     prior_strength: float = 2.0  # initial logit bonus of the favoured experts
@@ -207,7 +207,8 @@ def validate(cfg: Config) -> None:
     for name, allowed in CHOICES.items():
         value = flat(cfg)[name]
         if value not in allowed:
-            raise ValueError(f"--{name.replace('_', '-')} {value!r}: use one of {', '.join(allowed)}")
+            raise ValueError(f"--{name.replace('_', '-')} {value!r}: use one of "
+                             f"{', '.join(allowed)}")
     if v.vq_downsample & (v.vq_downsample - 1) or d.image_size % v.vq_downsample:
         raise ValueError(f"--vq-downsample {v.vq_downsample} must be a power of two dividing "
                          f"--image-size {d.image_size}")

@@ -170,7 +170,8 @@ def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shar
     the method needs)."""
     H, D = ffn.w1.weight.shape
     if method in METHODS and method not in ("scratch", "naive") and H % (num_experts + num_shared):
-        raise ValueError(f"--d-ffn {H} does not split into {num_experts + num_shared} equal experts")
+        raise ValueError(f"--d-ffn {H} does not split into {num_experts + num_shared} equal "
+                         f"experts")
     width = H if method in ("scratch", "naive") else H // (num_experts + num_shared)
     moe = MoE(D, width, num_experts, top_k, num_shared)
     init_experts_(moe, ffn, method, generator, scores)
@@ -246,15 +247,19 @@ def prior_init_(moe: MoE, kind: str, strength: float, text_experts: int, num_dom
 
 
 def default_expert_scale(cfg: Config) -> float:
-    """The routed output's multiplier when --expert-scale is 0 (see the README's measurement).
+    """The routed output's multiplier when --expert-scale is 0.
 
     Upcycled experts (scratch, naive) are each a whole FFN and the top-k weights sum to 1: 1.
-    Split experts (random, taylor): MEASURE.
+    Split experts (random, taylor) each hold a share of the dense neurons, and the dense FFN is
+    the sum of all E routed experts (plus the shared ones); since the k weights sum to 1,
+    E * sum_k w_k expert_k(x) estimates that sum without bias when the choice is uniform: E.
+    Measured on the tiny preset, E gave the smallest loss jump of 1, 2, 4 and 8 for random and
+    the smallest T2I and MMU jump for taylor (README).
     """
     m = cfg.moe
     if m.expert_scale:
         return m.expert_scale
-    return 1.0 if m.moe in UPCYCLED else m.num_experts / m.top_k
+    return 1.0 if m.moe in UPCYCLED else float(m.num_experts)
 
 
 def convert_model(dense, cfg: Config, batches: list[Batch], generator: torch.Generator,

@@ -280,5 +280,5 @@ def format_report(s: dict) -> str:
 def format_summary(s: dict) -> str:
     """format_report plus the tokenizer, wall-time and memory lines of a training run."""
     return "\n".join([f"tokenizer  PSNR {s['vq']['psnr']:.2f} dB, perplexity "
-                      f"{s['vq']['perplexity']:.1f}", format_report(s),
-                      f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"])
+                      f"{s['vq']['perplexity']:.1f}"] + ([format_report(s)] if "mmu" in s else [])
+                     + [f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"])

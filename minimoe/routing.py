@@ -29,7 +29,7 @@ import torch
 
 from .config import Config
 from .metrics import group_nmi
-from .moe import MoE, Routing, balance_loss, z_loss
+from .moe import Routing, balance_loss, z_loss
 from .schedules import anneal
 
 TEXT, IMAGE = 0, 1  # modality rows of the statistics
@@ -61,12 +61,8 @@ def describe_schedule(cfg: Config) -> str:
     return "router schedules (" + cfg.moe.anneal_shape + "):\n" + "\n".join(rows)
 
 
-def moe_layers(model) -> list[MoE]:
-    return [b.ffn for b in model.blocks if isinstance(b.ffn, MoE)]
-
-
 def apply_schedule(model, s: Schedule) -> None:
-    for layer in moe_layers(model):
+    for _, layer in model.moe_layers():
         layer.temperature.fill_(s.temperature)
         layer.prior_scale.fill_(s.prior)
 
@@ -92,7 +88,7 @@ def router_losses(routings: list[Routing | None], scope: str = "global") -> dict
 @torch.no_grad()
 def update_selection_bias(model, routings: list[Routing | None], rate: float) -> None:
     """One aux-loss-free step: bias_e += rate * sign(mean load - load_e) per MoE layer."""
-    for layer, r in zip(moe_layers(model), [r for r in routings if r is not None]):
+    for (_, layer), r in zip(model.moe_layers(), [r for r in routings if r is not None]):
         load_E = torch.bincount(r.expert_ids_TK[r.kept_TK], minlength=layer.num_experts).float()
         layer.selection_bias_E += rate * torch.sign(load_E.mean() - load_E)
 
@@ -160,8 +156,8 @@ class RouterTraining:
 
     def __init__(self, model, cfg: Config):
         self.model, self.cfg = model, cfg
-        self.stats = RoutingStats([i for i, b in enumerate(model.blocks) if isinstance(b.ffn, MoE)],
-                                  cfg.moe.num_experts, cfg.domain_names)
+        self.stats = RoutingStats([i for i, _ in model.moe_layers()], cfg.moe.num_experts,
+                                  cfg.domain_names)
         self.now = schedule(cfg, 0)
 
     def before_step(self, step: int) -> None:

@@ -16,7 +16,8 @@ from .pipeline import (VQ_IDENTITY, GridWriter, UserError, build_model, open_sou
                        restore_optimizer)
 from .plots import routing_heatmaps
 from .routing import RouterTraining, RoutingStats, apply_schedule, describe_schedule, schedule
-from .trainer import Batcher, RunFiles, fit, log_line, task_losses
+from .trainer import (Batcher, RunFiles, fit, log_line, make_optimizer, save_checkpoint,
+                      task_losses)
 
 CONVERSION_BATCHES = 4  # held-out batches that measure the loss jump at conversion
 ROUTING_BATCHES = 8  # held-out batches behind routing.json / routing.png
@@ -96,24 +97,31 @@ def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
     before = mean_losses(dense, probe, device)
     calibration = [moe_batcher(i).to(device) for i in range(cfg.moe.taylor_batches)]
     dense.train()  # Taylor scores need gradients of the training-mode loss
+    torch.manual_seed(cfg.train.seed)  # the routers' random start: same in every pipeline
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model = convert_model(dense, cfg, calibration, generator)
     apply_schedule(model, schedule(cfg, 0))
     after = mean_losses(model, probe, device)
-    router = sum(p.numel() for n, p in model.named_parameters() if ".router." in n or "prior_GE" in n)
+    router = sum(p.numel() for n, p in model.named_parameters()
+                 if ".router." in n or "prior_GE" in n)
     report = {"before": before, "after": after, "method": cfg.moe.moe,
               "moe_params": model.num_params(), "router_params": router,
               "dense_params": dense.num_params()}
     log_line(files, {"stage": "convert", **report})
     print(f"conversion ({cfg.moe.moe}): held-out losses "
           + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before)
-          + f"; parameters {report['dense_params'] / 1e6:.2f}M -> {report['moe_params'] / 1e6:.2f}M")
+          + f"; parameters {report['dense_params'] / 1e6:.2f}M -> "
+            f"{report['moe_params'] / 1e6:.2f}M")
     return model, report
 
 
 def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, batcher: Batcher,
               start_step: int, optimizer, progress: bool) -> None:
+    """Train the MoE; with --moe-steps 0 just save the converted model (as step 0)."""
     print(describe_schedule(cfg))
+    if cfg.train.moe_steps == 0:
+        save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok)
+        return
     fit(model, cfg, files, "moe", cfg.train.moe_steps, batcher, image_tok, device,
         start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,

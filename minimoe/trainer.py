@@ -115,7 +115,8 @@ def lr_at(step: int, cfg: Config, total: int, peak: float | None = None) -> floa
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
     # Decay matrices and embeddings; never norms (nanoGPT's split).
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+    decay = cfg.train.weight_decay
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
 

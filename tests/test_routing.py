@@ -69,11 +69,9 @@ def test_aux_free_bias_moves_a_skewed_router_toward_balance():
     with torch.no_grad():
         layer.router.bias.copy_(torch.tensor([1.0, 0.5, 0.0, -0.5]))  # skewed to expert 0
 
-    class Model(torch.nn.Module):  # the one-layer shape routing.moe_layers expects
-        def __init__(self):
-            super().__init__()
-            self.blocks = torch.nn.ModuleList([torch.nn.Module()])
-            self.blocks[0].ffn = layer
+    class Model:  # what update_selection_bias needs of a Transformer
+        def moe_layers(self):
+            return [(0, layer)]
     model, x = Model(), torch.randn(1, 512, 8)
 
     def max_load():

@@ -107,6 +107,17 @@ def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tm
     assert grid.exists()
 
 
+def test_zero_moe_steps_saves_the_converted_model(run_dir, tmp_path):
+    out = tmp_path / "z"
+    summary = train.main(MICRO + MOE + ["--moe", "random", "--init", str(run_dir / "ckpt.pt"),
+                                        "--moe-steps", "0", "--eval-n", "0", "--out", str(out)])
+    from minimoe import checkpoint
+    saved = checkpoint.load(out / "ckpt.pt")
+    assert (saved["stage"], saved["step"]) == ("moe", 0) and "mmu" not in summary
+    sample.main(["--ckpt", str(out / "ckpt.pt"), "--prompt", "a red circle", "--n", "1",
+                 "--steps", "2", "--out", str(tmp_path / "g.png")])
+
+
 def test_one_command_runs_every_stage_and_resumes_the_moe_stage(tmp_path, capsys):
     out = tmp_path / "t"
     train.main(MICRO + MOE + ["--moe", "taylor", "--out", str(out)])
