@@ -77,6 +77,9 @@ def run(args) -> dict:
                                                                 image_tok, device, batcher)
         stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
                          optimizer, progress)
+        summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok, device)
+        print("held-out losses after MoE training: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in summary["heldout_losses"].items()))
         summary["routing"] = stages.routing_report(model, cfg, files, vocab, image_tok, device)
 
     # A quick check of both abilities on held-out data (the full evaluation is eval.py).

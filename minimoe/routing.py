@@ -56,7 +56,9 @@ def describe_schedule(cfg: Config) -> str:
     """A few sample points of every schedule, printed at the start of a MoE run."""
     span = cfg.moe.anneal_steps or cfg.train.moe_steps
     points = sorted({0, span // 4, span // 2, 3 * span // 4, span})
-    rows = [f"  step {s:>6}: tau {x.temperature:.3f}  alpha {x.alpha:.4f}  prior {x.prior:.3f}"
+    prior = cfg.moe.router_prior != "none"
+    rows = [f"  step {s:>6}: tau {x.temperature:.3f}  alpha {x.alpha:.4f}"
+            + (f"  prior {x.prior:.3f}" if prior else "")
             for s, x in ((s, schedule(cfg, s)) for s in points)]
     return "router schedules (" + cfg.moe.anneal_shape + "):\n" + "\n".join(rows)
 

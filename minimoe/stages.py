@@ -89,19 +89,23 @@ def mean_losses(model, batches, device) -> dict[str, float]:
     return {k: round(v, 4) for k, v in sums.items()}
 
 
+def heldout_losses(model, cfg: Config, vocab, image_tok, device) -> dict[str, float]:
+    """Task losses on the fixed held-out batches that also measure the conversion."""
+    return mean_losses(model, heldout_batches(cfg, vocab, image_tok, CONVERSION_BATCHES), device)
+
+
 def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
                   moe_batcher: Batcher):
     """The MoE built from `dense` (calibrated on the first MoE batches), and the held-out
     task losses right before and right after the conversion (router at its step-0 schedule)."""
-    probe = heldout_batches(cfg, vocab, image_tok, CONVERSION_BATCHES)
-    before = mean_losses(dense, probe, device)
+    before = heldout_losses(dense, cfg, vocab, image_tok, device)
     calibration = [moe_batcher(i).to(device) for i in range(cfg.moe.taylor_batches)]
     dense.train()  # Taylor scores need gradients of the training-mode loss
     torch.manual_seed(cfg.train.seed)  # the routers' random start: same in every pipeline
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model = convert_model(dense, cfg, calibration, generator)
     apply_schedule(model, schedule(cfg, 0))
-    after = mean_losses(model, probe, device)
+    after = heldout_losses(model, cfg, vocab, image_tok, device)
     router = sum(p.numel() for n, p in model.named_parameters()
                  if ".router." in n or "prior_GE" in n)
     report = {"before": before, "after": after, "method": cfg.moe.moe,

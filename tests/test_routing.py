@@ -14,7 +14,7 @@ from conftest import micro_config
 def test_schedules_run_from_start_to_end_and_the_prior_is_gone_after_annealing():
     cfg = micro_config(moe="random", moe_steps=100, anneal_steps=40, router_temp_start=3.0,
                        router_temp_end=1.0, balance_start=0.02, balance_end=0.0,
-                       anneal_shape="linear")
+                       anneal_shape="linear", router_prior="modality")
     start, mid, end, later = (schedule(cfg, s) for s in (0, 20, 40, 90))
     assert (start.temperature, start.alpha, start.prior) == (3.0, 0.02, 1.0)
     assert abs(mid.temperature - 2.0) < 1e-9 and abs(mid.alpha - 0.01) < 1e-9

@@ -90,7 +90,8 @@ def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tm
                                         "--out", str(out)])
     for name in ("vq.pt", "dense.pt", "ckpt.pt", "routing.json", "routing.png", "summary.json"):
         assert (out / name).exists(), name
-    assert set(summary["conversion"]["before"]) == set(summary["conversion"]["after"])
+    assert set(summary["conversion"]["before"]) == set(summary["conversion"]["after"]) == \
+        set(summary["heldout_losses"])
     assert set(summary["routing"]) == {"layer0", "layer1"}
     c = summary["conversion"]
     experts_and_rest = c["moe_params"] - c["router_params"]
