@@ -6,7 +6,8 @@ Schedules, pure functions of the MoE step s (A = --anneal-steps, or the whole Mo
     alpha(s) = anneal(s, A, balance_start, balance_end)           balance-loss coefficient
     prior(s) = anneal(s, A, 1, 0)                                 scales the learnable prior b_i
 
-all with the shape --anneal-shape (schedules.anneal). The loss added to the task losses is
+all with the shape --anneal-shape (schedules.anneal; an exponential prior would never reach
+0, so the prior then fades linearly). The loss added to the task losses is
 
     alpha(s) * mean over MoE layers of balance  +  z_loss_weight * mean over MoE layers of z
 
