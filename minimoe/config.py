@@ -8,6 +8,8 @@ checkpoint as a plain dict (`asdict`).
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 
@@ -276,17 +278,30 @@ def parse_bool(text: str) -> bool:
     return words[text.lower()]
 
 
+def field_comments(cls) -> dict[str, str]:
+    """The comment after each field of a config dataclass: the field's documentation, reused
+    as the flag's --help so that the two never drift apart."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?  # (.*)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, defaulting to None (= keep the preset's value)."""
     parser.add_argument("--preset", default=None, choices=list(PRESETS),
                         help="size preset: tiny (CPU, minutes), small (1 GPU), full (Show-o scale)")
     for section in SECTIONS:
         group = parser.add_argument_group(f"{section} config")
-        for f in fields(type(getattr(Config(), section))):
+        cls = type(getattr(Config(), section))
+        comments = field_comments(cls)
+        for f in fields(cls):
             kind = parse_bool if isinstance(f.default, bool) else type(f.default)
             group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
                                default=None, choices=CHOICES.get(f.name),
-                               help=f"(default from preset; tiny: {f.default})")
+                               help=f"{comments.get(f.name, '')} (tiny preset: {f.default})")
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict:

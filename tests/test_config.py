@@ -83,3 +83,12 @@ def test_describe_lists_every_field():
     text = config.describe(config.make_config("tiny"))
     for name in config.flat(config.make_config("tiny")):
         assert name in text
+
+
+def test_every_flag_has_its_fields_comment_as_help():
+    from dataclasses import fields
+    for section in config.SECTIONS:
+        cls = type(getattr(config.Config(), section))
+        comments = config.field_comments(cls)
+        assert all(comments.get(f.name) for f in fields(cls)), section
+    assert config.field_comments(config.MoEConfig)["top_k"].startswith("experts per token")
