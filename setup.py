@@ -1,17 +1,43 @@
-"""Install minimoe: `pip install -e .` (tests: `pip install -e ".[test]"`).
+"""Install minimoe and build its C++/CUDA extension.
 
-The C++/CUDA extension (csrc/) arrives in its own issue; `extensions()` is where it will be
-built, so that installing the pure-Python package never needs a compiler.
+    pip install torch                            # first: the extension builds against it
+    pip install --no-build-isolation -e .        # tests: pip install --no-build-isolation -e ".[test]"
+
+The extension `minimoe._C` (csrc/) always gets its CPU kernels; the CUDA kernels are added when
+torch is a CUDA build and a CUDA toolkit is found (set CUDA_HOME, e.g. /usr/local/cuda).
+MINIMOE_NO_EXT=1 skips the extension entirely (minimoe then runs on its PyTorch backend).
 """
+import glob
+import os
+
 from setuptools import find_packages, setup
 
-
-def extensions() -> list:
-    # The csrc/ ops (permute, unpermute, grouped_mm) will be returned here as a
-    # torch.utils.cpp_extension.CppExtension / CUDAExtension.
-    return []
+CUDA_ARCHS = "9.0"  # Hopper (H100/H200) at least; extend with TORCH_CUDA_ARCH_LIST
 
 
+def extensions() -> tuple[list, dict]:
+    if os.environ.get("MINIMOE_NO_EXT") == "1":
+        print("minimoe: MINIMOE_NO_EXT=1, not building the extension")
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    sources = ["csrc/moe_ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    cxx = ["-O3"]  # the C++ standard is torch's own (C++20 for torch 2.14)
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", CUDA_ARCHS)
+        ext = CUDAExtension("minimoe._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]})
+    else:
+        ext = CppExtension("minimoe._C", sources, extra_compile_args={"cxx": cxx})
+    print(f"minimoe: building the extension with CPU kernels"
+          + (f" and CUDA kernels (sm {os.environ['TORCH_CUDA_ARCH_LIST']}, {CUDA_HOME})"
+             if with_cuda else " only (no CUDA build of torch or no CUDA toolkit found)"))
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = extensions()
 setup(
     name="minimoe",
     version="0.1.0",
@@ -20,5 +46,6 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "ninja", "tqdm", "pillow>=10.1"],
     extras_require={"test": ["pytest"]},
-    ext_modules=extensions(),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

@@ -75,6 +75,7 @@ class MoEConfig:
     capacity_factor: float = 0.0  # expert capacity as a multiple of the even share (0: dropless)
     random_routing: bool = False  # top-2: keep the second expert with probability min(1, 2 g2)
     router_sample: bool = False  # training picks experts by sampling softmax(logits / tau)
+    moe_backend: str = "auto"  # torch (moe.py) | ext (the C++/CUDA ops) | auto (ext if built)
 
 
 @dataclass
@@ -154,7 +155,8 @@ UPCYCLED = ("scratch", "naive")  # experts as wide as the dense FFN; the others 
 # Flags whose value is one of a fixed set (argparse lists them in --help and refuses others).
 CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "anneal_shape": ("linear", "exponential", "cosine"),
-           "router_prior": ("none", "modality", "domain")}
+           "router_prior": ("none", "modality", "domain"),
+           "moe_backend": ("torch", "ext", "auto")}
 
 
 def moe_layer_ids(spec: str, n_layers: int) -> list[int]:

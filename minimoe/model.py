@@ -110,7 +110,8 @@ def make_ffn(cfg: Config, layer: int) -> nn.Module:
     groups = {"none": 0, "modality": 2, "domain": len(cfg.domain_names) + 1}
     return MoE(cfg.model.d_model, expert_hidden(cfg), m.num_experts, m.top_k, m.num_shared,
                m.router_bias, m.router_prior, groups[m.router_prior],
-               RouterOptions(m.capacity_factor, m.random_routing, m.router_sample))
+               RouterOptions(m.capacity_factor, m.random_routing, m.router_sample),
+               m.moe_backend)
 
 
 class Block(nn.Module):

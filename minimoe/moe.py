@@ -22,8 +22,9 @@ Dropped slots (padding, over capacity, the second expert under random routing) a
 sink group after the last expert: permuted like any other, computed by no expert, combined with
 weight 0. A dropped token's MoE output is therefore zero (never the input passed through).
 
-This is the readable pure-PyTorch backend: the C++/CUDA extension (its own issue) provides
-`permute`, `unpermute` and `grouped_mm` with the same contracts. The schedules, losses and
+This file is the readable pure-PyTorch backend: the C++/CUDA extension (csrc/, wrapped in
+ops.py) provides `permute`, `unpermute` and `grouped_mm` with the same contracts, and
+`--moe-backend torch | ext | auto` chooses. The schedules, losses and
 statistics that training needs live in `routing.py`; how a dense FFN becomes experts in
 `convert.py`.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -115,29 +117,45 @@ def grouped_mm(x_ND: torch.Tensor, w_EDH: torch.Tensor, offsets_E1: torch.Tensor
 
 def unpermute(y_ND: torch.Tensor, slots_N: torch.Tensor, weights_TK: torch.Tensor
               ) -> torch.Tensor:
-    """y_TD[t] = sum_k weights_TK[t, k] * (the row of slot t*K + k), accumulated in float32."""
+    """y_TD[t] = sum_k weights_TK[t, k] * (the row of slot t*K + k), accumulated in float32
+    (float64 for float64 inputs)."""
     T, K = weights_TK.shape
-    rows_in_slot_order = torch.empty_like(y_ND, dtype=torch.float32)
-    rows_in_slot_order[slots_N] = y_ND.float()
-    y_TKD = rows_in_slot_order.view(T, K, -1) * weights_TK.float()[..., None]
+    acc = torch.promote_types(y_ND.dtype, torch.float32)
+    rows_in_slot_order = torch.empty_like(y_ND, dtype=acc)
+    rows_in_slot_order[slots_N] = y_ND.to(acc)
+    y_TKD = rows_in_slot_order.view(T, K, -1) * weights_TK.to(acc)[..., None]
     return y_TKD.sum(1).to(y_ND.dtype)
 
 
-def expert_ffn(x_ND, w1_EDH, w2_EHD, offsets_E1) -> torch.Tensor:
+@dataclass(frozen=True)
+class Backend:
+    """Who computes the three steps with two implementations: the functions above ("torch")
+    or the C++/CUDA extension's ops ("ext", see ops.py); --moe-backend picks."""
+    name: str
+    permute: Callable
+    grouped_mm: Callable
+    unpermute: Callable
+
+
+TORCH = Backend("torch", permute, grouped_mm, unpermute)
+
+
+def expert_ffn(x_ND, w1_EDH, w2_EHD, offsets_E1, ops: Backend = TORCH) -> torch.Tensor:
     """Each row through its expert's FFN: w2 gelu(w1 x), as the dense FFN of model.py."""
-    return grouped_mm(F.gelu(grouped_mm(x_ND, w1_EDH, offsets_E1)), w2_EHD, offsets_E1)
+    return ops.grouped_mm(F.gelu(ops.grouped_mm(x_ND, w1_EDH, offsets_E1)), w2_EHD, offsets_E1)
 
 
-def experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, w1_EDH, w2_EHD) -> torch.Tensor:
+def experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, w1_EDH, w2_EHD,
+                    ops: Backend = TORCH) -> torch.Tensor:
     """permute -> expert FFNs -> unpermute, with dropped slots in a sink group (see the module
     docstring): y_TD = sum over kept k of weights_TK[t, k] * expert_{ids[t, k]}(x_t)."""
     E = w1_EDH.shape[0]
     sink_ids_TK = expert_ids_TK.masked_fill(~kept_TK, E)
-    x_ND, slots_N, offsets_E2 = permute(x_TD, sink_ids_TK, E + 1)
+    x_ND, slots_N, offsets_E2 = ops.permute(x_TD, sink_ids_TK, E + 1)
     n_routed = int(offsets_E2[E])
-    y_ND = expert_ffn(x_ND[:n_routed], w1_EDH, w2_EHD, offsets_E2[:E + 1])
+    y_ND = expert_ffn(x_ND[:n_routed], w1_EDH, w2_EHD, offsets_E2[:E + 1], ops)
     y_ND = torch.cat([y_ND, y_ND.new_zeros(x_ND.shape[0] - n_routed, y_ND.shape[1])])
-    return unpermute(y_ND, slots_N, weights_TK.masked_fill(~kept_TK, 0).to(y_ND.dtype))
+    return ops.unpermute(y_ND, slots_N, weights_TK.masked_fill(~kept_TK, 0).to(y_ND.dtype))
 
 
 # --- dropping slots --------------------------------------------------------------------------
@@ -196,9 +214,12 @@ class MoE(nn.Module):
 
     def __init__(self, d_model: int, d_hidden: int, num_experts: int, top_k: int,
                  num_shared: int = 0, router_bias: bool = True, prior: str = "none",
-                 prior_groups: int = 0, options: RouterOptions | None = None):
+                 prior_groups: int = 0, options: RouterOptions | None = None,
+                 backend: str = "torch"):
         super().__init__()
         from .model import FFN  # model.py builds MoE layers through make_ffn: import late
+        from .ops import backend as pick_backend  # ops.py builds on this module
+        self.ops = pick_backend(backend)
         self.num_experts, self.top_k, self.prior = num_experts, top_k, prior
         self.options = options or RouterOptions()
         self.router = nn.Linear(d_model, num_experts, bias=router_bias)
@@ -238,7 +259,7 @@ class MoE(nn.Module):
                              opt.capacity_factor)
             kept_TK = within_capacity(expert_ids_TK, kept_TK, self.num_experts, limit)
         y_TD = self.expert_scale * experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK,
-                                                   self.w1_EDH, self.w2_EHD)
+                                                   self.w1_EDH, self.w2_EHD, self.ops)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)[0]
         return y_TD.view_as(x_BLD), Routing(logits_TE, probs_TE, expert_ids_TK, kept_TK, info)
@@ -249,7 +270,7 @@ class MoE(nn.Module):
         T, E = x_TD.shape[0], self.num_experts
         ones_TE = x_TD.new_ones(T, E)
         y_TD = experts_forward(x_TD, ones_TE, torch.arange(E).repeat(T, 1), ones_TE.bool(),
-                               self.w1_EDH, self.w2_EHD)
+                               self.w1_EDH, self.w2_EHD, self.ops)
         return y_TD + (self.shared(x_TD)[0] if self.shared is not None else 0)
 
 
