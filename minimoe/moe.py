@@ -154,7 +154,8 @@ def experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, w1_EDH, w2_EHD,
     x_ND, slots_N, offsets_E2 = ops.permute(x_TD, sink_ids_TK, E + 1)
     n_routed = int(offsets_E2[E])
     y_ND = expert_ffn(x_ND[:n_routed], w1_EDH, w2_EHD, offsets_E2[:E + 1], ops)
-    y_ND = torch.cat([y_ND, y_ND.new_zeros(x_ND.shape[0] - n_routed, y_ND.shape[1])])
+    if n_routed < x_ND.shape[0]:  # zero rows for the sink (its weights are 0 too)
+        y_ND = torch.cat([y_ND, y_ND.new_zeros(x_ND.shape[0] - n_routed, y_ND.shape[1])])
     return ops.unpermute(y_ND, slots_N, weights_TK.masked_fill(~kept_TK, 0).to(y_ND.dtype))
 
 

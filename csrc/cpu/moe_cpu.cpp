@@ -16,6 +16,7 @@ namespace minimoe {
 namespace {
 
 constexpr int64_t kGrain = 64;  // rows per parallel task: enough work to amortise a thread
+constexpr int kLanes = 8;       // partial sums per dot product (hides the add latency)
 
 // The row of each slot (the inverse of the permutation `slots`).
 std::vector<int64_t> rows_of_slots(const at::Tensor& slots) {
@@ -105,12 +106,27 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
       for (int64_t n = begin; n < end; ++n) {
         const int64_t slot = s[n], t = slot / K;
         const acc_t w = static_cast<acc_t>(wp[slot]);
-        acc_t dot = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          const acc_t gd = static_cast<acc_t>(g[t * D + d]);
-          gy[n * D + d] = static_cast<scalar_t>(w * gd);
-          dot += gd * static_cast<acc_t>(yp[n * D + d]);
+        const scalar_t* gt = g + t * D;
+        const scalar_t* yn = yp + n * D;
+        scalar_t* gyn = gy + n * D;
+        // One pass over the row; kLanes independent partial sums, since a single running sum
+        // would wait on every addition.
+        acc_t part[kLanes] = {};
+        int64_t d = 0;
+        for (; d + kLanes <= D; d += kLanes) {
+          for (int j = 0; j < kLanes; ++j) {
+            const acc_t gd = static_cast<acc_t>(gt[d + j]);
+            gyn[d + j] = static_cast<scalar_t>(w * gd);
+            part[j] += gd * static_cast<acc_t>(yn[d + j]);
+          }
         }
+        for (; d < D; ++d) {
+          const acc_t gd = static_cast<acc_t>(gt[d]);
+          gyn[d] = static_cast<scalar_t>(w * gd);
+          part[0] += gd * static_cast<acc_t>(yn[d]);
+        }
+        acc_t dot = 0;
+        for (int j = 0; j < kLanes; ++j) dot += part[j];
         gw[slot] = static_cast<scalar_t>(dot);
       }
     });
@@ -122,12 +138,15 @@ at::Tensor grouped_mm_cpu(const at::Tensor& x, const at::Tensor& w, const at::Te
   check_grouped_mm(x, w, offsets);
   auto out = at::empty({x.size(0), w.size(2)}, x.options());
   const int64_t* o = offsets.data_ptr<int64_t>();
-  for (int64_t e = 0; e < w.size(0); ++e) {
-    const int64_t rows = o[e + 1] - o[e];
-    if (rows == 0) continue;  // an expert without tokens: nothing to do
-    auto out_e = out.narrow(0, o[e], rows);
-    at::mm_out(out_e, x.narrow(0, o[e], rows), w[e]);
-  }
+  // Experts in parallel, each GEMM on one thread: small GEMMs gain little from threads.
+  at::parallel_for(0, w.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t rows = o[e + 1] - o[e];
+      if (rows == 0) continue;  // an expert without tokens: nothing to do
+      auto out_e = out.narrow(0, o[e], rows);
+      at::mm_out(out_e, x.narrow(0, o[e], rows), w[e]);
+    }
+  });
   return out;
 }
 
@@ -135,14 +154,19 @@ at::Tensor grouped_mm_wgrad_cpu(const at::Tensor& x, const at::Tensor& grad,
                                 const at::Tensor& offsets) {
   check_wgrad(x, grad, offsets);
   const int64_t E = offsets.size(0) - 1;
-  auto grad_w = at::zeros({E, x.size(1), grad.size(1)}, x.options());
+  auto grad_w = at::empty({E, x.size(1), grad.size(1)}, x.options());
   const int64_t* o = offsets.data_ptr<int64_t>();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t rows = o[e + 1] - o[e];
-    if (rows == 0) continue;
-    auto gw_e = grad_w[e];
-    at::mm_out(gw_e, x.narrow(0, o[e], rows).t(), grad.narrow(0, o[e], rows));
-  }
+  at::parallel_for(0, E, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t rows = o[e + 1] - o[e];
+      auto gw_e = grad_w[e];
+      if (rows == 0) {  // an expert without tokens gets no gradient
+        gw_e.zero_();
+        continue;
+      }
+      at::mm_out(gw_e, x.narrow(0, o[e], rows).t(), grad.narrow(0, o[e], rows));
+    }
+  });
   return grad_w;
 }
 
