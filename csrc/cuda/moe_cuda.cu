@@ -8,14 +8,20 @@
 // Sums accumulate in at::opmath_type (float32 for float16/bfloat16/float32, float64 for float64).
 // grouped_mm / grouped_mm_wgrad: 32 x 32 shared-memory tiles with float32 accumulation. The
 //   row tiles of every expert are listed on the host from the offsets (the "tile schedule"),
-//   so one launch covers all experts and an empty expert costs nothing.
-//   Not yet: a tensor-core (WMMA / cuBLAS grouped GEMM) path for bf16/fp16.
+//   so one launch covers all experts and an empty expert costs nothing. For float16 and
+//   bfloat16 on sm_80+ the forward grouped matmul (and with it the input gradient) runs on
+//   tensor cores instead: 64 x 64 output tiles, four warps of 2 x 2 WMMA 16x16x16 fragments,
+//   operands staged (zero-padded at expert and matrix edges) through shared memory.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // (not ATen/cuda/CUDAContext.h: it needs the cuSPARSE headers)
 #include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 
 #include <vector>
 
@@ -271,18 +277,99 @@ __global__ void grouped_wgrad_tiles(const scalar_t* x, const scalar_t* grad,
   }
 }
 
-// (expert, first row) of every kTile-row tile of every non-empty expert, on the device.
-at::Tensor tile_schedule(const at::Tensor& offsets) {
+// (expert, first row) of every `height`-row tile of every non-empty expert, on the device.
+at::Tensor tile_schedule(const at::Tensor& offsets, int64_t height) {
   auto host = offsets.cpu();
   const int64_t* o = host.data_ptr<int64_t>();
   std::vector<int64_t> tiles;
   for (int64_t e = 0; e + 1 < offsets.size(0); ++e) {
-    for (int64_t r = o[e]; r < o[e + 1]; r += kTile) {
+    for (int64_t r = o[e]; r < o[e + 1]; r += height) {
       tiles.push_back(e);
       tiles.push_back(r);
     }
   }
   return at::tensor(tiles, host.options()).to(offsets.device(), /*non_blocking=*/false);
+}
+
+// --- grouped matmul on tensor cores (float16 / bfloat16) --------------------------------------
+
+constexpr int kMmaM = 64, kMmaN = 64, kMmaK = 16;  // block tile; WMMA fragments are 16x16x16
+constexpr int kMmaWarps = 4;                       // 2 x 2 warps, each a 32 x 32 sub-tile
+constexpr int kPad = 8;                            // shared-row padding (keeps 32-byte alignment)
+
+template <typename T> __device__ T from_float(float v);
+template <> __device__ __half from_float<__half>(float v) { return __float2half(v); }
+template <> __device__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+
+template <typename T>
+__global__ void grouped_mm_wmma(const T* x, const T* w, const int64_t* offsets,
+                                const int64_t* tiles, int64_t D, int64_t H, T* y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(32) T xs[kMmaM][kMmaK + kPad];
+  __shared__ __align__(32) T ws[kMmaK][kMmaN + kPad];
+  __shared__ __align__(32) float out[kMmaM][kMmaN + 4];
+  const int64_t e = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
+  const int64_t row_end = offsets[e + 1], col0 = (int64_t)blockIdx.y * kMmaN;
+  const T* we = w + e * D * H;
+  const int tid = threadIdx.x, warp = tid / 32, wr = warp / 2, wc = warp % 2;
+  const T zero = from_float<T>(0.f);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  for (int64_t k0 = 0; k0 < D; k0 += kMmaK) {
+    for (int i = tid; i < kMmaM * kMmaK; i += blockDim.x) {  // rows beyond the expert: zeros
+      const int r = i / kMmaK, k = i % kMmaK;
+      const int64_t gr = row0 + r, gk = k0 + k;
+      xs[r][k] = (gr < row_end && gk < D) ? x[gr * D + gk] : zero;
+    }
+    for (int i = tid; i < kMmaK * kMmaN; i += blockDim.x) {
+      const int k = i / kMmaN, c = i % kMmaN;
+      const int64_t gk = k0 + k, gc = col0 + c;
+      ws[k][c] = (gk < D && gc < H) ? we[gk * H + gc] : zero;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b[2];
+    for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &xs[32 * wr + 16 * i][0], kMmaK + kPad);
+    for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &ws[0][32 * wc + 16 * j], kMmaN + kPad);
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    __syncthreads();
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&out[32 * wr + 16 * i][32 * wc + 16 * j], acc[i][j], kMmaN + 4,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int i = tid; i < kMmaM * kMmaN; i += blockDim.x) {  // only rows of this expert
+    const int r = i / kMmaN, c = i % kMmaN;
+    const int64_t gr = row0 + r, gc = col0 + c;
+    if (gr < row_end && gc < H) y[gr * H + gc] = from_float<T>(out[r][c]);
+  }
+#endif
+}
+
+bool tensor_cores(const at::Tensor& x) {
+  if (x.scalar_type() != at::kHalf && x.scalar_type() != at::kBFloat16) return false;
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                        x.device().index()));
+  return major >= 8;
+}
+
+template <typename T>
+void launch_wmma(const at::Tensor& x, const at::Tensor& w, const at::Tensor& offsets,
+                 at::Tensor& y, cudaStream_t stream) {
+  auto tiles = tile_schedule(offsets, kMmaM);
+  const int64_t n_tiles = tiles.numel() / 2, H = w.size(2);
+  if (n_tiles == 0 || H == 0) return;
+  const dim3 grid(n_tiles, blocks_for(H, kMmaN));
+  grouped_mm_wmma<T><<<grid, 32 * kMmaWarps, 0, stream>>>(
+      reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(w.data_ptr()),
+      offsets.data_ptr<int64_t>(), tiles.data_ptr<int64_t>(), x.size(1), H,
+      reinterpret_cast<T*>(y.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor grouped_mm_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& offsets) {
@@ -291,7 +378,12 @@ at::Tensor grouped_mm_cuda(const at::Tensor& x, const at::Tensor& w, const at::T
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t D = x.size(1), H = w.size(2);
   auto y = at::empty({x.size(0), H}, x.options());
-  auto tiles = tile_schedule(offsets);
+  if (tensor_cores(x)) {
+    if (x.scalar_type() == at::kHalf) launch_wmma<__half>(x, w, offsets, y, stream);
+    else launch_wmma<__nv_bfloat16>(x, w, offsets, y, stream);
+    return y;
+  }
+  auto tiles = tile_schedule(offsets, kTile);
   const int64_t n_tiles = tiles.numel() / 2;
   if (n_tiles == 0 || H == 0) return y;
   const dim3 grid(n_tiles, blocks_for(H, kTile)), block(kTile, kTileRows);
