@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import torch
@@ -30,7 +29,8 @@ SHOWO = (16384, 2048, 8192, 8, 2)
 
 
 def timed(fn, repeats: int, device) -> float:
-    """Median seconds of fn() after two warm-up calls."""
+    """Best (minimum) seconds of fn() over `repeats` calls after two warm-up calls: on a shared
+    machine the minimum is the least disturbed measurement (as timeit advises)."""
     for _ in range(2):
         fn()
     times = []
@@ -42,7 +42,7 @@ def timed(fn, repeats: int, device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def layer_inputs(shape, device, dtype):
@@ -134,7 +134,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"{device}, torch {torch.__version__}, extension "
-          f"{'built' if ops.EXT_AVAILABLE else 'not built'}; median of {repeats}")
+          f"{'built' if ops.EXT_AVAILABLE else 'not built'}; best of {repeats}")
     print("| case | implementation | ms | throughput | speed vs baseline |")
     print("|---|---|---|---|---|")
     for case, impl, ms, tput, ratio in rows:
