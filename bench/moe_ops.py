@@ -5,8 +5,9 @@
 
 CPU: a MoE layer's forward + backward (top-2 of 8 experts) at the tiny and small presets'
 widths with the per-expert Python loop (`moe.moe_loop`, the simple reference) as the baseline,
-the torch backend, the ext backend, and a dense FFN with the same active FLOPs (hidden = k x
-expert hidden) as the ceiling. GPU: the same, plus grouped_mm against torch._grouped_mm and a
+the torch backend, the ext backend, the ext permute with PyTorch's native grouped matmul
+(`F.grouped_mm`), and a dense FFN with the same active FLOPs (hidden = k x expert hidden) as
+the ceiling. GPU: the same, plus grouped_mm against `F.grouped_mm` and a
 dense matmul of equal FLOPs, and permute + unpermute against a device copy of the same bytes, in
 TFLOP/s and GB/s for a Show-o-scale layer (16k tokens, top-2 of 8, d 2048, hidden 8192, bf16).
 """
@@ -56,6 +57,11 @@ def layer_inputs(shape, device, dtype):
     return x, w1, w2, ids, weights
 
 
+def native_grouped_mm(x_ND, w_EDH, offsets_E1):
+    """PyTorch's own grouped matmul (offsets as int32 row ends), the peer of ext grouped_mm."""
+    return F.grouped_mm(x_ND, w_EDH, offs=offsets_E1[1:].to(torch.int32))
+
+
 def moe_layer_rows(name, shape, device, dtype, repeats):
     T, D, H, E, K = shape
     x, w1, w2, ids, weights = layer_inputs(shape, device, dtype)
@@ -73,6 +79,10 @@ def moe_layer_rows(name, shape, device, dtype, repeats):
             "torch backend": lambda: moe.experts_forward(x, weights, ids, kept, w1, w2, moe.TORCH)}
     if ops.EXT_AVAILABLE:
         runs["ext backend"] = lambda: moe.experts_forward(x, weights, ids, kept, w1, w2, ops.EXT)
+        if hasattr(F, "grouped_mm"):
+            native = moe.Backend("native", ops.permute, native_grouped_mm, ops.unpermute)
+            runs["ext permute + F.grouped_mm"] = lambda: moe.experts_forward(
+                x, weights, ids, kept, w1, w2, native)
     runs["dense FFN, same active FLOPs"] = lambda: F.gelu(x @ dense1) @ dense2
     flops = 3 * 2 * T * K * 2 * D * H  # forward + backward (x3) of two matmuls per routed row
     times = {k: timed(step(v), repeats, device) for k, v in runs.items()}
@@ -91,9 +101,8 @@ def gpu_op_rows(device, repeats):
     flops = 2 * N * D * H
     mm = {"dense matmul, equal FLOPs (baseline)": lambda: rows @ w1[0],
           "ext grouped_mm": lambda: ops.grouped_mm(rows, w1, offsets)}
-    if hasattr(torch, "_grouped_mm"):
-        offs32 = offsets[1:].to(torch.int32)
-        mm["torch._grouped_mm"] = lambda: torch._grouped_mm(rows, w1, offs=offs32)
+    if hasattr(F, "grouped_mm"):
+        mm["torch F.grouped_mm"] = lambda: native_grouped_mm(rows, w1, offsets)
     out = []
     times = {k: timed(v, repeats, device) for k, v in mm.items()}
     base = times["dense matmul, equal FLOPs (baseline)"]

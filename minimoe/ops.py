@@ -12,7 +12,8 @@ the CPU and CUDA kernels; this file registers, from Python, how each op differen
 cast router weights to the rows' dtype, since the kernels require both.
 
 `backend(name)` picks the implementation of the MoE layer's three steps: "torch" (moe.py),
-"ext" (these ops) or "auto" (ext when it was built).
+"ext" (these ops) or "auto" (ext when it was built). `python -m minimoe.ops` says what was
+built.
 """
 from __future__ import annotations
 
@@ -116,6 +117,14 @@ if EXT_AVAILABLE:
                                     setup_context=_grouped_mm_setup)
 
 
+def built_kernels() -> list[str]:
+    """Devices for which the extension registered kernels: [] if it is not built."""
+    if not EXT_AVAILABLE:
+        return []
+    return [key.lower() for key in ("CPU", "CUDA")
+            if torch._C._dispatch_has_kernel_for_dispatch_key("minimoe::permute", key)]
+
+
 BACKENDS = ("torch", "ext", "auto")
 
 
@@ -132,3 +141,9 @@ def backend(name: str) -> Backend:
 
 
 EXT = Backend("ext", permute, grouped_mm, unpermute)
+
+
+if __name__ == "__main__":  # python -m minimoe.ops: what `pip install` built
+    kernels = built_kernels()
+    print("minimoe extension: " + (f"built, kernels for {' and '.join(kernels)}" if kernels
+                                   else "not built (the torch backend is used)"))

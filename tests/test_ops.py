@@ -209,3 +209,8 @@ def test_importing_without_the_extension_works_with_a_one_line_notice():
     assert run.stdout.split()[0] == "torch"
     notice = [l for l in run.stderr.splitlines() if "extension not built" in l]
     assert len(notice) == 1 and "pip install --no-build-isolation -e ." in notice[0]
+
+
+@needs_ext
+def test_the_cpu_kernels_are_always_built():
+    assert "cpu" in ops.built_kernels()
