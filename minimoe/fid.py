@@ -100,14 +100,14 @@ def _batch(data, first: int, n: int):
 
 
 def train_feature_net(image_size: int, seed: int = 0, progress: bool = True,
-                      steps: int = TRAIN_STEPS) -> tuple[FeatureNet, dict]:
+                      steps: int | None = None) -> tuple[FeatureNet, dict]:
     """Train on the built-in training split; returns the net and its held-out accuracy per
     head (on 512 held-out samples)."""
     torch.manual_seed(seed)
     net = FeatureNet()
     opt = torch.optim.AdamW(net.parameters(), lr=LR)
     data = BuiltinData(image_size, DOMAINS, "train", seed=seed)
-    for step in tqdm(range(steps), desc="feature net", disable=not progress):
+    for step in tqdm(range(steps or TRAIN_STEPS), desc="feature net", disable=not progress):
         x, y = _batch(data, step * BATCH, BATCH)
         out = net(x)
         loss = sum(F.cross_entropy(out[h], y[h], ignore_index=IGNORE) for h in HEADS
@@ -125,7 +125,7 @@ def train_feature_net(image_size: int, seed: int = 0, progress: bool = True,
 
 
 def cached_feature_net(path: Path, image_size: int, progress: bool = True,
-                       steps: int = TRAIN_STEPS) -> tuple[FeatureNet, dict]:
+                       steps: int | None = None) -> tuple[FeatureNet, dict]:
     """The feature net at `path`, trained and saved there first if it does not exist."""
     if path.exists():
         payload = checkpoint.load(path)

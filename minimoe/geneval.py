@@ -24,6 +24,7 @@ MIN_AREA = 0.012  # components smaller than this share of the image are noise
 SQUARE_FILL = 0.86  # a square fills its bounding box; a circle about pi/4 of it
 TRIANGLE_TOP_RATIO = 0.6  # a triangle (apex up) fills its top third far less than its bottom third
 CROSS_CORNERS = 0.3  # a cross leaves the corners of its bounding box nearly empty; a circle does not
+TRUSTED_REAL, TRUSTED_WRONG = 0.95, 0.1  # the checker is trusted where it scores these or better
 # Bounding-box side separating small from large, as a share of the image (between 2 x SIZES).
 SIZE_SPLIT = SIZES["small"] + SIZES["large"]
 

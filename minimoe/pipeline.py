@@ -234,13 +234,15 @@ def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], c
     return images
 
 
-@torch.no_grad()
-def quick_eval(model, vocab, image_tok, cfg: Config, n: int, progress: bool = True) -> dict:
-    """MMU exact-match accuracy and caption-colour agreement of generated images, both on
-    held-out built-in shapes, each beside its chance level."""
-    session = Session(model, vocab)
+def heldout_shapes(cfg: Config, n: int) -> list:
+    """The first n held-out shapes samples of the fixed evaluation draw."""
     data = BuiltinData(cfg.data.image_size, ("shapes",), "heldout", seed=EVAL_SEED)
-    samples = [data[i] for i in range(n)]
+    return [data[i] for i in range(n)]
+
+
+@torch.no_grad()
+def mmu_eval(session: Session, image_tok, samples: list, progress: bool = True) -> dict:
+    """Exact-match answers to every question of `samples` (metrics.mmu_report)."""
     codes = image_tok.encode([s.image for s in samples])
     questions, answers, rows = [], [], []
     for i, s in enumerate(samples):
@@ -249,9 +251,18 @@ def quick_eval(model, vocab, image_tok, cfg: Config, n: int, progress: bool = Tr
     predictions = []
     for i in tqdm(range(0, len(questions), 64), desc="answering", disable=not progress):
         predictions += session.answer(codes[rows[i:i + 64]], questions[i:i + 64])
+    return mmu_report(predictions, answers)
+
+
+@torch.no_grad()
+def quick_eval(model, vocab, image_tok, cfg: Config, n: int, progress: bool = True) -> dict:
+    """MMU exact-match accuracy and caption-colour agreement of generated images, both on
+    held-out built-in shapes, each beside its chance level."""
+    session = Session(model, vocab)
+    samples = heldout_shapes(cfg, n)
     images = generate(session, image_tok, [s.caption for s in samples], cfg, EVAL_SEED,
                       progress=progress)
-    return {"mmu": mmu_report(predictions, answers),
+    return {"mmu": mmu_eval(session, image_tok, samples, progress),
             "colours": colour_report(images, [s.objects for s in samples]),
             "colours_real": colour_report([s.image for s in samples],
                                           [s.objects for s in samples])["matched"]}

@@ -74,3 +74,38 @@ def routing_heatmaps(summary: dict, title: str = "") -> Image.Image:
             draw.text((x0 + HEAT_LABEL + e * HEAT_CELL + 8, y0 + (len(layers) + 1) * HEAT_CELL + 4),
                       f"e{e}", fill="black", font=font)
     return img
+
+
+BAR_PANEL = (150, 140)  # width, height of one metric's panel in a bar chart
+BAR_COLOURS = ((66, 103, 172), (219, 112, 40), (84, 160, 80), (180, 60, 60), (130, 90, 180),
+               (120, 120, 120))
+
+
+def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str]) -> Image.Image:
+    """One panel per metric, one bar per run (in the order of `rows`), value on each bar; each
+    panel scaled to its own largest value."""
+    runs = list(rows)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    pw, ph = BAR_PANEL
+    legend_h = LINE_HEIGHT * len(runs) + 6
+    img = Image.new("RGB", (pw * len(metrics), ph + legend_h), "white")
+    draw = ImageDraw.Draw(img)
+    for p, metric in enumerate(metrics):
+        x0 = p * pw
+        draw.text((x0 + 6, 2), metric, fill="black", font=font)
+        values = [rows[r].get(metric) for r in runs]
+        top = max([v for v in values if v is not None and v == v] or [1.0]) or 1.0
+        bar_w = (pw - 20) // max(1, len(runs))
+        for i, v in enumerate(values):
+            if v is None or v != v:
+                continue
+            h = int((ph - 40) * v / top)
+            bx = x0 + 10 + i * bar_w
+            draw.rectangle([bx, ph - 10 - h, bx + bar_w - 4, ph - 10],
+                           fill=BAR_COLOURS[i % len(BAR_COLOURS)])
+            draw.text((bx, ph - 24 - h), f"{v:.2f}", fill="black", font=font)
+    for i, r in enumerate(runs):
+        y = ph + 2 + i * LINE_HEIGHT
+        draw.rectangle([6, y + 2, 16, y + 10], fill=BAR_COLOURS[i % len(BAR_COLOURS)])
+        draw.text((22, y), r, fill="black", font=font)
+    return img

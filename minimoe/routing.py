@@ -24,6 +24,7 @@ becomes less likely to be chosen; the bias never enters the weights or the losse
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from .moe import Routing, balance_loss, z_loss
 from .schedules import anneal
 
 TEXT, IMAGE = 0, 1  # modality rows of the statistics
+PURITY = 0.9  # an expert is "pure" when more than this share of its slots is one modality
 
 
 @dataclass
@@ -131,8 +133,11 @@ class RoutingStats:
             self.slots_L[i] += int(valid_T.sum()) * K
 
     def summary(self) -> dict:
-        """Per layer: shares of text / image / each domain's slots per expert, modality and
-        domain NMI, max load violation (max load / mean load - 1) and drop rate."""
+        """Per layer: shares of text / image / each domain's slots per expert; modality and
+        domain NMI (for two groups the modality NMI is also the Jensen-Shannon divergence of
+        the text and image expert distributions, in bits); pure experts (more than PURITY of
+        their slots from one modality); load balance: max violation (max load / mean load - 1)
+        and load entropy / log E (1 = even); drop rate."""
         out = {}
         for i, layer in enumerate(self.layers):
             m, d = self.modality_LME[i].double(), self.domain_LGE[i].double()
@@ -145,8 +150,16 @@ class RoutingStats:
                 "domain_nmi": round(group_nmi(d[seen]), 4) if len(seen) > 1 else None,
                 "max_violation": round(float(load.max() / load.mean() - 1), 4)
                 if load.sum() else None,
+                "load_entropy": round(_entropy(load) / math.log(self.E), 4) if self.E > 1
+                and load.sum() else None,
+                "pure_experts": int(((m.max(0).values > PURITY * load) & (load > 0)).sum()),
                 "drop_rate": round(int(self.dropped_L[i]) / max(1, int(self.slots_L[i])), 4)}
         return out
+
+
+def _entropy(counts: torch.Tensor) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
 
 
 def _shares(counts_E: torch.Tensor) -> list[float]:

@@ -140,12 +140,14 @@ def resume_moe(cfg: Config, payload: dict, device):
 
 
 @torch.no_grad()
-def routing_report(model, cfg: Config, files: RunFiles, vocab, image_tok, device) -> dict:
-    """Routing statistics of the trained MoE on held-out batches: routing.json + routing.png."""
+def collect_routing(model, cfg: Config, vocab, image_tok, device,
+                    n_batches: int = ROUTING_BATCHES) -> dict:
+    """Routing statistics (routing.RoutingStats.summary) of a MoE on held-out batches; for
+    taylor also the share of text slots in text experts and of image slots in image experts."""
     stats = RoutingStats([i for i, _ in model.moe_layers()], cfg.moe.num_experts,
                          cfg.domain_names)
     model.eval()
-    for b in heldout_batches(cfg, vocab, image_tok, ROUTING_BATCHES):
+    for b in heldout_batches(cfg, vocab, image_tok, n_batches):
         b = b.to(device)
         stats.add(model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B).routing)
     summary = stats.summary()
@@ -154,6 +156,12 @@ def routing_report(model, cfg: Config, files: RunFiles, vocab, image_tok, device
         for layer in summary.values():
             layer["text_to_text_experts"] = round(sum(layer["text"][:n]), 4)
             layer["image_to_image_experts"] = round(sum(layer["image"][n:]), 4)
+    return summary
+
+
+def routing_report(model, cfg: Config, files: RunFiles, vocab, image_tok, device) -> dict:
+    """collect_routing, written to the run folder as routing.json and routing.png."""
+    summary = collect_routing(model, cfg, vocab, image_tok, device)
     files.routing.write_text(json.dumps(summary, indent=2))
     routing_heatmaps(summary, f"{files.root.name}: share of each group's routed slots per "
                      f"expert (%), held-out").save(files.routing.with_suffix(".png"))

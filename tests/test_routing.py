@@ -102,7 +102,8 @@ def test_routing_stats_count_modality_and_domain_shares():
     s = stats.summary()["layer1"]
     assert s["text"] == [0.5, 0.5, 0, 0] and s["image"] == [0, 0, 0.5, 0.5]
     assert s["modality_nmi"] == 1.0 and s["domain_nmi"] == 0.0
-    assert s["drop_rate"] == 0.125 and s["max_violation"] == 0.0
+    assert s["drop_rate"] == 0.125 and s["max_violation"] == 0.0 and s["load_entropy"] == 1.0
+    assert s["pure_experts"] == 4, "every expert serves one modality"
     assert set(s["domains"]) == {"a", "b"}, "empty domains are left out"
 
 

@@ -232,13 +232,45 @@ def test_unreadable_folder_dataset(capsys, tmp_path):
                                str(tmp_path / "r")], "captions.jsonl")
 
 
-def test_eval_writes_metrics(run_dir, tmp_path):
+def test_quick_eval_writes_metrics(run_dir, tmp_path):
     import eval as eval_script
-    report = eval_script.main(["--ckpt", str(run_dir / "ckpt.pt"), "--n", "3", "--out",
-                               str(tmp_path), "--no-progress"])
+    report = eval_script.main(["--ckpt", str(run_dir / "ckpt.pt"), "--quick", "--mmu-n", "3",
+                               "--out", str(tmp_path), "--no-progress"])
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["n"] == 3 and saved["mmu"]["n"] == report["mmu"]["n"] > 0
-    assert 0 <= saved["colours"]["matched"]["all"] <= 1
+    (only,) = saved.values()
+    assert only["mmu"]["n"] == list(report.values())[0]["mmu"]["n"] > 0
+    assert 0 <= only["colours"]["matched"]["all"] <= 1
+
+
+def test_full_eval_compares_a_dense_and_a_moe_run(run_dir, tmp_path, capsys, monkeypatch):
+    import eval as eval_script
+    from minimoe import fid
+    monkeypatch.setattr(fid, "TRAIN_STEPS", 5)  # the feature net's quality is not under test
+    moe_run = tmp_path / "moe-random"
+    train.main(MICRO + MOE + ["--moe", "random", "--init", str(run_dir / "ckpt.pt"),
+                              "--out", str(moe_run)])
+    out = tmp_path / "eval"
+    reports = eval_script.main(["--ckpt", str(run_dir / "ckpt.pt"), "--ckpt",
+                                str(moe_run / "ckpt.pt"), "--n", "2", "--samples", "1",
+                                "--fid-n", "6", "--mmu-n", "3", "--out", str(out),
+                                "--no-progress"])
+    dense_name = run_dir.name
+    assert set(reports) == {dense_name, "moe-random"}
+    for name in ("metrics.json", "metrics.md", "metrics.png", "feature_net.pt",
+                 f"{dense_name}/geneval_counting.png", "moe-random/routing.png"):
+        assert (out / name).exists(), name
+    assert not (out / dense_name / "routing.png").exists()
+    printed = capsys.readouterr().out
+    assert "no routing metrics" in printed
+    assert "unreliable" in printed, "16 px shapes are too small for the checker: say so"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert 0 <= saved["checker"]["real"] <= 1 and saved["settings"]["samples"] == 1
+    moe = saved["runs"]["moe-random"]
+    assert set(moe["geneval"]["per_category"]) == set(
+        __import__("minimoe.geneval", fromlist=["CATEGORIES"]).CATEGORIES)
+    assert moe["fid"]["fid"] >= 0 and "layer0" in moe["routing"]
+    table = (out / "metrics.md").read_text()
+    assert "modality NMI" in table and "moe-random" in table
 
 
 def test_over_long_question(capsys, run_dir, tmp_path):
