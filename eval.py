@@ -36,8 +36,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     with pipeline.user_errors(args.debug):
         for name in ("n", "samples", "fid_n", "mmu_n"):
-            if getattr(args, name) < (2 if name == "fid_n" else 1):
-                raise pipeline.UserError(f"--{name.replace('_', '-')} is too small")
+            least = 2 if name == "fid_n" else 1  # a covariance needs two images
+            if getattr(args, name) < least:
+                raise pipeline.UserError(f"--{name.replace('_', '-')} {getattr(args, name)} is "
+                                         f"too small; use at least {least}")
         ckpts = [Path(c) for c in args.ckpt] if args.ckpt else [pipeline.latest_checkpoint()]
         out = Path(args.out) if args.out else \
             ckpts[0].parent / "eval" if len(ckpts) == 1 else pipeline.RUNS_ROOT / "eval"

@@ -279,3 +279,15 @@ def test_over_long_question(capsys, run_dir, tmp_path):
     Image.new("RGB", (16, 16), "red").save(img)
     fails(capsys, sample.main, ["--ckpt", str(run_dir / "ckpt.pt"), "--image", str(img),
                                 "--question", "what colour " * 10], "at most")
+
+
+@pytest.mark.parametrize("flags,match", [(["--n", "0"], "--n 0 is too small; use at least 1"),
+                                         (["--fid-n", "1"], "use at least 2")])
+def test_eval_refuses_too_few_samples(capsys, run_dir, flags, match):
+    import eval as eval_script
+    fails(capsys, eval_script.main, ["--ckpt", str(run_dir / "ckpt.pt")] + flags, match)
+
+
+def test_eval_of_a_missing_checkpoint(capsys, tmp_path):
+    import eval as eval_script
+    fails(capsys, eval_script.main, ["--ckpt", str(tmp_path / "none.pt")], "does not exist")
