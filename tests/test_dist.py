@@ -1,0 +1,83 @@
+"""Expert parallelism on 2 CPU processes (gloo): the layer spread over ranks equals the layer on
+one process, forward and backward, including an expert that receives no rows.
+Run: pytest -q tests/test_dist.py"""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from minimoe import moe
+from minimoe.dist import _expert_major_order, expert_parallel_forward
+
+WORLD, E, D, H, T, K = 2, 4, 8, 6, 10, 2
+
+
+def _worker(rank: int, store: str, backend: str, failures):
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=WORLD)
+        ops = moe.TORCH
+        if backend == "ext":
+            from minimoe import ops as ext
+            ops = ext.EXT
+        torch.manual_seed(0)  # the same full layer on every rank
+        w1 = torch.randn(E, D, H, dtype=torch.float64)
+        w2 = torch.randn(E, H, D, dtype=torch.float64)
+        g = torch.Generator().manual_seed(100 + rank)  # different tokens on every rank
+        x = torch.randn(T, D, generator=g, dtype=torch.float64, requires_grad=True)
+        ids = torch.stack([torch.randperm(E - 1, generator=g)[:K] for _ in range(T)])  # e3 idle
+        weights = torch.rand(T, K, generator=g, dtype=torch.float64)
+        kept = torch.ones(T, K, dtype=torch.bool)
+        kept[0, 1] = False  # a dropped slot travels nowhere
+        E_local = E // WORLD
+        w1_local = w1[rank * E_local:(rank + 1) * E_local].clone().requires_grad_()
+        w2_local = w2[rank * E_local:(rank + 1) * E_local].clone().requires_grad_()
+        y = expert_parallel_forward(x, weights, ids, kept, w1_local, w2_local, E, ops=ops)
+        w1_full, w2_full = w1.clone().requires_grad_(), w2.clone().requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        ref = moe.experts_forward(x_ref, weights, ids, kept, w1_full, w2_full)
+        assert torch.allclose(y, ref, atol=1e-10), "forward"
+        probe = torch.randn(T, D, generator=g, dtype=torch.float64)
+        (y * probe).sum().backward()
+        (ref * probe).sum().backward()
+        assert torch.allclose(x.grad, x_ref.grad, atol=1e-10), "input gradient"
+        for full, local in ((w1_full, w1_local), (w2_full, w2_local)):
+            dist.all_reduce(full.grad)  # every rank's tokens reach the owner's experts
+            want = full.grad[rank * E_local:(rank + 1) * E_local]
+            assert torch.allclose(local.grad, want, atol=1e-10), "expert gradient"
+        assert (w1_full.grad[E - 1] == 0).all(), "the idle expert got no gradient"
+        dist.destroy_process_group()
+    except Exception as e:  # reported to the parent, which fails the test
+        failures.put(f"rank {rank}: {type(e).__name__}: {e}")
+        raise
+
+
+@pytest.mark.parametrize("backend", ["torch", "ext"])
+def test_expert_parallel_layer_equals_the_single_process_layer(tmp_path, backend):
+    if backend == "ext":
+        from minimoe import ops
+        if not ops.EXT_AVAILABLE:
+            pytest.skip("extension not built")
+    ctx = mp.get_context("spawn")
+    failures = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "store"), backend, failures))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung"
+    errors = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
+    assert all(p.exitcode == 0 for p in procs) and not errors, errors
+
+
+def test_expert_major_order_regroups_source_blocks():
+    counts = torch.tensor([[2, 1], [0, 3]])  # rows: s0e0 s0e0 s0e1 s1e1 s1e1 s1e1
+    assert _expert_major_order(counts).tolist() == [0, 1, 2, 3, 4, 5]
+    counts = torch.tensor([[1, 2], [2, 1]])  # s0e0 | s0e1 s0e1 | s1e0 s1e0 | s1e1
+    assert _expert_major_order(counts).tolist() == [0, 3, 4, 1, 2, 5]
