@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -92,12 +93,25 @@ class Batcher:
         return sample.qa[int(torch.randint(len(sample.qa), (1,), generator=gen))]
 
 
-def task_losses(logits_BLV: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-    """Mean cross-entropy over the labelled positions of each task present in the batch."""
+def task_losses(logits_BLV: torch.Tensor, batch: Batch, data_parallel: bool = False
+                ) -> dict[str, torch.Tensor]:
+    """Mean cross-entropy over the labelled positions of each task present in the batch.
+
+    data_parallel=True (W > 1 ranks in the default process group): the mean is over the
+    labelled positions of all ranks' batches. Each rank returns W x (its sum) / (global count),
+    so that DDP's average of the ranks' gradients is exactly the gradient of the mean over the
+    combined batch (a plain per-rank mean would weigh a rank's few labels like many).
+    """
     sel = batch.labels_BL != IGNORE
     ce = F.cross_entropy(logits_BLV[sel].float(), batch.labels_BL[sel], reduction="none")
     task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
-    return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
+    if not data_parallel:
+        return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
+    counts = torch.stack([(task == i).sum() for i in range(len(TASKS))]).float()
+    dist.all_reduce(counts)
+    W = dist.get_world_size()
+    return {name: W * ce[task == i].sum() / counts[i] for i, name in enumerate(TASKS)
+            if counts[i] > 0}
 
 
 def total_loss(losses: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
@@ -182,6 +196,7 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
     optimizer = optimizer or make_optimizer(model, cfg)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     records, seen_tokens, t0 = [], 0, time.time()
+    data_parallel = dist.is_initialized() and dist.get_world_size() > 1
     bar = tqdm(range(start_step, steps), desc=stage, disable=not progress, dynamic_ncols=True,
                initial=start_step, total=steps)
     model.train()
@@ -195,7 +210,7 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
         batch = batcher(step).to(device)
         with autocast:
             out = model(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
-            losses = task_losses(out.logits_BLV, batch)
+            losses = task_losses(out.logits_BLV, batch, data_parallel)
             loss = total_loss(losses, cfg)
             if router:
                 aux = router.losses(out.routing)

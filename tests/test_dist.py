@@ -81,3 +81,63 @@ def test_expert_major_order_regroups_source_blocks():
     assert _expert_major_order(counts).tolist() == [0, 1, 2, 3, 4, 5]
     counts = torch.tensor([[1, 2], [2, 1]])  # s0e0 | s0e1 s0e1 | s1e0 s1e0 | s1e1
     assert _expert_major_order(counts).tolist() == [0, 3, 4, 1, 2, 5]
+
+
+def _ddp_worker(rank: int, store: str, failures):
+    try:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        from minimoe.data import BuiltinData
+        from minimoe.model import Transformer
+        from minimoe.sequences import concat
+        from minimoe.tokenizers import ImageTokenizer, Vocab
+        from minimoe.trainer import Batcher, make_optimizer, task_losses, total_loss
+        from minimoe.vq import VQModel
+        from conftest import micro_config
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=WORLD)
+        cfg = micro_config(batch_t2i=3, batch_mmu=2, batch_lm=1)
+        torch.manual_seed(0)
+        tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
+        vocab = Vocab(cfg.vq.vq_codes)
+        batcher = Batcher(cfg, BuiltinData(16, ("shapes",), "train", 0), vocab, tok)
+        batches = [batcher(step) for step in range(WORLD)]  # rank r's batch: step r
+
+        def model_and_optimizer():
+            torch.manual_seed(1)
+            model = Transformer(cfg, vocab.size, vocab.pad).double()
+            return model, make_optimizer(model, cfg)
+
+        def step(model, optimizer, batch, data_parallel):
+            out = model(batch.tokens_BL, batch.groups_BL)
+            loss = total_loss(task_losses(out.logits_BLV.double(), batch, data_parallel), cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        model, opt = model_and_optimizer()
+        step(DDP(model), opt, batches[rank], data_parallel=True)
+        alone, opt_alone = model_and_optimizer()
+        step(alone, opt_alone, concat(batches), data_parallel=False)  # one process, both batches
+        for (name, a), b in zip(model.named_parameters(), alone.parameters()):
+            assert torch.allclose(a, b, atol=1e-10), name
+        dist.destroy_process_group()
+    except Exception as e:
+        failures.put(f"rank {rank}: {type(e).__name__}: {e}")
+        raise
+
+
+def test_a_ddp_step_equals_one_process_on_the_combined_batch(tmp_path):
+    ctx = mp.get_context("spawn")
+    failures = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, str(tmp_path / "store"), failures))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "a rank hung"
+    errors = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
+    assert all(p.exitcode == 0 for p in procs) and not errors, errors
