@@ -8,10 +8,14 @@ with --moe stage 3: convert the dense FFNs into experts and train the MoE.
     python train.py --resume                          # continue out/dense where it stopped
     python train.py --preset small --device cuda      # one GPU, about an hour
     python train.py --data folder:/data/mine --out out/mine
+    torchrun --nproc_per_node 8 train.py --preset full --moe taylor   # data parallel
 
 Everything lands in the run folder (--out, default out/dense or out/moe-METHOD): vq.pt (the
 tokenizer, reused when it exists), ckpt.pt (written atomically), log.jsonl, samples/*.png,
 summary.json, and for MoE runs dense.pt (the converted model), routing.json and routing.png.
+Under torchrun every rank trains on its own shard of the data (batch sizes are per rank), rank 0
+alone trains the tokenizer, prints, logs, samples and writes checkpoints; a checkpoint holds the
+whole model, so a run resumes with any number of processes.
 """
 import argparse
 import json
@@ -20,7 +24,9 @@ import time
 
 import torch
 
-from minimoe import config, pipeline, stages
+import os
+
+from minimoe import config, dist, pipeline, stages
 from minimoe.trainer import Batcher, RunFiles
 
 
@@ -38,11 +44,17 @@ def main(argv=None) -> dict:
     pipeline.add_debug_flag(parser)
     args = parser.parse_args(argv)
     with pipeline.user_errors(args.debug):
-        return run(args)
+        try:
+            return run(args)
+        finally:
+            dist.teardown()
 
 
 def run(args) -> dict:
     t_start = time.time()
+    info = dist.setup()
+    if not info.is_main:  # other ranks stay silent (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")
     files = RunFiles(pipeline.run_folder(args.out, args.moe))
     cfg, start_step, payload = pipeline.prepare_run(files, args, resume=args.resume)
     stage = payload["stage"] if payload else None
@@ -50,14 +62,19 @@ def run(args) -> dict:
         raise pipeline.UserError("--init converts a dense checkpoint: it needs --moe METHOD and "
                                  "a fresh run folder (not --resume)")
     init = stages.load_dense(args.init, cfg) if args.init else None
-    device = pipeline.pick_device(cfg.train.device)
+    device = info.device if info.world > 1 else pipeline.pick_device(cfg.train.device)
     progress = not args.no_progress
     print(config.describe(cfg))
     print(f"run folder: {files.root}   device: {device}")
 
-    # Stage 1: the image tokenizer (trained once per run folder, then reused).
+    # Stage 1: the image tokenizer (trained once per run folder, then reused); under torchrun
+    # rank 0 makes it and the other ranks load it.
+    if not info.is_main:
+        dist.barrier()
     image_tok, vq_report = pipeline.tokenizer_stage(cfg, files, device, progress,
                                                     init_vq=init["vq"] if init else None)
+    if info.is_main:
+        dist.barrier()
     summary = {"vq": vq_report}
 
     # Stage 2: the dense model on a mix of T2I, MMU and LM batches (skipped once in stage 3).
@@ -71,17 +88,22 @@ def run(args) -> dict:
     # Stage 3: dense FFNs -> experts, then MoE training; its data continues after stage 2's.
     if cfg.moe.moe != "none":
         batcher = Batcher(cfg, pipeline.open_source(cfg, "train"), vocab, image_tok,
-                          offset=cfg.train.dense_steps)
+                          offset=cfg.train.dense_steps, rank=info.rank, world=info.world)
         if stage != "moe":
             model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
                                                                 image_tok, device, batcher)
         stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
                          optimizer, progress)
-        summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok, device)
-        print("held-out losses after MoE training: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in summary["heldout_losses"].items()))
-        summary["routing"] = stages.routing_report(model, cfg, files, vocab, image_tok, device)
+        if info.is_main:
+            summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok,
+                                                              device)
+            print("held-out losses after MoE training: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in summary["heldout_losses"].items()))
+            summary["routing"] = stages.routing_report(model, cfg, files, vocab, image_tok,
+                                                       device)
 
+    if not info.is_main:  # the end-of-run check and summary are rank 0's
+        return summary
     # A quick check of both abilities on held-out data (the full evaluation is eval.py).
     if args.eval_n:
         summary.update(pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))

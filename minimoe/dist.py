@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from .moe import TORCH, Backend, expert_ffn
+
+TIMEOUT = timedelta(minutes=10)  # a collective waiting this long (a rank died) raises instead
 
 
 @dataclass
@@ -47,8 +50,35 @@ def setup() -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return DistInfo(rank, world, local, device)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default group, (0, 1) without one."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def data_parallel(model):
+    """The model wrapped in DistributedDataParallel when several processes train it (DDP
+    broadcasts rank 0's parameters and buffers, so every rank starts identical), else itself."""
+    if rank_world()[1] == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if rank_world()[1] > 1:
+        dist.barrier()
 
 
 def print0(*args, **kwargs) -> None:

@@ -95,6 +95,8 @@ def update_selection_bias(model, routings: list[Routing | None], rate: float) ->
     """One aux-loss-free step: bias_e += rate * sign(mean load - load_e) per MoE layer."""
     for (_, layer), r in zip(model.moe_layers(), [r for r in routings if r is not None]):
         load_E = torch.bincount(r.expert_ids_TK[r.kept_TK], minlength=layer.num_experts).float()
+        if torch.distributed.is_initialized():  # every rank moves the bias by the global load
+            torch.distributed.all_reduce(load_E)
         layer.selection_bias_E += rate * torch.sign(load_E.mean() - load_E)
 
 

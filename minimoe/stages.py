@@ -12,6 +12,7 @@ import torch
 from . import checkpoint, config
 from .config import Config
 from .convert import convert_model
+from .dist import data_parallel, rank_world
 from .pipeline import (VQ_IDENTITY, GridWriter, UserError, build_model, open_source,
                        restore_optimizer)
 from .plots import routing_heatmaps
@@ -52,7 +53,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
     if source is not None:
         reused = load_dense(source, cfg)
         model.load_state_dict(reused["model"])
-        if source != files.dense:
+        if source != files.dense and rank_world()[0] == 0:
             checkpoint.save(reused, files.dense)
         print(f"reusing the dense model in {source} (step {reused['step']})")
         return model, vocab
@@ -62,11 +63,12 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
         optimizer, start = restore_optimizer(model, cfg, payload), payload["step"]
         print(f"resuming dense at step {start}")
     print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
-    fit(model, cfg, files, "dense", cfg.train.dense_steps,
-        Batcher(cfg, open_source(cfg, "train"), vocab, image_tok), image_tok, device,
-        start_step=start, optimizer=optimizer,
+    rank, world = rank_world()
+    fit(data_parallel(model), cfg, files, "dense", cfg.train.dense_steps,
+        Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
+        image_tok, device, start_step=start, optimizer=optimizer,
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress)
-    if cfg.moe.moe != "none":  # fit's last save is the finished dense model
+    if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
     return model, vocab
 
@@ -111,7 +113,8 @@ def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
     report = {"before": before, "after": after, "method": cfg.moe.moe,
               "moe_params": model.num_params(), "router_params": router,
               "dense_params": dense.num_params()}
-    log_line(files, {"stage": "convert", **report})
+    if rank_world()[0] == 0:
+        log_line(files, {"stage": "convert", **report})
     print(f"conversion ({cfg.moe.moe}): held-out losses "
           + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before)
           + f"; parameters {report['dense_params'] / 1e6:.2f}M -> "
@@ -124,9 +127,10 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
     """Train the MoE; with --moe-steps 0 just save the converted model (as step 0)."""
     print(describe_schedule(cfg))
     if cfg.train.moe_steps == 0:
-        save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok)
+        if rank_world()[0] == 0:
+            save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok)
         return
-    fit(model, cfg, files, "moe", cfg.train.moe_steps, batcher, image_tok, device,
+    fit(data_parallel(model), cfg, files, "moe", cfg.train.moe_steps, batcher, image_tok, device,
         start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
         router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr)

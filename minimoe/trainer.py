@@ -38,10 +38,12 @@ class Batcher:
     """Builds the mixed T2I / MMU / LM batch of a step from a data source."""
 
     def __init__(self, cfg: Config, source, vocab: Vocab, image_tok: ImageTokenizer,
-                 offset: int = 0):
-        # offset: the data position of step 0 (the MoE stage continues where the dense stopped)
+                 offset: int = 0, rank: int = 0, world: int = 1):
+        # offset: the step whose data step 0 reads (the MoE stage continues after the dense).
+        # rank / world: under data parallelism rank r reads batch (step + offset) * world + r,
+        # a shard disjoint from every other rank's; with one process that is just the step.
         self.cfg, self.source, self.vocab, self.image_tok = cfg, source, vocab, image_tok
-        self.offset = offset
+        self.offset, self.rank, self.world = offset, rank, world
         self.text = TextTokenizer(vocab)
         t = cfg.train
         self.sizes = (t.batch_t2i, t.batch_mmu, t.batch_lm)
@@ -53,7 +55,7 @@ class Batcher:
                 else len(self.domains) for s in samples]
 
     def __call__(self, step: int) -> Batch:
-        step += self.offset
+        step = (step + self.offset) * self.world + self.rank
         cfg, v, gen = self.cfg, self.vocab, step_generator(self.cfg.train.seed, step)
         first = step * sum(self.sizes)  # samples are consumed in order: data position = step
         samples = [self.source[first + i] for i in range(sum(self.sizes))]
@@ -194,11 +196,13 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
     """
     t = cfg.train
     optimizer = optimizer or make_optimizer(model, cfg)
+    data_parallel = dist.is_initialized() and dist.get_world_size() > 1
+    main = not data_parallel or dist.get_rank() == 0  # only rank 0 logs, saves and samples
+    module = getattr(model, "module", model)  # the model inside a DDP wrapper
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     records, seen_tokens, t0 = [], 0, time.time()
-    data_parallel = dist.is_initialized() and dist.get_world_size() > 1
-    bar = tqdm(range(start_step, steps), desc=stage, disable=not progress, dynamic_ncols=True,
-               initial=start_step, total=steps)
+    bar = tqdm(range(start_step, steps), desc=stage, disable=not (progress and main),
+               dynamic_ncols=True, initial=start_step, total=steps)
     model.train()
     for step in bar:
         lr = lr_at(step, cfg, steps, peak_lr)
@@ -235,12 +239,13 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                    "tok_per_s": round(seen_tokens / (time.time() - t0)),
                    "time_s": round(time.time() - t0, 2), **(router.record() if router else {})}
             records.append(rec)
-            log_line(files, rec)
+            if main:
+                log_line(files, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", t2i=rec.get("t2i"), mmu=rec.get("mmu"),
                             tok_s=rec["tok_per_s"])
-        if done % t.ckpt_every == 0 or done == steps:
-            save_checkpoint(files, cfg, model, optimizer, stage, done, image_tok)
-        if on_sample and t.sample_every and (done % t.sample_every == 0 or done == steps):
+        if main and (done % t.ckpt_every == 0 or done == steps):
+            save_checkpoint(files, cfg, module, optimizer, stage, done, image_tok)
+        if main and on_sample and t.sample_every and (done % t.sample_every == 0 or done == steps):
             on_sample(done)
             model.train()
     return records

@@ -14,6 +14,23 @@ from minimoe.dist import _expert_major_order, expert_parallel_forward
 WORLD, E, D, H, T, K = 2, 4, 8, 6, 10, 2
 
 
+def spawn(target, *args) -> None:
+    """Run target(rank, *args, failures) on WORLD processes; fail on an error or a hang."""
+    ctx = mp.get_context("spawn")
+    failures = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, *args, failures)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "a rank hung"
+    errors = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
+    assert all(p.exitcode == 0 for p in procs) and not errors, errors
+
+
 def _worker(rank: int, store: str, backend: str, failures):
     try:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
@@ -60,20 +77,7 @@ def test_expert_parallel_layer_equals_the_single_process_layer(tmp_path, backend
         from minimoe import ops
         if not ops.EXT_AVAILABLE:
             pytest.skip("extension not built")
-    ctx = mp.get_context("spawn")
-    failures = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "store"), backend, failures))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, "a rank hung"
-    errors = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
-    assert all(p.exitcode == 0 for p in procs) and not errors, errors
+    spawn(_worker, str(tmp_path / "store"), backend)
 
 
 def test_expert_major_order_regroups_source_blocks():
@@ -127,17 +131,51 @@ def _ddp_worker(rank: int, store: str, failures):
 
 
 def test_a_ddp_step_equals_one_process_on_the_combined_batch(tmp_path):
-    ctx = mp.get_context("spawn")
-    failures = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, str(tmp_path / "store"), failures))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-    assert not hung, "a rank hung"
-    errors = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
-    assert all(p.exitcode == 0 for p in procs) and not errors, errors
+    spawn(_ddp_worker, str(tmp_path / "store"))
+
+
+def test_torchrun_two_processes_then_one_process_resumes(tmp_path):
+    """2 ranks train a micro MoE run (each its own data shard); the checkpoint holds the whole
+    model, so 1 process resumes it."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    from test_scripts import MICRO, MOE
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    flags = MICRO + MOE + ["--dense-steps", "4", "--moe", "random", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                          "2", "--master_port", str(port), str(root / "train.py"), *flags],
+                         capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    stages = [json.loads(l)["stage"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert stages.count("dense") == 4 and stages.count("moe") == 4, "rank 0 alone logs"
+    again = subprocess.run([sys.executable, str(root / "train.py"), *flags, "--resume",
+                            "--moe-steps", "6"], capture_output=True, text=True, timeout=300,
+                           cwd=root, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming moe at step 4" in again.stdout
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_batches_of_different_ranks_are_disjoint_shards():
+    from minimoe.data import BuiltinData
+    from minimoe.tokenizers import ImageTokenizer, Vocab
+    from minimoe.trainer import Batcher
+    from minimoe.vq import VQModel
+    from conftest import micro_config
+    cfg = micro_config()
+    tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
+    source = BuiltinData(16, ("shapes",), "train", 0)
+    alone = Batcher(cfg, source, Vocab(16), tok)
+    ranks = [Batcher(cfg, source, Vocab(16), tok, rank=r, world=2) for r in range(2)]
+    # two ranks at step s read what one process reads at steps 2s and 2s + 1
+    for r in range(2):
+        assert torch.equal(ranks[r](3).tokens_BL, alone(6 + r).tokens_BL)
+    assert not torch.equal(ranks[0](3).tokens_BL, ranks[1](3).tokens_BL)
