@@ -9,6 +9,7 @@ with --moe stage 3: convert the dense FFNs into experts and train the MoE.
     python train.py --preset small --device cuda      # one GPU, about an hour
     python train.py --data folder:/data/mine --out out/mine
     torchrun --nproc_per_node 8 train.py --preset full --moe taylor   # data parallel
+    torchrun --nproc_per_node 8 train.py --preset full --moe naive --ep 8   # + expert parallel
 
 Everything lands in the run folder (--out, default out/dense or out/moe-METHOD): vq.pt (the
 tokenizer, reused when it exists), ckpt.pt (written atomically), log.jsonl, samples/*.png,
@@ -38,6 +39,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     parser.add_argument("--init", default=None,
                         help="dense checkpoint to convert (skips stages 1 and 2; needs --moe)")
+    parser.add_argument("--ep", type=int, default=1,
+                        help="expert parallelism under torchrun: ranks per expert-parallel group")
     parser.add_argument("--eval-n", type=int, default=120,
                         help="held-out samples in the final check (0: skip it)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -62,6 +65,11 @@ def run(args) -> dict:
         raise pipeline.UserError("--init converts a dense checkpoint: it needs --moe METHOD and "
                                  "a fresh run folder (not --resume)")
     init = stages.load_dense(args.init, cfg) if args.init else None
+    ep = None
+    if args.ep > 1:  # expert parallelism: each group of --ep ranks holds the experts once
+        if cfg.moe.moe == "none":
+            raise pipeline.UserError("--ep shards MoE experts; it needs --moe METHOD")
+        ep = dist.expert_parallel(args.ep, cfg.moe.num_experts)
     device = info.device if info.world > 1 else pipeline.pick_device(cfg.train.device)
     progress = not args.no_progress
     print(config.describe(cfg))
@@ -79,7 +87,7 @@ def run(args) -> dict:
 
     # Stage 2: the dense model on a mix of T2I, MMU and LM batches (skipped once in stage 3).
     if stage == "moe":
-        model, vocab, optimizer = stages.resume_moe(cfg, payload, device)
+        model, vocab, optimizer = stages.resume_moe(cfg, payload, device, ep)
     else:
         model, vocab = stages.dense_stage(cfg, files, image_tok, device, payload, args.init,
                                           progress)
@@ -92,8 +100,12 @@ def run(args) -> dict:
         if stage != "moe":
             model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
                                                                 image_tok, device, batcher)
+            if ep is not None:
+                dist.shard_experts_(model, ep)
         stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
-                         optimizer, progress)
+                         optimizer, progress, ep)
+        if ep is not None:  # rank 0 evaluates the whole model alone
+            model = stages.unshard(model, cfg, device, ep)
         if info.is_main:
             summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok,
                                                               device)

@@ -67,6 +67,8 @@ def data_parallel(model):
     if rank_world()[1] == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
+    if hasattr(model, "moe_layers") and any(layer.ep for _, layer in model.moe_layers()):
+        ignore_experts_in_ddp(model)
     device = next(model.parameters()).device
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
@@ -139,3 +141,128 @@ def _expert_major_order(counts_SE: torch.Tensor) -> torch.Tensor:
                                    device=counts_SE.device)
                       for e in range(E) for s in range(S)]
                      + [counts_SE.new_zeros(0)])
+
+
+# --- expert parallelism in training (--ep N) -------------------------------------------------
+#
+# N consecutive ranks form an expert-parallel group that holds each MoE layer's experts once
+# (rank i of the group: experts i*E/N .. (i+1)*E/N - 1); the world is world/N such groups, and
+# the ranks holding the same experts in different groups are that expert shard's data-parallel
+# replicas. Non-expert weights are averaged by DDP over every rank; expert gradients are summed
+# over the replicas here. Checkpoints gather the shards, so they hold the whole model and load
+# into any layout.
+
+
+@dataclass
+class ExpertParallel:
+    group: object  # this rank's expert-parallel group
+    replicas: object  # the ranks holding the same experts (None when ep == world)
+    size: int
+    rank: int  # position in the expert-parallel group
+
+
+def expert_parallel(ep: int, num_experts: int) -> ExpertParallel:
+    """Create the groups for --ep ep (every rank must call this)."""
+    rank, world = rank_world()
+    if ep < 1 or world % ep or num_experts % ep:
+        raise ValueError(f"--ep {ep} must divide the number of processes ({world}) and "
+                         f"--num-experts ({num_experts})")
+    groups = [dist.new_group(list(range(g * ep, (g + 1) * ep))) for g in range(world // ep)]
+    replicas = [dist.new_group(list(range(i, world, ep))) for i in range(ep)] \
+        if world > ep else [None] * ep
+    return ExpertParallel(groups[rank // ep], replicas[rank % ep], ep, rank % ep)
+
+
+def sharded(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """The expert weights that expert parallelism splits, by name."""
+    return [(n, p) for n, p in model.named_parameters() if n.endswith(("w1_EDH", "w2_EHD"))]
+
+
+def shard_experts_(model, ep: ExpertParallel) -> None:
+    """Keep this rank's slice of every MoE layer's experts (the rest is freed)."""
+    for _, layer in model.moe_layers():
+        per = layer.num_experts // ep.size
+        for name in ("w1_EDH", "w2_EHD"):
+            full = getattr(layer, name)
+            setattr(layer, name, torch.nn.Parameter(
+                full.data[ep.rank * per:(ep.rank + 1) * per].clone()))
+        layer.ep = ep
+
+
+def ignore_experts_in_ddp(model) -> None:
+    """DDP must not average expert shards: each rank holds different experts."""
+    from torch.nn.parallel import DistributedDataParallel
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [n for n, _ in sharded(model)])
+
+
+def sync_expert_grads_(model, ep: ExpertParallel) -> None:
+    """Expert gradients hold the sum over this expert-parallel group's losses (the rows came
+    through all_to_all); add the replicas' and divide by the world size, as DDP does."""
+    world = rank_world()[1]
+    for _, p in sharded(model):
+        if p.grad is None:
+            continue
+        if ep.replicas is not None:
+            dist.all_reduce(p.grad, group=ep.replicas)
+        p.grad /= world
+
+
+def clip_grad_norm_(model, max_norm: float, ep: ExpertParallel) -> torch.Tensor:
+    """clip_grad_norm_ over the whole model: the replicated weights' gradients are equal on
+    every rank, the expert shards' are summed over the expert-parallel group."""
+    expert_ids = {id(p) for _, p in sharded(model)}
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    shared = sum((g.float().square().sum() for p, g in zip(model.parameters(), grads)
+                  if id(p) not in expert_ids), torch.zeros(()))
+    experts = sum((p.grad.float().square().sum() for _, p in sharded(model)
+                   if p.grad is not None), torch.zeros(()))
+    dist.all_reduce(experts, group=ep.group)
+    norm = (shared + experts).sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return norm
+
+
+def _gather(t: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
+    parts = [torch.empty_like(t) for _ in range(ep.size)]
+    dist.all_gather(parts, t.contiguous(), group=ep.group)
+    return torch.cat(parts)
+
+
+def full_state(model, optimizer, ep: ExpertParallel) -> tuple[dict, dict]:
+    """Model and optimizer state dicts with every expert shard gathered (a collective: every
+    rank calls it), shaped as for a model without expert parallelism."""
+    model_state = model.state_dict()
+    for name, p in sharded(model):
+        model_state[name] = _gather(p.data, ep)
+    opt_state = optimizer.state_dict()  # its per-parameter dicts are the live ones: copy
+    index = _optimizer_index(optimizer)
+    for _, p in sharded(model):
+        i = index[id(p)]
+        if i in opt_state["state"]:
+            slot = opt_state["state"][i]
+            opt_state["state"][i] = {**slot, **{k: _gather(slot[k], ep)
+                                                for k in ("exp_avg", "exp_avg_sq")}}
+    return model_state, opt_state
+
+
+def _optimizer_index(optimizer) -> dict[int, int]:
+    """Parameter -> its index in optimizer.state_dict() (the order of the param groups)."""
+    return {id(p): i for i, p in enumerate(p for g in optimizer.param_groups
+                                           for p in g["params"])}
+
+
+def shard_optimizer_state(opt_state: dict, model, optimizer, ep: ExpertParallel) -> dict:
+    """A whole-model optimizer state cut to this rank's expert shards (for `optimizer`, made
+    for the sharded model)."""
+    index = _optimizer_index(optimizer)
+    for _, p in sharded(model):
+        i = index[id(p)]
+        if i in opt_state["state"]:
+            slot = opt_state["state"][i]
+            per = slot["exp_avg"].shape[0] // ep.size
+            opt_state["state"][i] = {**slot, **{k: slot[k][ep.rank * per:(ep.rank + 1) * per]
+                                                .clone() for k in ("exp_avg", "exp_avg_sq")}}
+    return opt_state

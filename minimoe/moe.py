@@ -235,6 +235,7 @@ class MoE(nn.Module):
         self.register_buffer("prior_scale", torch.tensor(0.0))
         self.register_buffer("selection_bias_E", torch.zeros(num_experts))
         self.register_buffer("expert_scale", torch.tensor(1.0))
+        self.ep = None  # set by dist.shard_experts_ under expert parallelism
 
     def router_logits(self, x_TD: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         logits_TE = self.router(x_TD)
@@ -259,8 +260,14 @@ class MoE(nn.Module):
             limit = capacity(int(info.valid_T.sum()), self.top_k, self.num_experts,
                              opt.capacity_factor)
             kept_TK = within_capacity(expert_ids_TK, kept_TK, self.num_experts, limit)
-        y_TD = self.expert_scale * experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK,
-                                                   self.w1_EDH, self.w2_EHD, self.ops)
+        if self.ep is None:
+            y_TD = experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, self.w1_EDH,
+                                   self.w2_EHD, self.ops)
+        else:  # this rank holds a slice of the experts (dist.shard_experts_)
+            from .dist import expert_parallel_forward
+            y_TD = expert_parallel_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, self.w1_EDH,
+                                           self.w2_EHD, self.num_experts, self.ep.group, self.ops)
+        y_TD = self.expert_scale * y_TD
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)[0]
         return y_TD.view_as(x_BLD), Routing(logits_TE, probs_TE, expert_ids_TK, kept_TK, info)

@@ -12,7 +12,8 @@ import torch
 from . import checkpoint, config
 from .config import Config
 from .convert import convert_model
-from .dist import data_parallel, rank_world
+from .dist import (data_parallel, full_state, rank_world, shard_experts_,
+                   shard_optimizer_state)
 from .pipeline import (VQ_IDENTITY, GridWriter, UserError, build_model, open_source,
                        restore_optimizer)
 from .plots import routing_heatmaps
@@ -123,24 +124,39 @@ def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
 
 
 def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, batcher: Batcher,
-              start_step: int, optimizer, progress: bool) -> None:
+              start_step: int, optimizer, progress: bool, ep=None) -> None:
     """Train the MoE; with --moe-steps 0 just save the converted model (as step 0)."""
     print(describe_schedule(cfg))
     if cfg.train.moe_steps == 0:
-        if rank_world()[0] == 0:
-            save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok)
+        save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok,
+                        ep=ep)
         return
     fit(data_parallel(model), cfg, files, "moe", cfg.train.moe_steps, batcher, image_tok, device,
         start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
-        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr)
+        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep)
 
 
-def resume_moe(cfg: Config, payload: dict, device):
+def resume_moe(cfg: Config, payload: dict, device, ep=None):
+    """The MoE and its optimizer from a checkpoint (which holds the whole model), cut to this
+    rank's expert shards under expert parallelism."""
     model, vocab = build_model(cfg, device)
     model.load_state_dict(payload["model"])
     print(f"resuming moe at step {payload['step']}")
-    return model, vocab, restore_optimizer(model, cfg, payload)
+    if ep is None:
+        return model, vocab, restore_optimizer(model, cfg, payload)
+    shard_experts_(model, ep)
+    optimizer = make_optimizer(model, cfg)
+    optimizer.load_state_dict(shard_optimizer_state(payload["optimizer"], model, optimizer, ep))
+    return model, vocab, optimizer
+
+
+def unshard(model, cfg: Config, device, ep):
+    """The whole model on every rank, gathered from the expert shards (for evaluation)."""
+    state, _ = full_state(model, make_optimizer(model, cfg), ep)
+    whole, _ = build_model(cfg, device)
+    whole.load_state_dict(state)
+    return whole
 
 
 @torch.no_grad()

@@ -175,19 +175,29 @@ def log_line(files: RunFiles, record: dict) -> None:
 
 
 def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, step: int,
-                    image_tok: ImageTokenizer, path: Path | None = None) -> None:
-    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer and tokenizer."""
-    checkpoint.save({"config": to_dict(cfg), "stage": stage, "step": step,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "vq": image_tok.vq.state_dict()}, path or files.ckpt)
+                    image_tok: ImageTokenizer, path: Path | None = None, ep=None) -> None:
+    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer and tokenizer.
+
+    Under expert parallelism (`ep`) every rank must call this: the expert shards are gathered
+    so that the checkpoint holds the whole model; rank 0 writes it."""
+    if ep is not None:
+        from .dist import full_state
+        model_state, optimizer_state = full_state(model, optimizer, ep)
+    else:
+        model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        checkpoint.save({"config": to_dict(cfg), "stage": stage, "step": step,
+                         "model": model_state, "optimizer": optimizer_state,
+                         "vq": image_tok.vq.state_dict()}, path or files.ckpt)
 
 
 def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Batcher,
         image_tok: ImageTokenizer, device: torch.device, start_step: int = 0,
         optimizer=None, on_sample=None, progress: bool = True, router=None,
-        peak_lr: float | None = None) -> list[dict]:
+        peak_lr: float | None = None, ep=None) -> list[dict]:
     """Train `model` for steps [start_step, steps). Returns the logged records of this call.
 
+    `ep` (dist.ExpertParallel): the MoE layers' experts are sharded over ranks (--ep).
     `router` (a routing.RouterTraining, MoE stage only) sets the router schedules before each
     step, adds the balance and z losses, updates aux-loss-free biases after the step and adds
     its statistics to the log. Every step's model-side randomness (random routing, dropout) is
@@ -226,7 +236,12 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                 f"({files.ckpt}) was kept. Lower --lr or --grad-clip and resume with --resume")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        if ep is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        else:  # expert shards: their own gradient sum and a norm over the whole model
+            from .dist import clip_grad_norm_, sync_expert_grads_
+            sync_expert_grads_(module, ep)
+            grad_norm = clip_grad_norm_(module, t.grad_clip, ep)
         optimizer.step()
         if router:
             router.after_step(out.routing)
@@ -243,9 +258,11 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                 log_line(files, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", t2i=rec.get("t2i"), mmu=rec.get("mmu"),
                             tok_s=rec["tok_per_s"])
-        if main and (done % t.ckpt_every == 0 or done == steps):
-            save_checkpoint(files, cfg, module, optimizer, stage, done, image_tok)
-        if main and on_sample and t.sample_every and (done % t.sample_every == 0 or done == steps):
+        if (main or ep is not None) and (done % t.ckpt_every == 0 or done == steps):
+            save_checkpoint(files, cfg, module, optimizer, stage, done, image_tok, ep=ep)
+        # (no periodic grids under expert parallelism: sampling would need every rank)
+        if main and on_sample and ep is None and t.sample_every and \
+                (done % t.sample_every == 0 or done == steps):
             on_sample(done)
             model.train()
     return records

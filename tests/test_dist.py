@@ -134,34 +134,82 @@ def test_a_ddp_step_equals_one_process_on_the_combined_batch(tmp_path):
     spawn(_ddp_worker, str(tmp_path / "store"))
 
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def torchrun(flags: list[str], processes: int = 2):
+    """train.py under torchrun on `processes` CPU ranks (a free port, bounded in time)."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+               str(processes), "--master_port", str(port), str(ROOT / "train.py"), *flags]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def train_alone(flags: list[str]):
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT, env={**os.environ})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def moe_losses(folder) -> list[float]:
+    """Loss and gradient norm of every logged MoE step (the norm catches gradient scaling,
+    which AdamW's update would hide)."""
+    import json
+    return [v for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines())
+            if r["stage"] == "moe" for v in (r["loss"], r["grad_norm"])]
+
+
 def test_torchrun_two_processes_then_one_process_resumes(tmp_path):
     """2 ranks train a micro MoE run (each its own data shard); the checkpoint holds the whole
     model, so 1 process resumes it."""
     import json
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
     from test_scripts import MICRO, MOE
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "run"
     flags = MICRO + MOE + ["--dense-steps", "4", "--moe", "random", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                          "2", "--master_port", str(port), str(root / "train.py"), *flags],
-                         capture_output=True, text=True, timeout=300, cwd=root, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
+    torchrun(flags)
     stages = [json.loads(l)["stage"] for l in (out / "log.jsonl").read_text().splitlines()]
     assert stages.count("dense") == 4 and stages.count("moe") == 4, "rank 0 alone logs"
-    again = subprocess.run([sys.executable, str(root / "train.py"), *flags, "--resume",
-                            "--moe-steps", "6"], capture_output=True, text=True, timeout=300,
-                           cwd=root, env=env)
-    assert again.returncode == 0, again.stderr[-2000:]
+    again = train_alone(flags + ["--resume", "--moe-steps", "6"])
     assert "resuming moe at step 4" in again.stdout
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_expert_parallel_training_equals_data_parallel_and_resumes_alone(tmp_path):
+    """--ep 2 (experts split over the 2 ranks) trains exactly like plain data parallelism from
+    the same dense model, and its checkpoint (shards gathered) resumes in 1 process exactly
+    like the data-parallel one."""
+    from test_scripts import MICRO
+    dense = tmp_path / "dense"
+    train_alone(MICRO + ["--dense-steps", "3", "--out", str(dense)])
+    moe = ["--moe", "naive", "--num-experts", "4", "--moe-steps", "4",
+           "--init", str(dense / "ckpt.pt")]
+    torchrun(MICRO + moe + ["--ep", "2", "--out", str(tmp_path / "ep")])
+    torchrun(MICRO + moe + ["--out", str(tmp_path / "dp")])
+    ep, dp = moe_losses(tmp_path / "ep"), moe_losses(tmp_path / "dp")
+    assert len(ep) == 8 and max(abs(a - b) for a, b in zip(ep, dp)) < 1e-4, (ep, dp)
+    for name in ("ep", "dp"):
+        train_alone(MICRO + ["--moe", "naive", "--num-experts", "4", "--moe-steps", "6",
+                             "--resume", "--out", str(tmp_path / name)])
+    ep, dp = moe_losses(tmp_path / "ep"), moe_losses(tmp_path / "dp")
+    assert len(ep) == 12 and max(abs(a - b) for a, b in zip(ep[8:], dp[8:])) < 1e-4
+
+
+def test_ep_that_does_not_divide_is_refused(tmp_path, capsys):
+    import train
+    from test_scripts import MICRO, fails
+    fails(capsys, train.main, MICRO + ["--moe", "naive", "--num-experts", "4", "--ep", "3",
+                                       "--out", str(tmp_path / "x")], "--ep 3 must divide")
 
 
 def test_batches_of_different_ranks_are_disjoint_shards():
