@@ -102,6 +102,7 @@ class TrainConfig:
     sample_every: int = 400  # steps between PNG sample grids (0: never)
     sample_steps: int = 8  # MaskGIT steps for the periodic grids and the final check
     guidance: float = 2.0  # classifier-free guidance scale for the periodic grids
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory
 
 
 @dataclass

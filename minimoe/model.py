@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import Config, ModelConfig, expert_hidden, moe_layer_ids
 from .moe import MoE, RouterOptions, Routing, TokenInfo
@@ -171,8 +172,13 @@ class Transformer(nn.Module):
                          None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
         routing = []
+        recompute = self.cfg.train.activation_checkpointing and self.training and cache is None
         for i, block in enumerate(self.blocks):
-            x_BLD, layer_routing = block(x_BLD, cos, sin, mask_B1LS, cache, i, info)
+            if recompute:  # keep only each block's input; rerun the block in backward
+                x_BLD, layer_routing = checkpoint(block, x_BLD, cos, sin, mask_B1LS, None, i,
+                                                  info, use_reentrant=False)
+            else:
+                x_BLD, layer_routing = block(x_BLD, cos, sin, mask_B1LS, cache, i, info)
             routing.append(layer_routing)
         return ModelOutput(self.head(self.norm(x_BLD)), routing)
 

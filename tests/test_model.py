@@ -67,3 +67,28 @@ def test_left_padding_does_not_change_a_rows_logits(cfg, model_and_vocab):
     padded = model(torch.tensor([[v.pad] * 5 + tokens]),
                    torch.tensor([[PAD_GROUP] * 5 + groups])).logits_BLV
     assert torch.allclose(alone, padded[:, 5:], atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_losses_and_gradients():
+    """Recomputing each block in backward (MoE layers, random routing included) changes
+    memory, not numbers."""
+    from conftest import micro_config
+    from minimoe.model import Transformer
+    from minimoe.routing import RouterTraining
+    from minimoe.tokenizers import Vocab
+    grads = []
+    for recompute in (False, True):
+        cfg = micro_config(moe="random", num_experts=4, random_routing=True,
+                           activation_checkpointing=recompute)
+        vocab = Vocab(cfg.vq.vq_codes)
+        torch.manual_seed(0)
+        model = Transformer(cfg, vocab.size, vocab.pad).double().train()
+        tokens = torch.randint(0, vocab.size, (3, 20))
+        groups = torch.arange(20).repeat(3, 1)
+        torch.manual_seed(1)
+        out = model(tokens, groups)
+        router = RouterTraining(model, cfg)
+        loss = out.logits_BLV.logsumexp(-1).mean() + router.weighted(router.losses(out.routing))
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(*grads))
