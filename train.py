@@ -100,12 +100,10 @@ def run(args) -> dict:
         if stage != "moe":
             model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
                                                                 image_tok, device, batcher)
-            if ep is not None:
-                dist.shard_experts_(model, ep)
+            optimizer = stages.shard_for_training(model, cfg, None, ep)
         stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
                          optimizer, progress, ep)
-        if ep is not None:  # rank 0 evaluates the whole model alone
-            model = stages.unshard(model, cfg, device, ep)
+        model = stages.unshard(model, cfg, device, ep)  # rank 0 evaluates the whole model alone
         if info.is_main:
             summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok,
                                                               device)

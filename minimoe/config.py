@@ -103,6 +103,7 @@ class TrainConfig:
     sample_steps: int = 8  # MaskGIT steps for the periodic grids and the final check
     guidance: float = 2.0  # classifier-free guidance scale for the periodic grids
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
+    fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state (FSDP2)
 
 
 @dataclass
@@ -147,7 +148,7 @@ PRESETS: dict[str, dict] = {
         vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24, n_heads=32,
         d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16, lr=2e-4,
         warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100, sample_steps=18,
-        moe_steps=50000, moe_lr=1e-4,
+        moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
     ),
 }
 

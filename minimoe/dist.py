@@ -64,7 +64,7 @@ def rank_world() -> tuple[int, int]:
 def data_parallel(model):
     """The model wrapped in DistributedDataParallel when several processes train it (DDP
     broadcasts rank 0's parameters and buffers, so every rank starts identical), else itself."""
-    if rank_world()[1] == 1:
+    if rank_world()[1] == 1 or is_fsdp(model):  # FSDP reduces gradients itself
         return model
     from torch.nn.parallel import DistributedDataParallel
     if hasattr(model, "moe_layers") and any(layer.ep for _, layer in model.moe_layers()):
@@ -231,21 +231,37 @@ def _gather(t: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def full_state(model, optimizer, ep: ExpertParallel) -> tuple[dict, dict]:
-    """Model and optimizer state dicts with every expert shard gathered (a collective: every
-    rank calls it), shaped as for a model without expert parallelism."""
-    model_state = model.state_dict()
-    for name, p in sharded(model):
-        model_state[name] = _gather(p.data, ep)
+def full_model_state(model, ep: ExpertParallel | None) -> dict:
+    """The model's state dict with every expert (or FSDP) shard gathered (a collective: every
+    rank calls it), shaped as for a model on one process."""
+    from torch.distributed.tensor import DTensor
+    state = model.state_dict()
+    if is_fsdp(model):
+        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+                for k, v in state.items()}
+    for name, p in sharded(model) if ep is not None else ():
+        state[name] = _gather(p.data, ep)
+    return state
+
+
+def full_optimizer_state(model, optimizer, ep: ExpertParallel | None) -> dict:
+    """The optimizer's state dict with every shard gathered, indexed like a plain optimizer's
+    (param group order), so that any layout loads it (a collective)."""
+    from torch.distributed.tensor import DTensor
     opt_state = optimizer.state_dict()  # its per-parameter dicts are the live ones: copy
+    if is_fsdp(model):
+        opt_state["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v
+                                  for k, v in slot.items()}
+                              for i, slot in opt_state["state"].items()}
+        return opt_state
     index = _optimizer_index(optimizer)
-    for _, p in sharded(model):
+    for _, p in sharded(model) if ep is not None else ():
         i = index[id(p)]
         if i in opt_state["state"]:
             slot = opt_state["state"][i]
             opt_state["state"][i] = {**slot, **{k: _gather(slot[k], ep)
                                                 for k in ("exp_avg", "exp_avg_sq")}}
-    return model_state, opt_state
+    return opt_state
 
 
 def _optimizer_index(optimizer) -> dict[int, int]:
@@ -266,3 +282,37 @@ def shard_optimizer_state(opt_state: dict, model, optimizer, ep: ExpertParallel)
             opt_state["state"][i] = {**slot, **{k: slot[k][ep.rank * per:(ep.rank + 1) * per]
                                                 .clone() for k in ("exp_avg", "exp_avg_sq")}}
     return opt_state
+
+
+# --- FSDP2 (train config --fsdp true, under torchrun) -----------------------------------------
+#
+# Every block, then the whole model, is wrapped with fully_shard: each rank keeps 1/world of
+# every weight, gradient and AdamW state, and gathers a block's weights just before using it.
+# Checkpoints hold the whole model (gathered) in the same format as without FSDP.
+
+
+def fsdp_(model) -> None:
+    """Shard `model` in place with FSDP2 (a collective: every rank calls it)."""
+    from torch.distributed.fsdp import fully_shard
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    model.fsdp = True
+
+
+def is_fsdp(model) -> bool:
+    return getattr(model, "fsdp", False)
+
+
+def load_fsdp_optimizer_state(optimizer, opt_state: dict) -> None:
+    """A whole-model optimizer state loaded into the optimizer of an FSDP model: each rank
+    keeps the shard of every state tensor that matches its shard of the parameter."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = {}
+    for i, slot in opt_state["state"].items():
+        p = params[int(i)]
+        state[i] = {k: distribute_tensor(v.to(p.dtype), p.device_mesh, p.placements)
+                    if torch.is_tensor(v) and v.dim() > 0 and isinstance(p, DTensor) else v
+                    for k, v in slot.items()}
+    optimizer.load_state_dict({**opt_state, "state": state})

@@ -12,10 +12,9 @@ import torch
 from . import checkpoint, config
 from .config import Config
 from .convert import convert_model
-from .dist import (data_parallel, full_state, rank_world, shard_experts_,
-                   shard_optimizer_state)
-from .pipeline import (VQ_IDENTITY, GridWriter, UserError, build_model, open_source,
-                       restore_optimizer)
+from .dist import (data_parallel, fsdp_, full_model_state, is_fsdp,
+                   load_fsdp_optimizer_state, rank_world, shard_experts_, shard_optimizer_state)
+from .pipeline import (VQ_IDENTITY, GridWriter, UserError, build_model, open_source)
 from .plots import routing_heatmaps
 from .routing import RouterTraining, RoutingStats, apply_schedule, describe_schedule, schedule
 from .trainer import (Batcher, RunFiles, fit, log_line, make_optimizer, save_checkpoint,
@@ -58,11 +57,12 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
             checkpoint.save(reused, files.dense)
         print(f"reusing the dense model in {source} (step {reused['step']})")
         return model, vocab
-    optimizer, start = None, 0
+    start = 0
     if payload is not None:
         model.load_state_dict(payload["model"])
-        optimizer, start = restore_optimizer(model, cfg, payload), payload["step"]
+        start = payload["step"]
         print(f"resuming dense at step {start}")
+    optimizer = shard_for_training(model, cfg, payload)
     print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
     rank, world = rank_world()
     fit(data_parallel(model), cfg, files, "dense", cfg.train.dense_steps,
@@ -71,7 +71,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress)
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
-    return model, vocab
+    return unshard(model, config.dense_version(cfg), device), vocab
 
 
 def heldout_batches(cfg: Config, vocab, image_tok, n: int) -> list:
@@ -137,23 +137,41 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
         router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep)
 
 
+def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):
+    """Shard `model` in place for this run's parallelism (--ep: expert shards; fsdp under
+    torchrun: FSDP2) and make its optimizer, restored from `payload` (which holds the whole
+    model's state) when resuming."""
+    use_fsdp = cfg.train.fsdp and rank_world()[1] > 1 and ep is None
+    if ep is not None:
+        shard_experts_(model, ep)
+    elif use_fsdp:
+        fsdp_(model)
+    optimizer = make_optimizer(model, cfg)
+    if payload is not None:
+        state = payload["optimizer"]
+        if ep is not None:
+            optimizer.load_state_dict(shard_optimizer_state(state, model, optimizer, ep))
+        elif use_fsdp:
+            load_fsdp_optimizer_state(optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
+    return optimizer
+
+
 def resume_moe(cfg: Config, payload: dict, device, ep=None):
-    """The MoE and its optimizer from a checkpoint (which holds the whole model), cut to this
-    rank's expert shards under expert parallelism."""
+    """The MoE and its optimizer from a checkpoint, sharded as this run shards."""
     model, vocab = build_model(cfg, device)
     model.load_state_dict(payload["model"])
     print(f"resuming moe at step {payload['step']}")
-    if ep is None:
-        return model, vocab, restore_optimizer(model, cfg, payload)
-    shard_experts_(model, ep)
-    optimizer = make_optimizer(model, cfg)
-    optimizer.load_state_dict(shard_optimizer_state(payload["optimizer"], model, optimizer, ep))
-    return model, vocab, optimizer
+    return model, vocab, shard_for_training(model, cfg, payload, ep)
 
 
-def unshard(model, cfg: Config, device, ep):
-    """The whole model on every rank, gathered from the expert shards (for evaluation)."""
-    state, _ = full_state(model, make_optimizer(model, cfg), ep)
+def unshard(model, cfg: Config, device, ep=None):
+    """The whole model on every rank, gathered from its shards (a collective), or `model`
+    itself when it is not sharded."""
+    if ep is None and not is_fsdp(model):
+        return model
+    state = full_model_state(model, ep)
     whole, _ = build_model(cfg, device)
     whole.load_state_dict(state)
     return whole

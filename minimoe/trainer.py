@@ -180,9 +180,10 @@ def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, 
 
     Under expert parallelism (`ep`) every rank must call this: the expert shards are gathered
     so that the checkpoint holds the whole model; rank 0 writes it."""
-    if ep is not None:
-        from .dist import full_state
-        model_state, optimizer_state = full_state(model, optimizer, ep)
+    if ep is not None or getattr(model, "fsdp", False):
+        from .dist import full_model_state, full_optimizer_state
+        model_state = full_model_state(model, ep)
+        optimizer_state = full_optimizer_state(model, optimizer, ep)
     else:
         model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -209,6 +210,9 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
     data_parallel = dist.is_initialized() and dist.get_world_size() > 1
     main = not data_parallel or dist.get_rank() == 0  # only rank 0 logs, saves and samples
     module = getattr(model, "module", model)  # the model inside a DDP wrapper
+    # Sharded weights (--ep or FSDP): checkpoints gather from every rank, and only all ranks
+    # together can run the model (so no periodic sample grids).
+    sharded = ep is not None or getattr(module, "fsdp", False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     records, seen_tokens, t0 = [], 0, time.time()
     bar = tqdm(range(start_step, steps), desc=stage, disable=not (progress and main),
@@ -258,10 +262,9 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                 log_line(files, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", t2i=rec.get("t2i"), mmu=rec.get("mmu"),
                             tok_s=rec["tok_per_s"])
-        if (main or ep is not None) and (done % t.ckpt_every == 0 or done == steps):
+        if (main or sharded) and (done % t.ckpt_every == 0 or done == steps):
             save_checkpoint(files, cfg, module, optimizer, stage, done, image_tok, ep=ep)
-        # (no periodic grids under expert parallelism: sampling would need every rank)
-        if main and on_sample and ep is None and t.sample_every and \
+        if main and on_sample and not sharded and t.sample_every and \
                 (done % t.sample_every == 0 or done == steps):
             on_sample(done)
             model.train()

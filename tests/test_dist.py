@@ -227,3 +227,21 @@ def test_batches_of_different_ranks_are_disjoint_shards():
     for r in range(2):
         assert torch.equal(ranks[r](3).tokens_BL, alone(6 + r).tokens_BL)
     assert not torch.equal(ranks[0](3).tokens_BL, ranks[1](3).tokens_BL)
+
+
+def test_fsdp_trains_like_ddp_and_resumes_like_it(tmp_path):
+    """--fsdp true (every weight, gradient and AdamW state sharded over the 2 ranks) gives the
+    same losses and gradient norms as DDP through the dense and MoE stages, and after a resume
+    (the checkpoint holds the whole model and is cut back into shards)."""
+    import shutil
+    from test_scripts import MICRO
+    seed_run = tmp_path / "seed"  # one tokenizer for both runs (VQ training is not bitwise
+    train_alone(MICRO + ["--dense-steps", "1", "--out", str(seed_run)])  # reproducible)
+    flags = MICRO + ["--dense-steps", "3", "--moe", "random", "--num-experts", "4"]
+    for name, extra in (("fsdp", ["--fsdp", "true"]), ("ddp", [])):
+        (tmp_path / name).mkdir()
+        shutil.copy(seed_run / "vq.pt", tmp_path / name / "vq.pt")
+        torchrun(flags + extra + ["--moe-steps", "3", "--out", str(tmp_path / name)])
+        torchrun(flags + extra + ["--moe-steps", "5", "--resume", "--out", str(tmp_path / name)])
+    fsdp, ddp = moe_losses(tmp_path / "fsdp"), moe_losses(tmp_path / "ddp")
+    assert len(fsdp) == 10 and max(abs(a - b) for a, b in zip(fsdp, ddp)) < 1e-4, (fsdp, ddp)
