@@ -211,17 +211,22 @@ def sync_expert_grads_(model, ep: ExpertParallel) -> None:
 def clip_grad_norm_(model, max_norm: float, ep: ExpertParallel) -> torch.Tensor:
     """clip_grad_norm_ over the whole model: the replicated weights' gradients are equal on
     every rank, the expert shards' are summed over the expert-parallel group."""
+    from torch.distributed.tensor import DTensor
     expert_ids = {id(p) for _, p in sharded(model)}
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    shared = sum((g.float().square().sum() for p, g in zip(model.parameters(), grads)
-                  if id(p) not in expert_ids), torch.zeros(()))
+    with_grad = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in with_grad]
+    local = [g.to_local() if isinstance(g, DTensor) else g for p, g in zip(with_grad, grads)
+             if id(p) not in expert_ids]
+    shared = sum((g.float().square().sum() for g in local), torch.zeros(()))
+    if is_fsdp(model):  # FSDP shards partition each weight: add the ranks' parts
+        dist.all_reduce(shared)
     experts = sum((p.grad.float().square().sum() for _, p in sharded(model)
                    if p.grad is not None), torch.zeros(()))
     dist.all_reduce(experts, group=ep.group)
     norm = (shared + experts).sqrt()
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in grads:
-        g.mul_(scale.to(g.dtype))
+        (g.to_local() if isinstance(g, DTensor) else g).mul_(scale.to(g.dtype))
     return norm
 
 
@@ -237,8 +242,8 @@ def full_model_state(model, ep: ExpertParallel | None) -> dict:
     from torch.distributed.tensor import DTensor
     state = model.state_dict()
     if is_fsdp(model):
-        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
-                for k, v in state.items()}
+        state = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+                 for k, v in state.items()}
     for name, p in sharded(model) if ep is not None else ():
         state[name] = _gather(p.data, ep)
     return state
@@ -253,7 +258,6 @@ def full_optimizer_state(model, optimizer, ep: ExpertParallel | None) -> dict:
         opt_state["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v
                                   for k, v in slot.items()}
                               for i, slot in opt_state["state"].items()}
-        return opt_state
     index = _optimizer_index(optimizer)
     for _, p in sharded(model) if ep is not None else ():
         i = index[id(p)]
@@ -292,11 +296,14 @@ def shard_optimizer_state(opt_state: dict, model, optimizer, ep: ExpertParallel)
 
 
 def fsdp_(model) -> None:
-    """Shard `model` in place with FSDP2 (a collective: every rank calls it)."""
+    """Shard `model` in place with FSDP2 (a collective: every rank calls it). Expert shards of
+    --ep are left to expert parallelism: FSDP shards the non-expert weights."""
     from torch.distributed.fsdp import fully_shard
+    experts = {p for _, p in sharded(model)} if any(layer.ep for _, layer in
+                                                     model.moe_layers()) else set()
     for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, ignored_params=experts & set(block.parameters()) or None)
+    fully_shard(model, ignored_params=experts or None)
     model.fsdp = True
 
 

@@ -141,17 +141,17 @@ def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None)
     """Shard `model` in place for this run's parallelism (--ep: expert shards; fsdp under
     torchrun: FSDP2) and make its optimizer, restored from `payload` (which holds the whole
     model's state) when resuming."""
-    use_fsdp = cfg.train.fsdp and rank_world()[1] > 1 and ep is None
+    use_fsdp = cfg.train.fsdp and rank_world()[1] > 1
     if ep is not None:
         shard_experts_(model, ep)
-    elif use_fsdp:
+    if use_fsdp:  # with --ep: the non-expert weights
         fsdp_(model)
     optimizer = make_optimizer(model, cfg)
     if payload is not None:
         state = payload["optimizer"]
         if ep is not None:
-            optimizer.load_state_dict(shard_optimizer_state(state, model, optimizer, ep))
-        elif use_fsdp:
+            state = shard_optimizer_state(state, model, optimizer, ep)
+        if use_fsdp:
             load_fsdp_optimizer_state(optimizer, state)
         else:
             optimizer.load_state_dict(state)

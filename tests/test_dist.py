@@ -186,18 +186,21 @@ def test_torchrun_two_processes_then_one_process_resumes(tmp_path):
 
 
 def test_expert_parallel_training_equals_data_parallel_and_resumes_alone(tmp_path):
-    """--ep 2 (experts split over the 2 ranks) trains exactly like plain data parallelism from
-    the same dense model, and its checkpoint (shards gathered) resumes in 1 process exactly
-    like the data-parallel one."""
+    """--ep 2 (experts split over the 2 ranks; with --fsdp true also the rest sharded) trains
+    exactly like plain data parallelism from the same dense model, and its checkpoint (shards
+    gathered) resumes in 1 process exactly like the data-parallel one."""
     from test_scripts import MICRO
     dense = tmp_path / "dense"
     train_alone(MICRO + ["--dense-steps", "3", "--out", str(dense)])
     moe = ["--moe", "naive", "--num-experts", "4", "--moe-steps", "4",
            "--init", str(dense / "ckpt.pt")]
     torchrun(MICRO + moe + ["--ep", "2", "--out", str(tmp_path / "ep")])
+    torchrun(MICRO + moe + ["--ep", "2", "--fsdp", "true", "--out", str(tmp_path / "ep_fsdp")])
     torchrun(MICRO + moe + ["--out", str(tmp_path / "dp")])
     ep, dp = moe_losses(tmp_path / "ep"), moe_losses(tmp_path / "dp")
     assert len(ep) == 8 and max(abs(a - b) for a, b in zip(ep, dp)) < 1e-4, (ep, dp)
+    ep_fsdp = moe_losses(tmp_path / "ep_fsdp")  # experts by --ep, the rest sharded by FSDP
+    assert max(abs(a - b) for a, b in zip(ep_fsdp, dp)) < 1e-4, (ep_fsdp, dp)
     for name in ("ep", "dp"):
         train_alone(MICRO + ["--moe", "naive", "--num-experts", "4", "--moe-steps", "6",
                              "--resume", "--out", str(tmp_path / name)])
