@@ -49,6 +49,12 @@ def main(argv=None) -> dict:
     with pipeline.user_errors(args.debug):
         try:
             return run(args)
+        except RuntimeError as e:
+            if not dist.lost_peer(e) or args.debug:
+                raise
+            if dist.rank_world()[0] == 0:
+                print(dist.LOST_RANK, file=sys.stderr, flush=True)
+            os._exit(1)  # leave at once: tearing down would wait on the dead rank
         finally:
             dist.teardown()
 

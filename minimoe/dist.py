@@ -17,6 +17,8 @@ rows, on any rank, is legal. Not yet wired into train.py (the scale-out issue co
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -51,7 +53,28 @@ def setup() -> DistInfo:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     return DistInfo(rank, world, local, device)
+
+
+LOST_RANK = ("error: stopped because another rank failed (see torchrun's report below); the "
+             "last complete checkpoint is kept: fix the cause and rerun with --resume")
+# What gloo and NCCL say when the other end of a collective is gone.
+PEER_ERRORS = ("Connection reset", "Connection closed", "connection closed", "NCCL", "gloo",
+               "timed out", "Timed out")
+
+
+def _stopped_by_torchrun(signum, frame):
+    # torchrun stops every rank with SIGTERM when one fails: say so, once, from rank 0.
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(LOST_RANK, file=sys.stderr, flush=True)
+    os._exit(1)  # no cleanup that could wait on the dead rank
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another rank died or hung."""
+    return rank_world()[1] > 1 and (isinstance(error, dist.DistError)
+                                    or any(s in str(error) for s in PEER_ERRORS))
 
 
 def rank_world() -> tuple[int, int]:

@@ -248,3 +248,34 @@ def test_fsdp_trains_like_ddp_and_resumes_like_it(tmp_path):
         torchrun(flags + extra + ["--moe-steps", "5", "--resume", "--out", str(tmp_path / name)])
     fsdp, ddp = moe_losses(tmp_path / "fsdp"), moe_losses(tmp_path / "ddp")
     assert len(fsdp) == 10 and max(abs(a - b) for a, b in zip(fsdp, ddp)) < 1e-4, (fsdp, ddp)
+
+
+def test_a_dying_rank_stops_the_run_with_a_message_and_keeps_the_checkpoint(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from minimoe import checkpoint
+    from test_scripts import MICRO
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                            "2", "--master_port", str(port), str(ROOT / "train.py"), *MICRO,
+                            "--dense-steps", "100000", "--out", str(out)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and
+                                          log.read_text().count('"dense"') >= 8):
+        time.sleep(0.5)
+    ranks = subprocess.run(["pgrep", "-f", f"train.py.*{out}"], capture_output=True,
+                           text=True).stdout.split()
+    os.kill(max(int(pid) for pid in ranks), signal.SIGKILL)  # the newest process: rank 1
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0
+    assert "stopped because another rank failed" in err
+    assert checkpoint.load(out / "ckpt.pt")["step"] > 0, "the last checkpoint is whole"
