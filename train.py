@@ -102,7 +102,8 @@ def run(args) -> dict:
     # Stage 3: dense FFNs -> experts, then MoE training; its data continues after stage 2's.
     if cfg.moe.moe != "none":
         batcher = Batcher(cfg, pipeline.open_source(cfg, "train"), vocab, image_tok,
-                          offset=cfg.train.dense_steps, rank=info.rank, world=info.world)
+                          offset=cfg.train.dense_steps * cfg.train.grad_accum, rank=info.rank,
+                          world=info.world)
         if stage != "moe":
             model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
                                                                 image_tok, device, batcher)

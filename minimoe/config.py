@@ -88,6 +88,7 @@ class TrainConfig:
     batch_t2i: int = 16  # text-to-image rows per step
     batch_mmu: int = 12  # image-understanding rows per step
     batch_lm: int = 4  # text-only rows per step
+    grad_accum: int = 1  # micro-batches (of the sizes above) per optimizer step
     lr: float = 2e-3  # peak AdamW learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup: int = 60  # linear warmup steps
@@ -233,6 +234,8 @@ def validate(cfg: Config) -> None:
     for name, value in counts.items():
         if value < 0:
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")
+    if cfg.train.grad_accum < 1:
+        raise ValueError(f"--grad-accum {cfg.train.grad_accum} must be >= 1")
     validate_moe(cfg)
 
 

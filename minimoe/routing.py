@@ -188,7 +188,12 @@ class RouterTraining:
     def weighted(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.now.alpha * losses["balance"] + self.cfg.moe.z_loss_weight * losses["z"]
 
+    def observe(self, routings) -> None:
+        """Statistics of a micro-batch that is not the step's last."""
+        self.stats.add(routings)
+
     def after_step(self, routings) -> None:
+        """After the optimizer step (routings: the last micro-batch's)."""
         if self.cfg.moe.aux_free_rate:
             update_selection_bias(self.model, routings, self.cfg.moe.aux_free_rate)
         self.stats.add(routings)

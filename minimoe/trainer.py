@@ -6,6 +6,7 @@ have seen, and the checkpoint needs no RNG state.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -95,25 +96,32 @@ class Batcher:
         return sample.qa[int(torch.randint(len(sample.qa), (1,), generator=gen))]
 
 
-def task_losses(logits_BLV: torch.Tensor, batch: Batch, data_parallel: bool = False
-                ) -> dict[str, torch.Tensor]:
+def task_losses(logits_BLV: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
+                scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Mean cross-entropy over the labelled positions of each task present in the batch.
 
-    data_parallel=True (W > 1 ranks in the default process group): the mean is over the
-    labelled positions of all ranks' batches. Each rank returns W x (its sum) / (global count),
-    so that DDP's average of the ranks' gradients is exactly the gradient of the mean over the
-    combined batch (a plain per-rank mean would weigh a rank's few labels like many).
+    With `counts` (labels per task of a larger batch this one is part of: see label_counts)
+    each task's loss is scale x (this batch's sum) / count instead, so that the losses of the
+    parts add up, and DDP's gradient average (scale = W) comes out exactly as the gradient of
+    the mean over everything (a plain per-part mean would weigh a part's few labels like many).
     """
     sel = batch.labels_BL != IGNORE
     ce = F.cross_entropy(logits_BLV[sel].float(), batch.labels_BL[sel], reduction="none")
     task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
-    if not data_parallel:
+    if counts is None:
         return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
-    counts = torch.stack([(task == i).sum() for i in range(len(TASKS))]).float()
-    dist.all_reduce(counts)
-    W = dist.get_world_size()
-    return {name: W * ce[task == i].sum() / counts[i] for i, name in enumerate(TASKS)
+    return {name: scale * ce[task == i].sum() / counts[i] for i, name in enumerate(TASKS)
             if counts[i] > 0}
+
+
+def label_counts(batches: list[Batch], data_parallel: bool) -> torch.Tensor:
+    """Labelled positions per task over `batches` (micro-batches of one step) and, under data
+    parallelism, over every rank's."""
+    counts = sum(torch.stack([((b.labels_BL != IGNORE) & (b.task_B[:, None] == i)).sum()
+                              for i in range(len(TASKS))]).float() for b in batches)
+    if data_parallel:
+        dist.all_reduce(counts)
+    return counts
 
 
 def total_loss(losses: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
@@ -208,7 +216,8 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
     t = cfg.train
     optimizer = optimizer or make_optimizer(model, cfg)
     data_parallel = dist.is_initialized() and dist.get_world_size() > 1
-    main = not data_parallel or dist.get_rank() == 0  # only rank 0 logs, saves and samples
+    rank, world = (dist.get_rank(), dist.get_world_size()) if data_parallel else (0, 1)
+    main = rank == 0  # only rank 0 logs, saves and samples
     module = getattr(model, "module", model)  # the model inside a DDP wrapper
     # Sharded weights (--ep or FSDP): checkpoints gather from every rank, and only all ranks
     # together can run the model (so no periodic sample grids).
@@ -222,24 +231,36 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
         lr = lr_at(step, cfg, steps, peak_lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        torch.manual_seed(t.seed * STEP_SEED_STRIDE + step)
+        # model-side randomness (random routing, dropout) per (seed, step, rank)
+        torch.manual_seed((t.seed * STEP_SEED_STRIDE + step) * world + rank)
         if router:
             router.before_step(step)
-        batch = batcher(step).to(device)
-        with autocast:
-            out = model(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
-            losses = task_losses(out.logits_BLV, batch, data_parallel)
-            loss = total_loss(losses, cfg)
-            if router:
-                aux = router.losses(out.routing)
-                loss = loss + router.weighted(aux)
-                losses.update(aux)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"{stage} loss became {loss.item()} at step {step}; the last good checkpoint "
-                f"({files.ckpt}) was kept. Lower --lr or --grad-clip and resume with --resume")
+        micro = [batcher(step * t.grad_accum + i).to(device) for i in range(t.grad_accum)]
+        counts = label_counts(micro, data_parallel)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, loss = {}, 0.0
+        for i, batch in enumerate(micro):  # gradients of all micro-batches add up
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
+                else model.no_sync()
+            with sync, autocast:
+                out = model(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
+                part = task_losses(out.logits_BLV, batch, counts, world)
+                micro_loss = total_loss(part, cfg)
+                if router:
+                    aux = {k: v / len(micro) for k, v in router.losses(out.routing).items()}
+                    micro_loss = micro_loss + router.weighted(aux)
+                    part.update(aux)
+                if not torch.isfinite(micro_loss):
+                    raise TrainingError(
+                        f"{stage} loss became {micro_loss.item()} at step {step}; the last good "
+                        f"checkpoint ({files.ckpt}) was kept. Lower --lr or --grad-clip and "
+                        f"resume with --resume")
+                micro_loss.backward()
+            loss = loss + micro_loss.detach()
+            losses = {k: losses.get(k, 0) + v.detach() for k, v in part.items()}
+            if router and not last:
+                router.observe(out.routing)
         if ep is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         else:  # expert shards: their own gradient sum and a norm over the whole model
@@ -249,7 +270,7 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
         optimizer.step()
         if router:
             router.after_step(out.routing)
-        seen_tokens += batch.tokens_BL.numel()
+        seen_tokens += sum(b.tokens_BL.numel() for b in micro)
         done = step + 1
         if done % t.log_every == 0 or done == steps:
             rec = {"stage": stage, "step": done, "loss": round(loss.item(), 5), "lr": lr,

@@ -94,7 +94,8 @@ def _ddp_worker(rank: int, store: str, failures):
         from minimoe.model import Transformer
         from minimoe.sequences import concat
         from minimoe.tokenizers import ImageTokenizer, Vocab
-        from minimoe.trainer import Batcher, make_optimizer, task_losses, total_loss
+        from minimoe.trainer import (Batcher, label_counts, make_optimizer, task_losses,
+                                     total_loss)
         from minimoe.vq import VQModel
         from conftest import micro_config
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
@@ -113,7 +114,8 @@ def _ddp_worker(rank: int, store: str, failures):
 
         def step(model, optimizer, batch, data_parallel):
             out = model(batch.tokens_BL, batch.groups_BL)
-            loss = total_loss(task_losses(out.logits_BLV.double(), batch, data_parallel), cfg)
+            counts = label_counts([batch], data_parallel) if data_parallel else None
+            loss = total_loss(task_losses(out.logits_BLV.double(), batch, counts, WORLD), cfg)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

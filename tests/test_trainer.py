@@ -1,5 +1,6 @@
 """Training: loss goes down, resume continues with identical losses, NaN stops the run and
 keeps the last good checkpoint.  Run: pytest -q tests/test_trainer.py"""
+import copy
 import pytest
 import torch
 
@@ -146,3 +147,25 @@ def test_samples_without_questions_train_captioning_at_full_caption_length(tmp_p
     assert batch.task_B.tolist() == [MMU] * 4
     labels = batch.labels_BL[0][batch.labels_BL[0] != IGNORE].tolist()
     assert bytes(labels[:-1]).decode() == caption and labels[-1] == Vocab(16).eot
+
+
+def test_gradient_accumulation_equals_one_step_on_the_combined_batch(tmp_path):
+    """--grad-accum 2: two micro-batches per optimizer step give the parameters one step on
+    both batches together gives (losses normalised by the step's total label count)."""
+    from minimoe.sequences import concat
+    from minimoe.trainer import make_optimizer, task_losses, total_loss
+    cfg = micro_config(dense_steps=1, grad_accum=2, ckpt_every=100)
+    model, batcher, tok, files = setup(cfg, tmp_path)
+    model.double()
+    reference = copy.deepcopy(model)
+    fit(model, cfg, files, "dense", 1, batcher, tok, torch.device("cpu"), progress=False)
+    optimizer = make_optimizer(reference, cfg)
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(0, cfg, 1)
+    both = concat([batcher(0), batcher(1)])
+    out = reference(both.tokens_BL, both.groups_BL)
+    total_loss(task_losses(out.logits_BLV.double(), both), cfg).backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-10)
