@@ -54,6 +54,16 @@ inline void check_unpermute(const at::Tensor& y, const at::Tensor& slots, const 
               ", slots ", slots.sizes(), ", weights ", w.sizes());
 }
 
+inline void check_unpermute_backward(const at::Tensor& grad, const at::Tensor& y,
+                                     const at::Tensor& slots, const at::Tensor& w) {
+  check_unpermute(y, slots, w);
+  check_2d(grad, "unpermute_backward: grad");
+  check_same_device(grad, y, "unpermute_backward");
+  TORCH_CHECK(grad.size(0) == w.size(0) && grad.size(1) == y.size(1) &&
+              grad.scalar_type() == y.scalar_type(), "unpermute_backward: grad must be [T, D] ",
+              "of y's dtype, got ", grad.sizes(), " ", grad.scalar_type());
+}
+
 inline void check_grouped(const at::Tensor& x, const at::Tensor& offsets, int64_t num_experts,
                           const char* op) {
   check_2d(x, op);

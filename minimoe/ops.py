@@ -92,7 +92,7 @@ if EXT_AVAILABLE:
     torch.library.register_autograd("minimoe::permute", _permute_backward,
                                     setup_context=_permute_setup)
 
-    def _unpermute_setup(ctx, inputs, output):
+    def _save_inputs(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
     def _unpermute_backward(ctx, grad):
@@ -101,10 +101,7 @@ if EXT_AVAILABLE:
         return grad_y, None, grad_w
 
     torch.library.register_autograd("minimoe::unpermute", _unpermute_backward,
-                                    setup_context=_unpermute_setup)
-
-    def _grouped_mm_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+                                    setup_context=_save_inputs)
 
     def _grouped_mm_backward(ctx, grad):
         x, w, offsets = ctx.saved_tensors
@@ -114,7 +111,7 @@ if EXT_AVAILABLE:
         return grad_x, grad_w, None
 
     torch.library.register_autograd("minimoe::grouped_mm", _grouped_mm_backward,
-                                    setup_context=_grouped_mm_setup)
+                                    setup_context=_save_inputs)
 
 
 def built_kernels() -> list[str]:

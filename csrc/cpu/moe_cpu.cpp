@@ -85,11 +85,7 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& y,
                                                           const at::Tensor& slots,
                                                           const at::Tensor& weights) {
-  check_unpermute(y, slots, weights);
-  check_2d(grad, "unpermute_backward: grad");
-  TORCH_CHECK(grad.size(0) == weights.size(0) && grad.size(1) == y.size(1) &&
-              grad.scalar_type() == y.scalar_type(), "unpermute_backward: grad must be [T, D] ",
-              "of y's dtype, got ", grad.sizes(), " ", grad.scalar_type());
+  check_unpermute_backward(grad, y, slots, weights);
   const int64_t N = y.size(0), K = weights.size(1), D = y.size(1);
   auto grad_y = at::empty_like(y);
   auto grad_w = at::empty_like(weights);
