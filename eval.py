@@ -8,7 +8,8 @@ specialisation, with pictures.
 Writes into --out (default RUN/eval for one run, out/eval for several): metrics.json (every
 number, the checkpoints, presets and sample counts), metrics.md (a table, runs as columns),
 metrics.png (a bar chart of the headline numbers),
-feature_net.pt (the FID feature classifier, trained once and reused), and per run a folder
+feature_net.pt (the FID feature classifier, trained once and reused; --inception PATH uses the
+standard Inception network from a local TorchScript file instead), and per run a folder
 with geneval_<category>.png (samples with the checker's verdicts) and routing.png (MoE runs).
 """
 import argparse
@@ -28,6 +29,8 @@ def main(argv=None) -> dict:
     p.add_argument("--fid-n", type=int, default=300, help="images per FID set")
     p.add_argument("--mmu-n", type=int, default=120, help="held-out images for MMU questions")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--inception", default=None,
+                   help="local inception-2015-12-05.pt (TorchScript) for standard FID features")
     p.add_argument("--quick", action="store_true", help="only the check train.py ends with")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--device", default="auto")
@@ -68,10 +71,18 @@ def full(runs, args, out: Path) -> dict:
     if any(cfg.data.image_size != image_size for _, (cfg, _, _) in runs):
         raise pipeline.UserError("the runs have different image sizes; evaluate them apart")
     checker = geneval.validate_checker(image_size, args.n)
-    net, accuracy = fid.cached_feature_net(out / "feature_net.pt", image_size,
-                                           not args.no_progress)
+    if args.inception:
+        featurize, features = fid.load_inception(Path(args.inception)), \
+            f"Inception pool3 ({args.inception})"
+        accuracy = None
+    else:
+        net, accuracy = fid.cached_feature_net(out / "feature_net.pt", image_size,
+                                               not args.no_progress)
+        featurize, features = (lambda images: fid.features(net, images)), \
+            "minimoe feature net (fid.py)"
     print(f"checker on real images {checker['real']:.1%}, with wrong captions "
-          f"{checker['wrong_captions']:.1%}; FID feature net held-out accuracy {accuracy}")
+          f"{checker['wrong_captions']:.1%}; FID features: {features}"
+          + (f", held-out accuracy {accuracy}" if accuracy else ""))
     if checker["real"] < geneval.TRUSTED_REAL or checker["wrong_captions"] > geneval.TRUSTED_WRONG:
         print(f"warning: at {image_size} px the checker misjudges real images; the GenEval "
               f"numbers below are unreliable (it is validated at 32 and 64 px)")
@@ -81,7 +92,7 @@ def full(runs, args, out: Path) -> dict:
         name = name if name not in reports else str(ckpt).replace("/", "_")
         reports[name] = {"ckpt": str(ckpt), "preset": cfg.preset, "moe": cfg.moe.moe,
                          **evaluation.evaluate(cfg, session, image_tok, settings, out / name,
-                                               net)}
+                                               featurize, features)}
     evaluation.write(out, reports, {"settings": vars(settings), "checker": checker,
                                     "feature_net_accuracy": accuracy})
     print((out / "metrics.md").read_text())

@@ -34,11 +34,12 @@ class Settings:
     progress: bool = True
 
 
-def evaluate(cfg, session, image_tok, s: Settings, out: Path, feature_net) -> dict:
-    """Every metric of one run; writes its picture files into `out`."""
+def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, features: str) -> dict:
+    """Every metric of one run; writes its picture files into `out`. featurize(images) gives
+    the FID features, named by `features` in the report."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"geneval": geneval_eval(cfg, session, image_tok, s, out),
-              "fid": fid_eval(cfg, session, image_tok, s, feature_net),
+              "fid": fid_eval(cfg, session, image_tok, s, featurize, features),
               "mmu": mmu_eval(session, image_tok, heldout_shapes(cfg, s.mmu_n), s.progress)}
     if session.model.moe_layers():
         routing = collect_routing(session.model, cfg, Vocab(cfg.vq.vq_codes), image_tok,
@@ -67,18 +68,17 @@ def geneval_eval(cfg, session, image_tok, s: Settings, out: Path) -> dict:
             "prompts": len(prompts), "samples_per_prompt": s.samples}
 
 
-def fid_eval(cfg, session, image_tok, s: Settings, feature_net) -> dict:
+def fid_eval(cfg, session, image_tok, s: Settings, featurize, features: str) -> dict:
     domains = tuple(d for d in cfg.domain_names if d in DOMAINS) or DOMAINS
     data = BuiltinData(cfg.data.image_size, domains, "heldout", seed=EVAL_SEED)
     prompted = [data[i] for i in range(s.fid_n)]
     reference = [data[s.fid_n + i].image for i in range(s.fid_n)]
     generated = generate(session, image_tok, [x.caption for x in prompted], cfg, s.seed,
                          progress=s.progress)
-    return {"fid": round(fidlib.fid(feature_net, generated, reference), 3),
-            "real_vs_real": round(fidlib.fid(feature_net, [x.image for x in prompted],
+    return {"fid": round(fidlib.fid(featurize, generated, reference), 3),
+            "real_vs_real": round(fidlib.fid(featurize, [x.image for x in prompted],
                                              reference), 3),
-            "images": s.fid_n, "domains": list(domains),
-            "features": "minimoe feature net (fid.py)"}
+            "images": s.fid_n, "domains": list(domains), "features": features}
 
 
 def headline(report: dict) -> dict[str, float]:

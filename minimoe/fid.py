@@ -4,8 +4,8 @@
 
 The features come from `FeatureNet`, a small classifier trained on the built-in domains
 (domain, main colour, shape, glyph and pattern labels), trained once per run folder and cached
-with its held-out accuracy. (The standard Inception features need weights this project may not
-download; they are not wired in yet.)
+with its held-out accuracy; or from the standard Inception network when the user has its
+weights as a local TorchScript file (`load_inception`; nothing is downloaded).
 """
 from __future__ import annotations
 
@@ -145,5 +145,35 @@ def features(net: FeatureNet, images: list, batch: int = 256) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
-def fid(net: FeatureNet, images_a: list, images_b: list) -> float:
-    return frechet_distance(*stats(features(net, images_a)), *stats(features(net, images_b)))
+def fid(featurize, images_a: list, images_b: list) -> float:
+    """FID of two image lists; featurize(images) -> features [n, F] (e.g. FeatureNet's)."""
+    return frechet_distance(*stats(featurize(images_a)), *stats(featurize(images_b)))
+
+
+INCEPTION_FEATURES = 2048  # the pool3 width of the standard FID Inception network
+
+
+def load_inception(path: Path):
+    """The standard FID Inception network from a local TorchScript file (the
+    `inception-2015-12-05.pt` of the StyleGAN2-ADA metrics: uint8 NCHW images in, pool3
+    features out with return_features=True). Returns featurize(images) -> [n, 2048]."""
+    try:
+        net = torch.jit.load(str(path), map_location="cpu").eval()
+        with torch.no_grad():
+            probe = net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), return_features=True)
+    except Exception as e:  # any unreadable or foreign file lands here
+        raise ValueError(f"--inception {path}: not the FID Inception TorchScript "
+                         f"({type(e).__name__}); pass inception-2015-12-05.pt") from None
+    if tuple(probe.shape) != (2, INCEPTION_FEATURES):
+        raise ValueError(f"--inception {path}: gives features of shape {tuple(probe.shape)[1:]}"
+                         f", not ({INCEPTION_FEATURES},); pass inception-2015-12-05.pt")
+
+    @torch.no_grad()
+    def featurize(images: list, batch: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"))
+                                           for im in images[i:i + batch]])).permute(0, 3, 1, 2)
+            out.append(net(x.contiguous(), return_features=True).double().numpy())
+        return np.concatenate(out)
+    return featurize

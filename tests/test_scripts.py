@@ -291,3 +291,42 @@ def test_eval_refuses_too_few_samples(capsys, run_dir, flags, match):
 def test_eval_of_a_missing_checkpoint(capsys, tmp_path):
     import eval as eval_script
     fails(capsys, eval_script.main, ["--ckpt", str(tmp_path / "none.pt")], "does not exist")
+
+
+def _torchscript(path, width):
+    """A stand-in with the FID Inception TorchScript's interface (uint8 NCHW in, features out)."""
+    import torch
+
+    class Stand(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.width = width
+
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            pooled = x.float().mean((2, 3))  # [N, 3]
+            parts = [pooled * (k + 1) + k for k in range(self.width // 3 + 1)]
+            return torch.cat(parts, 1)[:, :self.width]
+    torch.jit.script(Stand()).save(str(path))
+    return path
+
+
+def test_eval_uses_inception_features_from_a_local_file(run_dir, tmp_path):
+    import eval as eval_script
+    weights = _torchscript(tmp_path / "inception-2015-12-05.pt", 2048)
+    reports = eval_script.main(["--ckpt", str(run_dir / "ckpt.pt"), "--n", "1", "--samples", "1",
+                                "--fid-n", "4", "--mmu-n", "2", "--inception", str(weights),
+                                "--out", str(tmp_path / "e"), "--no-progress"])
+    (report,) = reports.values()
+    assert report["fid"]["features"].startswith("Inception pool3")
+    assert report["fid"]["fid"] >= 0 and not (tmp_path / "e" / "feature_net.pt").exists()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.write_bytes(b"not a model"), "not the FID Inception TorchScript"),
+    (lambda p: _torchscript(p, 64), "not (2048,)")])
+def test_eval_refuses_a_wrong_inception_file(capsys, run_dir, tmp_path, make, match):
+    import eval as eval_script
+    weights = tmp_path / "weights.pt"
+    make(weights)
+    fails(capsys, eval_script.main, ["--ckpt", str(run_dir / "ckpt.pt"), "--inception",
+                                     str(weights), "--out", str(tmp_path / "e")], match)
