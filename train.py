@@ -20,12 +20,9 @@ whole model, so a run resumes with any number of processes.
 """
 import argparse
 import json
+import os
 import sys
 import time
-
-import torch
-
-import os
 
 from minimoe import config, dist, pipeline, stages
 from minimoe.trainer import Batcher, RunFiles

@@ -21,7 +21,7 @@ from .metrics import colour_report, mmu_report
 from .model import Transformer
 from .plots import image_grid
 from .tokenizers import ImageTokenizer, Vocab, images_to_tensor, tensor_to_images
-from .trainer import RunFiles, TrainingError, log_line, make_optimizer
+from .trainer import RunFiles, TrainingError, log_line
 from .vq import VQModel, codebook_stats, psnr, train_vq
 
 RUNS_ROOT = Path("out")  # default parent of run folders
@@ -170,12 +170,6 @@ def evaluate_tokenizer(vq: VQModel, source, device, n: int = VQ_EVAL_IMAGES) -> 
 def build_model(cfg: Config, device) -> tuple[Transformer, Vocab]:
     vocab = Vocab(cfg.vq.vq_codes)
     return Transformer(cfg, vocab.size, vocab.pad).to(device), vocab
-
-
-def restore_optimizer(model, cfg: Config, payload: dict):
-    optimizer = make_optimizer(model, cfg)
-    optimizer.load_state_dict(payload["optimizer"])
-    return optimizer
 
 
 def latest_checkpoint(root: Path = RUNS_ROOT) -> Path:
