@@ -12,7 +12,6 @@ feature_net.pt (the FID feature classifier, trained once and reused; --inception
 standard Inception network from a local TorchScript file instead), and per run a folder
 with geneval_<category>.png (samples with the checker's verdicts) and routing.png (MoE runs).
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from minimoe import evaluation, fid, geneval, pipeline
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = pipeline.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", action="append", default=None,
                    help="checkpoint; repeat to compare runs (default: newest out/*/ckpt.pt)")
     p.add_argument("--n", type=int, default=20, help="GenEval prompts per category")

@@ -7,7 +7,6 @@
 
 --ckpt defaults to the newest out/*/ckpt.pt.
 """
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ KEEP_CHOICES = ("left", "right", "top", "bottom")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = pipeline.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default=None, help="checkpoint (default: newest out/*/ckpt.pt)")
     p.add_argument("--prompt", default=None, help="caption to draw")
     p.add_argument("--image", default=None, help="image to ask --question about")

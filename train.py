@@ -18,7 +18,6 @@ Under torchrun every rank trains on its own shard of the data (batch sizes are p
 alone trains the tokenizer, prints, logs, samples and writes checkpoints; a checkpoint holds the
 whole model, so a run resumes with any number of processes.
 """
-import argparse
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ from minimoe.trainer import Batcher, RunFiles
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = pipeline.ArgumentParser(description=__doc__.split("\n")[0])
     config.add_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="run folder (default: out/dense or out/moe-METHOD)")
@@ -105,8 +104,9 @@ def run(args) -> dict:
             model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
                                                                 image_tok, device, batcher)
             optimizer = stages.shard_for_training(model, cfg, None, ep)
+        skipped = payload.get("skipped", 0) if stage == "moe" else 0
         stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
-                         optimizer, progress, ep)
+                         optimizer, progress, ep, skipped)
         model = stages.unshard(model, cfg, device, ep)  # rank 0 evaluates the whole model alone
         if info.is_main:
             summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok,

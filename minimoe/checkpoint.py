@@ -1,7 +1,8 @@
 """Checkpoints that are never half-written, and loading that says what went wrong.
 
 `save` writes to a temporary file in the same folder, fsyncs it and renames it over the target:
-a crash at any moment leaves either the old complete file or the new complete file. `load`
+a crash at any moment leaves either the old complete file or the new complete file (plus, at
+worst, a half-written temporary file, which the next save of that target removes). `load`
 turns every way a file can be unusable (missing, truncated, not a torch file, not ours) into a
 `CheckpointError` with one line saying what to do.
 """
@@ -12,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from . import faults
 
 FORMAT = "minimoe-checkpoint"  # marks files written by `save`, so foreign .pt files are refused
 VERSION = 1
@@ -24,11 +27,16 @@ class CheckpointError(RuntimeError):
 def save(payload: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a crash mid-write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
             f.flush()
+            if faults.fires("kill-save", payload.get("step", -1)):
+                f.truncate(f.tell() // 2)  # what a crash mid-write leaves behind
+                faults.kill()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

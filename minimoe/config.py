@@ -94,6 +94,8 @@ class TrainConfig:
     warmup: int = 60  # linear warmup steps
     weight_decay: float = 0.05  # AdamW weight decay (matrices only)
     grad_clip: float = 1.0  # clip the global gradient norm to this
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop | skip (drop that update)
+    max_skips: int = 10  # with --on-nonfinite skip: stop once more steps than this were skipped
     w_t2i: float = 1.0  # loss weight of masked-token prediction on images
     w_mmu: float = 1.0  # loss weight of answer prediction
     w_lm: float = 0.1  # loss weight of text next-token prediction
@@ -159,7 +161,7 @@ UPCYCLED = ("scratch", "naive")  # experts as wide as the dense FFN; the others 
 CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "anneal_shape": ("linear", "exponential", "cosine"),
            "router_prior": ("none", "modality", "domain"),
-           "moe_backend": ("torch", "ext", "auto")}
+           "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip")}
 
 
 def moe_layer_ids(spec: str, n_layers: int) -> list[int]:
@@ -230,7 +232,8 @@ def validate(cfg: Config) -> None:
                   moe_steps=cfg.train.moe_steps, batch_t2i=cfg.train.batch_t2i,
                   batch_mmu=cfg.train.batch_mmu, batch_lm=cfg.train.batch_lm,
                   capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
-                  anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise)
+                  anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
+                  max_skips=cfg.train.max_skips)
     for name, value in counts.items():
         if value < 0:
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")

@@ -5,9 +5,11 @@ Scripts stay recipes; everything here is plain functions over a `Config`.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import resource
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,12 +18,13 @@ from tqdm import tqdm
 from . import checkpoint, config
 from .config import Config
 from .data import BuiltinData, load_source
+from .dist import rank_world
 from .inference import Session
 from .metrics import colour_report, mmu_report
 from .model import Transformer
 from .plots import image_grid
 from .tokenizers import ImageTokenizer, Vocab, images_to_tensor, tensor_to_images
-from .trainer import RunFiles, TrainingError, log_line
+from .trainer import RunFiles, TrainingError, log_line, trim_log
 from .vq import VQModel, codebook_stats, psnr, train_vq
 
 RUNS_ROOT = Path("out")  # default parent of run folders
@@ -38,15 +41,32 @@ class UserError(RuntimeError):
     """A mistake in what the user asked for; scripts print it as one line."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose answer to a bad command line is one line, like every other user error
+    (argparse itself prints the whole usage block first), with the same exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def add_debug_flag(parser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def user_errors(debug: bool):
-    """Turn expected failures into `error: ...` on stderr and exit status 2."""
+    """Turn expected failures into `error: ...` on stderr and exit status 2, and warnings
+    (a skipped data row, ...) into one `warning: ...` line each; --debug keeps tracebacks
+    and the warnings' source lines."""
     try:
-        yield
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _one_line
+            yield
     except (UserError, ValueError, checkpoint.CheckpointError, TrainingError) as e:
         if debug:
             raise
@@ -102,6 +122,9 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
             raise UserError(f"{files.ckpt} was trained with --{name.replace('_', '-')} "
                             f"{saved_flat[name]}, not {value}; drop the flag or use another --out")
     cfg = config.make_config(saved.preset, **{**saved_flat, **overrides})
+    if rank_world()[0] == 0 and trim_log(files, payload["stage"], payload["step"]):
+        print(f"log.jsonl: dropped the lines after {payload['stage']} step {payload['step']} "
+              f"(they will be written again)")
     return cfg, payload["step"], payload
 
 

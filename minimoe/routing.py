@@ -18,6 +18,11 @@ exactly when that distribution is balanced. With --balance-scope modality it is 
 the text tokens and on the image tokens separately and averaged, so that the many image tokens
 cannot balance the load by pushing themselves into the text experts.
 
+Router collapse: when one expert is among the choices of at least COLLAPSE_SHARE of a layer's
+tokens for COLLAPSE_STEPS optimizer steps in a row, training warns (console and log): the
+layer then behaves like a dense FFN with idle experts. Only checked when top_k <= E / 2, where
+an even router gives every expert at most half of the tokens.
+
 Aux-loss-free balancing (DeepSeek-V3), with rate r = --aux-free-rate: after every optimizer step
 each layer's selection bias moves by r * sign(mean load - load_e), so an overloaded expert
 becomes less likely to be chosen; the bias never enters the weights or the losses.
@@ -36,6 +41,8 @@ from .schedules import anneal
 
 TEXT, IMAGE = 0, 1  # modality rows of the statistics
 PURITY = 0.9  # an expert is "pure" when more than this share of its slots is one modality
+COLLAPSE_SHARE = 0.9  # one expert chosen by this share of a layer's tokens ...
+COLLAPSE_STEPS = 50  # ... for this many steps in a row: warn of router collapse
 
 
 @dataclass
@@ -159,6 +166,18 @@ class RoutingStats:
         return out
 
 
+@torch.no_grad()
+def top_shares(routings: list[Routing | None], num_experts: int) -> list[float]:
+    """Per MoE layer: the share of its non-padding tokens whose top-k holds the most chosen
+    expert (a token picks an expert at most once, so this is the expert's slot count)."""
+    shares = []
+    for r in (x for x in routings if x is not None):
+        ids = r.expert_ids_TK[r.info.valid_T]
+        load = torch.bincount(ids.flatten(), minlength=num_experts)
+        shares.append(float(load.max()) / max(1, ids.shape[0]))
+    return shares
+
+
 def _entropy(counts: torch.Tensor) -> float:
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
@@ -177,6 +196,7 @@ class RouterTraining:
         self.stats = RoutingStats([i for i, _ in model.moe_layers()], cfg.moe.num_experts,
                                   cfg.domain_names)
         self.now = schedule(cfg, 0)
+        self.collapsed: dict[int, int] = {}  # layer -> steps in a row it has been collapsed
 
     def before_step(self, step: int) -> None:
         self.now = schedule(self.cfg, step)
@@ -192,11 +212,22 @@ class RouterTraining:
         """Statistics of a micro-batch that is not the step's last."""
         self.stats.add(routings)
 
-    def after_step(self, routings) -> None:
-        """After the optimizer step (routings: the last micro-batch's)."""
+    def after_step(self, routings, step: int) -> list[str]:
+        """After the optimizer step `step` (routings: the last micro-batch's). Returns warnings
+        of router collapse, once per layer when its collapse has lasted COLLAPSE_STEPS."""
         if self.cfg.moe.aux_free_rate:
             update_selection_bias(self.model, routings, self.cfg.moe.aux_free_rate)
         self.stats.add(routings)
+        warnings, m = [], self.cfg.moe
+        for layer, share in zip(self.stats.layers, top_shares(routings, m.num_experts)):
+            collapsed = share >= COLLAPSE_SHARE and 2 * m.top_k <= m.num_experts
+            self.collapsed[layer] = self.collapsed.get(layer, 0) + 1 if collapsed else 0
+            if self.collapsed[layer] == COLLAPSE_STEPS:
+                warnings.append(f"router collapse in MoE layer {layer}: one expert has taken "
+                                f"over {COLLAPSE_SHARE:.0%} of its tokens for {COLLAPSE_STEPS} "
+                                f"steps (now {share:.0%}, step {step}); raise --balance-start or "
+                                f"--balance-end, or try --aux-free-rate 1e-3")
+        return warnings
 
     def record(self) -> dict:
         """Schedule values and the routing statistics since the last record (then reset)."""

@@ -68,7 +68,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
     fit(data_parallel(model), cfg, files, "dense", cfg.train.dense_steps,
         Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
         image_tok, device, start_step=start, optimizer=optimizer,
-        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress)
+        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
+        skipped=payload.get("skipped", 0) if payload else 0)
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
     return unshard(model, config.dense_version(cfg), device), vocab
@@ -124,8 +125,9 @@ def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
 
 
 def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, batcher: Batcher,
-              start_step: int, optimizer, progress: bool, ep=None) -> None:
-    """Train the MoE; with --moe-steps 0 just save the converted model (as step 0)."""
+              start_step: int, optimizer, progress: bool, ep=None, skipped: int = 0) -> None:
+    """Train the MoE from `start_step` (`skipped`: non-finite steps skipped before it); with
+    --moe-steps 0 just save the converted model (as step 0)."""
     print(describe_schedule(cfg))
     if cfg.train.moe_steps == 0:
         save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok,
@@ -134,7 +136,7 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
     fit(data_parallel(model), cfg, files, "moe", cfg.train.moe_steps, batcher, image_tok, device,
         start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
-        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep)
+        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
 
 
 def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, faults
 from .config import Config, to_dict
 from .schedules import warmup_cosine
 from .sequences import (IGNORE, LM, MMU, T2I, TASKS, Batch, collate, concat, lm_row,
@@ -182,9 +182,53 @@ def log_line(files: RunFiles, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+STAGES = ("vq", "dense", "moe")  # in the order a run goes through them
+
+
+def trim_log(files: RunFiles, stage: str, step: int) -> int:
+    """Drop the log lines that a run resuming from (stage, step) will write again: a crash
+    can log steps past its last checkpoint, and half a line. Returns how many were dropped."""
+    if not files.log.exists():
+        return 0
+    lines = files.log.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # the line a crash cut short
+            continue
+        order = STAGES.index(rec["stage"]) if rec.get("stage") in STAGES else -1
+        if order < STAGES.index(stage) or (rec["stage"] == stage and rec.get("step", 0) <= step):
+            keep.append(line)
+    if len(keep) < len(lines):
+        tmp = files.log.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(files.log)
+    return len(lines) - len(keep)
+
+
+def warn(files: RunFiles, main: bool, bar, record: dict) -> None:
+    """A warning line on the console (above the progress bar) and in the log (rank 0 only)."""
+    if main:
+        bar.write(f"warning: {record['warning']}")
+        log_line(files, record)
+
+
+def all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, data_parallel: bool) -> bool:
+    """Whether the step's loss and gradient norm are finite on every rank (all ranks must
+    agree on skipping or stopping, or the next collective would hang)."""
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    bad = (~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float()
+    if data_parallel:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad)
+
+
 def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, step: int,
-                    image_tok: ImageTokenizer, path: Path | None = None, ep=None) -> None:
-    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer and tokenizer.
+                    image_tok: ImageTokenizer, path: Path | None = None, ep=None,
+                    skipped: int = 0) -> None:
+    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer, tokenizer and the
+    count of skipped non-finite steps. Weights that are not all finite are never written.
 
     Under expert parallelism (`ep`) every rank must call this: the expert shards are gathered
     so that the checkpoint holds the whole model; rank 0 writes it."""
@@ -195,23 +239,34 @@ def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, 
     else:
         model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
     if not dist.is_initialized() or dist.get_rank() == 0:
+        poisoned = [k for k, v in model_state.items()
+                    if v.is_floating_point() and not torch.isfinite(v).all()]
+        if poisoned:
+            raise TrainingError(f"{stage} step {step}: weights {poisoned[0]} are not finite, so "
+                                f"no checkpoint was written (the last good one, {files.ckpt}, was "
+                                f"kept); lower --lr and resume with --resume")
         checkpoint.save({"config": to_dict(cfg), "stage": stage, "step": step,
                          "model": model_state, "optimizer": optimizer_state,
-                         "vq": image_tok.vq.state_dict()}, path or files.ckpt)
+                         "vq": image_tok.vq.state_dict(), "skipped": skipped},
+                        path or files.ckpt)
 
 
 def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Batcher,
         image_tok: ImageTokenizer, device: torch.device, start_step: int = 0,
         optimizer=None, on_sample=None, progress: bool = True, router=None,
-        peak_lr: float | None = None, ep=None) -> list[dict]:
+        peak_lr: float | None = None, ep=None, skipped: int = 0) -> list[dict]:
     """Train `model` for steps [start_step, steps). Returns the logged records of this call.
 
     `ep` (dist.ExpertParallel): the MoE layers' experts are sharded over ranks (--ep).
     `router` (a routing.RouterTraining, MoE stage only) sets the router schedules before each
     step, adds the balance and z losses, updates aux-loss-free biases after the step and adds
     its statistics to the log. Every step's model-side randomness (random routing, dropout) is
-    seeded by (seed, step) too. A non-finite loss stops the run with TrainingError before
-    anything is saved, so the last checkpoint on disk stays the last good one.
+    seeded by (seed, step) too.
+
+    A step whose loss or gradient norm is not finite never reaches the weights: with
+    --on-nonfinite stop the run ends with TrainingError (the last checkpoint on disk stays the
+    last good one), with skip its update is dropped and counted (`skipped`: the count so far,
+    saved in checkpoints) until more than --max-skips were dropped.
     """
     t = cfg.train
     optimizer = optimizer or make_optimizer(model, cfg)
@@ -228,6 +283,7 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                dynamic_ncols=True, initial=start_step, total=steps)
     model.train()
     for step in bar:
+        done = step + 1  # steps are counted from 1 in the log, the checkpoints and messages
         lr = lr_at(step, cfg, steps, peak_lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -251,40 +307,57 @@ def fit(model, cfg: Config, files: RunFiles, stage: str, steps: int, batcher: Ba
                     aux = {k: v / len(micro) for k, v in router.losses(out.routing).items()}
                     micro_loss = micro_loss + router.weighted(aux)
                     part.update(aux)
-                if not torch.isfinite(micro_loss):
-                    raise TrainingError(
-                        f"{stage} loss became {micro_loss.item()} at step {step}; the last good "
-                        f"checkpoint ({files.ckpt}) was kept. Lower --lr or --grad-clip and "
-                        f"resume with --resume")
+                if faults.fires("nan-loss", done):
+                    micro_loss = micro_loss * float("nan")
                 micro_loss.backward()
             loss = loss + micro_loss.detach()
             losses = {k: losses.get(k, 0) + v.detach() for k, v in part.items()}
             if router and not last:
                 router.observe(out.routing)
+        if faults.fires("nan-grad", done):
+            next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
         if ep is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         else:  # expert shards: their own gradient sum and a norm over the whole model
             from .dist import clip_grad_norm_, sync_expert_grads_
             sync_expert_grads_(module, ep)
             grad_norm = clip_grad_norm_(module, t.grad_clip, ep)
-        optimizer.step()
-        if router:
-            router.after_step(out.routing)
+        if all_finite(loss, grad_norm, data_parallel):
+            optimizer.step()
+            if router:
+                for warning in router.after_step(out.routing, done):
+                    warn(files, main, bar, {"stage": stage, "step": done, "warning": warning})
+        else:  # the update is dropped (or the run stops) before any weight sees the NaN
+            skipped += 1
+            what = (f"{stage} step {done}: the loss ({loss.item():.4g}) or the gradient norm "
+                    f"({grad_norm.item():.4g}) is not finite")
+            if t.on_nonfinite == "stop" or skipped > t.max_skips:
+                reason = "" if t.on_nonfinite == "stop" else \
+                    f"; {skipped} steps skipped, over --max-skips {t.max_skips}"
+                raise TrainingError(
+                    f"{what}{reason}. The last good checkpoint ({files.ckpt}) was kept; lower "
+                    f"--lr or --grad-clip (or pass --on-nonfinite skip) and resume with --resume")
+            warn(files, main, bar, {"stage": stage, "step": done, "skipped": skipped,
+                                    "warning": f"{what}; update skipped ({skipped} of at most "
+                                               f"--max-skips {t.max_skips})"})
         seen_tokens += sum(b.tokens_BL.numel() for b in micro)
-        done = step + 1
         if done % t.log_every == 0 or done == steps:
             rec = {"stage": stage, "step": done, "loss": round(loss.item(), 5), "lr": lr,
                    "grad_norm": round(grad_norm.item(), 4),
                    **{k: round(v.item(), 5) for k, v in losses.items()},
                    "tok_per_s": round(seen_tokens / (time.time() - t0)),
-                   "time_s": round(time.time() - t0, 2), **(router.record() if router else {})}
+                   "time_s": round(time.time() - t0, 2), **(router.record() if router else {}),
+                   **({"skipped": skipped} if skipped else {})}
             records.append(rec)
             if main:
                 log_line(files, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", t2i=rec.get("t2i"), mmu=rec.get("mmu"),
                             tok_s=rec["tok_per_s"])
         if (main or sharded) and (done % t.ckpt_every == 0 or done == steps):
-            save_checkpoint(files, cfg, module, optimizer, stage, done, image_tok, ep=ep)
+            save_checkpoint(files, cfg, module, optimizer, stage, done, image_tok, ep=ep,
+                            skipped=skipped)
+        if faults.fires("kill-step", done):
+            faults.kill()
         if main and on_sample and not sharded and t.sample_every and \
                 (done % t.sample_every == 0 or done == steps):
             on_sample(done)

@@ -122,7 +122,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return out
     poisoned.calls = 0
     model.forward = poisoned
-    with pytest.raises(TrainingError, match="step 6.*last good checkpoint"):
+    with pytest.raises(TrainingError, match="step 7: .*last good checkpoint"):
         fit(model, cfg, files, "dense", 12, batcher, tok, torch.device("cpu"), progress=False)
     assert checkpoint.load(files.ckpt)["step"] == 4
 
