@@ -60,12 +60,14 @@ def run(args) -> dict:
     info = dist.setup()
     if not info.is_main:  # other ranks stay silent (errors still reach stderr)
         sys.stdout = open(os.devnull, "w")
+    if args.init and args.resume:
+        raise pipeline.UserError("--init starts a new run from a dense checkpoint; drop --resume "
+                                 "(or drop --init to continue the run in --out)")
     files = RunFiles(pipeline.run_folder(args.out, args.moe))
     cfg, start_step, payload = pipeline.prepare_run(files, args, resume=args.resume)
     stage = payload["stage"] if payload else None
-    if args.init and (cfg.moe.moe == "none" or stage is not None):
-        raise pipeline.UserError("--init converts a dense checkpoint: it needs --moe METHOD and "
-                                 "a fresh run folder (not --resume)")
+    if args.init and cfg.moe.moe == "none":
+        raise pipeline.UserError("--init converts a dense checkpoint: it needs --moe METHOD")
     init = stages.load_dense(args.init, cfg) if args.init else None
     ep = None
     if args.ep > 1:  # expert parallelism: each group of --ep ranks holds the experts once

@@ -9,6 +9,7 @@ weights as a local TorchScript file (`load_inception`; nothing is downloaded).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,9 @@ def load_inception(path: Path):
     `inception-2015-12-05.pt` of the StyleGAN2-ADA metrics: uint8 NCHW images in, pool3
     features out with return_features=True). Returns featurize(images) -> [n, 2048]."""
     try:
-        net = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # the published file is TorchScript; no choice there
+            warnings.filterwarnings("ignore", message=".*jit.load.* is deprecated")
+            net = torch.jit.load(str(path), map_location="cpu").eval()
         with torch.no_grad():
             probe = net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), return_features=True)
     except Exception as e:  # any unreadable or foreign file lands here

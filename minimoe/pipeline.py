@@ -43,7 +43,11 @@ class UserError(RuntimeError):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose answer to a bad command line is one line, like every other user error
-    (argparse itself prints the whole usage block first), with the same exit status 2."""
+    (argparse itself prints the whole usage block first), with the same exit status 2.
+    Abbreviated flags are refused: --fid would otherwise silently mean --fid-n."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
@@ -215,8 +219,9 @@ def load_run(path: str | Path | None, device) -> tuple[Config, Session, ImageTok
         model.load_state_dict(payload["model"])
         vq.load_state_dict(payload["vq"])
     except (RuntimeError, KeyError) as e:
-        raise checkpoint.CheckpointError(f"{path} does not match its own config ({str(e)[:80]}"
-                                         f"...); it was written by other code, retrain") from None
+        problem = " ".join(str(e).split())[:80]  # torch's message spans lines
+        raise checkpoint.CheckpointError(f"{path} does not match its own config ({problem}...); "
+                                         f"it was written by other code, retrain") from None
     return cfg, Session(model, vocab), ImageTokenizer(vq, cfg.vq)
 
 

@@ -182,7 +182,7 @@ def log_line(files: RunFiles, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-STAGES = ("vq", "dense", "moe")  # in the order a run goes through them
+STAGES = ("vq", "dense", "convert", "moe")  # in the order a run goes through them
 
 
 def trim_log(files: RunFiles, stage: str, step: int) -> int:

@@ -1,6 +1,6 @@
 """The extension's ops against the float64 PyTorch reference (moe.py), their gradients,
-torch.library.opcheck, torch.compile and bad inputs; CPU always, CUDA when a GPU is present.
-Run: pytest -q tests/test_ops.py"""
+torch.library.opcheck and torch.compile; CPU always, CUDA when a GPU is present. (Their bad
+inputs are rows of test_bad_input.py.)  Run: pytest -q tests/test_ops.py"""
 import pytest
 import torch
 
@@ -147,44 +147,6 @@ def test_both_backends_give_the_same_moe_layer():
     ga = torch.autograd.grad(ya.sum(), list(a.parameters()))
     gb = torch.autograd.grad(yb.sum(), list(b.parameters()))
     assert all(torch.allclose(p, q, atol=1e-10) for p, q in zip(ga, gb))
-
-
-@needs_ext
-@pytest.mark.parametrize("call,match", [
-    (lambda: torch.ops.minimoe.permute(torch.randn(4, 3), torch.tensor([[0], [1], [5], [0]]), 3),
-     r"expert ids must lie in \[0, 3\)"),
-    (lambda: torch.ops.minimoe.permute(torch.randn(4, 3), torch.zeros(4, 1, dtype=torch.int32), 3),
-     "expert_ids must be int64"),
-    (lambda: torch.ops.minimoe.permute(torch.randn(4, 3), torch.zeros(5, 1, dtype=torch.long), 3),
-     "x has 4 tokens but expert_ids 5"),
-    (lambda: torch.ops.minimoe.grouped_mm(torch.randn(5, 3), torch.randn(2, 3, 4),
-                                          torch.tensor([0, 2, 4])),
-     "offsets must run from 0 to the 5 rows"),
-    (lambda: torch.ops.minimoe.grouped_mm(torch.randn(5, 3), torch.randn(2, 3, 4),
-                                          torch.tensor([0, 6, 5])),
-     "offsets must not decrease"),
-    (lambda: torch.ops.minimoe.grouped_mm(torch.randn(5, 3), torch.randn(2, 4, 4),
-                                          torch.tensor([0, 2, 5])),
-     "disagree on D"),
-    (lambda: torch.ops.minimoe.grouped_mm(torch.randn(5, 3), torch.randn(2, 3, 4).double(),
-                                          torch.tensor([0, 2, 5])),
-     "x is Float but w is Double"),
-    (lambda: torch.ops.minimoe.unpermute(torch.randn(6, 3), torch.arange(6), torch.rand(3, 3)),
-     "need y"),
-    (lambda: torch.ops.minimoe.unpermute(torch.randn(6, 3), torch.arange(6),
-                                         torch.rand(3, 2).double()),
-     "cast the weights"),
-])
-def test_bad_inputs_raise_a_clear_runtime_error(call, match):
-    with pytest.raises(RuntimeError, match=match):
-        call()
-
-
-@needs_ext
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_device_mismatch_is_refused():
-    with pytest.raises(RuntimeError, match="move them to one device"):
-        torch.ops.minimoe.permute(torch.randn(4, 3, device="cuda"), torch.zeros(4, 1).long(), 2)
 
 
 def test_without_the_extension_auto_falls_back_and_ext_is_refused(monkeypatch):
