@@ -110,6 +110,10 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
             raise UserError(f"{files.ckpt} already exists; pass --resume to continue that run, "
                             f"or --out NEW_FOLDER to start another")
         files.root.mkdir(parents=True, exist_ok=True)
+        # A run that crashed before its first checkpoint starts over: keep only the log of the
+        # tokenizer it left behind (if it finished one).
+        if rank_world()[0] == 0:
+            trim_log(files, "dense" if files.vq.exists() else "vq", 0)
         return config.from_args(args), 0, None
     if not files.ckpt.exists():
         raise UserError(f"nothing to resume: {files.ckpt} does not exist; drop --resume to "

@@ -123,6 +123,14 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_losses(tmp_path, st
     assert resume_and_compare(out, straight) == 0.0, f"seed {seed}"
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over_with_a_clean_log(
+        tmp_path, straight):
+    out = fresh(tmp_path, straight)
+    rc, _, _ = train(out, fault="kill-step:2")
+    assert rc == -signal.SIGKILL and not (out / "ckpt.pt").exists()
+    assert resume_and_compare(out, straight) == 0.0  # no step logged twice, same losses
+
+
 def test_trim_log_drops_what_a_resumed_run_writes_again(tmp_path):
     files = RunFiles(tmp_path)
     records = [{"stage": "vq", "step": 5}, {"stage": "dense", "step": 3},
