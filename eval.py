@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from minimoe import evaluation, fid, geneval, pipeline
+from minimoe import atomic, evaluation, fid, geneval, pipeline
 
 
 def main(argv=None) -> dict:
@@ -59,7 +59,7 @@ def quick(runs, args, out: Path) -> dict:
         reports[str(ckpt)] = pipeline.quick_eval(session.model, session.vocab, image_tok, cfg,
                                                  args.mmu_n, not args.no_progress)
         print(pipeline.format_report(reports[str(ckpt)]))
-    (out / "metrics.json").write_text(json.dumps(reports, indent=2))
+    atomic.write_text(out / "metrics.json", json.dumps(reports, indent=2))
     return reports
 
 

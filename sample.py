@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from minimoe import pipeline
+from minimoe.atomic import save_png
 from minimoe.data import fit_image
 from minimoe.plots import image_grid
 from minimoe.tokenizers import tensor_to_images
@@ -52,7 +53,8 @@ def load_image(path: str, size: int) -> Image.Image:
     except FileNotFoundError:
         raise pipeline.UserError(f"image {path} does not exist")
     except (UnidentifiedImageError, OSError) as e:
-        raise pipeline.UserError(f"{path} is not an image that PIL can read ({e.__class__.__name__})")
+        raise pipeline.UserError(f"{path} is not an image that PIL can read "
+                                 f"({e.__class__.__name__})")
 
 
 def check_args(args) -> None:
@@ -88,8 +90,7 @@ def run(args):
                                   gen, args.choice_temperature, known)
     images = tensor_to_images(image_tok.decode(codes))
     out = Path(args.out) if args.out else default_out(args.ckpt, args.prompt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, None, cols=min(args.n, 8)).save(out)
+    save_png(image_grid(images, None, cols=min(args.n, 8)), out)
     print(f"wrote {len(images)} samples of {args.prompt!r} to {out}")
     return out
 

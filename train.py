@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from minimoe import config, dist, pipeline, stages
+from minimoe import atomic, config, dist, pipeline, stages
 from minimoe.trainer import Batcher, RunFiles
 
 
@@ -124,7 +124,7 @@ def run(args) -> dict:
     if args.eval_n:
         summary.update(pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
     summary.update(wall_s=round(time.time() - t_start, 1), peak_rss_mb=pipeline.peak_memory_mb())
-    (files.root / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_text(files.root / "summary.json", json.dumps(summary, indent=2))
     print(pipeline.format_summary(summary))
     if "routing" in summary:
         print(stages.format_routing(summary["routing"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fid as fidlib
+from .atomic import save_png, write_text
 from . import geneval
 from .data import DOMAINS, BuiltinData
 from .pipeline import EVAL_SEED, generate, heldout_shapes, mmu_eval
@@ -44,8 +45,8 @@ def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, feature
     if session.model.moe_layers():
         routing = collect_routing(session.model, cfg, Vocab(cfg.vq.vq_codes), image_tok,
                                   session.device)
-        routing_heatmaps(routing, f"{out.name}: share of each group's routed slots per expert "
-                         f"(%), held-out").save(out / "routing.png")
+        save_png(routing_heatmaps(routing, f"{out.name}: share of each group's routed slots "
+                                  f"per expert (%), held-out"), out / "routing.png")
         report["routing"] = routing
     else:
         print(f"{out.name}: a dense checkpoint, no routing metrics")
@@ -63,7 +64,7 @@ def geneval_eval(cfg, session, image_tok, s: Settings, out: Path) -> dict:
         ims = [im for i in idx for im in grouped[i]]
         labels = [("PASS " if ok else "FAIL ") + prompts[i].caption
                   for i in idx for ok in scored["verdicts"][i]]
-        image_grid(ims, labels, cols=2 * s.samples).save(out / f"geneval_{category}.png")
+        save_png(image_grid(ims, labels, cols=2 * s.samples), out / f"geneval_{category}.png")
     return {"per_category": scored["per_category"], "overall": scored["overall"],
             "prompts": len(prompts), "samples_per_prompt": s.samples}
 
@@ -111,8 +112,8 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 
 def write(out: Path, reports: dict, meta: dict) -> None:
     rows = {name: headline(r) for name, r in reports.items()}
-    (out / "metrics.json").write_text(json.dumps({**meta, "runs": reports}, indent=2))
-    (out / "metrics.md").write_text(markdown_table(rows) + "\n")
+    write_text(out / "metrics.json", json.dumps({**meta, "runs": reports}, indent=2))
+    write_text(out / "metrics.md", markdown_table(rows) + "\n")
     shown = [m for m in ("GenEval", "MMU", "FID", "modality NMI", "domain NMI")
              if any(m in r for r in rows.values())]
-    bar_chart(rows, shown).save(out / "metrics.png")
+    save_png(bar_chart(rows, shown), out / "metrics.png")

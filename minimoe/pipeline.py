@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, config
+from .atomic import save_png
 from .config import Config
 from .data import BuiltinData, load_source
 from .dist import rank_world
@@ -240,9 +241,8 @@ class GridWriter:
         prompts = [p for p in GRID_PROMPTS if len(p.encode()) <= self.session.max_caption] * 2
         images = generate(self.session, self.image_tok, prompts, self.cfg, seed=step)
         path = self.folder / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(images, [p or "(empty caption)" for p in prompts], cols=len(prompts) // 2
-                   ).save(path)
+        save_png(image_grid(images, [p or "(empty caption)" for p in prompts],
+                            cols=len(prompts) // 2), path)
         return path
 
 

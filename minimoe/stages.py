@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, config
+from .atomic import save_png, write_text
 from .config import Config
 from .convert import convert_model
 from .dist import (data_parallel, fsdp_, full_model_state, is_fsdp,
@@ -202,9 +203,9 @@ def collect_routing(model, cfg: Config, vocab, image_tok, device,
 def routing_report(model, cfg: Config, files: RunFiles, vocab, image_tok, device) -> dict:
     """collect_routing, written to the run folder as routing.json and routing.png."""
     summary = collect_routing(model, cfg, vocab, image_tok, device)
-    files.routing.write_text(json.dumps(summary, indent=2))
-    routing_heatmaps(summary, f"{files.root.name}: share of each group's routed slots per "
-                     f"expert (%), held-out").save(files.routing.with_suffix(".png"))
+    write_text(files.routing, json.dumps(summary, indent=2))
+    save_png(routing_heatmaps(summary, f"{files.root.name}: share of each group's routed slots "
+                              f"per expert (%), held-out"), files.routing.with_suffix(".png"))
     return summary
 
 

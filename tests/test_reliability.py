@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minimoe import checkpoint, routing
+from minimoe import atomic, checkpoint, routing
 from minimoe.moe import Routing, TokenInfo
 from minimoe.trainer import (RunFiles, TrainingError, fit, make_optimizer, save_checkpoint,
                              trim_log)
@@ -129,6 +129,17 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_with_a_clean_log(
     rc, _, _ = train(out, fault="kill-step:2")
     assert rc == -signal.SIGKILL and not (out / "ckpt.pt").exists()
     assert resume_and_compare(out, straight) == 0.0  # no step logged twice, same losses
+
+
+def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "summary.json"
+    atomic.write_text(target, "old")
+    (tmp_path / "summary.json.abc.tmp").write_text("left by a crash")
+    with pytest.raises(OSError):
+        with atomic.replace(target, "w") as f:
+            f.write("half of the new")
+            raise OSError("disk full")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
 def test_trim_log_drops_what_a_resumed_run_writes_again(tmp_path):
