@@ -97,7 +97,7 @@ def no_runs(tmp, run, monkeypatch):
     monkeypatch.chdir(tmp)  # no out/ here
 
 
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this row needs a machine without a GPU")
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the row needs a machine without GPU")
 
 # (id, script, argv with {run} and {tmp}, maker or None, what the message must say)
 SCRIPT_ROWS = [

@@ -248,6 +248,22 @@ def test_a_collapse_that_recovers_in_time_is_not_warned():
         assert trainer.after_step([_routing(ids), _routing(even)], s) == []
 
 
+def test_a_collapsed_router_in_training_is_warned_on_the_console_and_in_the_log(
+        tmp_path, capsys):
+    from test_routing import _moe_run
+    steps = routing.COLLAPSE_STEPS + 2
+    cfg = micro_config(moe="random", num_experts=4, moe_steps=steps, ckpt_every=steps)
+    model, batcher, tok, files = _moe_run(tmp_path, cfg)
+    for _, layer in model.moe_layers():
+        layer.selection_bias_E[0] = 1e4  # every token's first choice: expert 0
+    fit(model, cfg, files, "moe", steps, batcher, tok, torch.device("cpu"), progress=False,
+        router=routing.RouterTraining(model, cfg))
+    logged = [json.loads(line) for line in files.log.read_text().splitlines()]
+    warned = [r for r in logged if "router collapse" in r.get("warning", "")]
+    assert [r["step"] for r in warned] == [routing.COLLAPSE_STEPS] * 2  # both layers, once
+    assert "warning: router collapse in MoE layer 0" in capsys.readouterr().out
+
+
 def test_top_shares_counts_tokens_not_padding():
     ids = torch.tensor([[0, 1], [0, 2], [3, 4], [0, 5]])
     r = _routing(ids)
