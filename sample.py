@@ -51,10 +51,18 @@ def load_image(path: str, size: int) -> Image.Image:
         with Image.open(path) as im:
             return fit_image(im.convert("RGB"), size)
     except FileNotFoundError:
-        raise pipeline.UserError(f"image {path} does not exist")
+        raise pipeline.UserError(f"image {path} does not exist; check the path")
     except (UnidentifiedImageError, OSError) as e:
         raise pipeline.UserError(f"{path} is not an image that PIL can read "
-                                 f"({e.__class__.__name__})")
+                                 f"({e.__class__.__name__}); pass a PNG or JPEG file")
+
+
+def check_text(session, flag: str, text: str, max_len: int) -> None:
+    """An over-long or non-UTF-8 --prompt / --question, named before the model runs."""
+    try:
+        session.text.encode(text, max_len=max_len)
+    except ValueError as e:
+        raise pipeline.UserError(f"{flag}: {e}") from None
 
 
 def check_args(args) -> None:
@@ -75,11 +83,13 @@ def run(args):
     device = pipeline.pick_device(args.device)
     cfg, session, image_tok = pipeline.load_run(args.ckpt, device)
     if args.image is not None:
+        check_text(session, "--question", args.question.strip(), session.max_question)
         codes = image_tok.encode([load_image(args.image, cfg.data.image_size)])
         answer = session.answer(codes, [args.question.strip()])[0]
         print(answer)
         return answer
 
+    check_text(session, "--prompt", args.prompt, session.max_caption)
     known = None
     if args.init_image:
         known = keep_half(image_tok.encode([load_image(args.init_image, cfg.data.image_size)]),

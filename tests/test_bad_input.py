@@ -174,7 +174,7 @@ SCRIPT_ROWS = [
     ("sample-blank-prompt", "sample", ["--ckpt", "{run}/ckpt.pt", "--prompt", " \t "], None,
      "--prompt is empty"),
     ("sample-long-prompt", "sample", ["--ckpt", "{run}/ckpt.pt", "--prompt", "a red circle " * 20],
-     None, "at most"),
+     None, "--prompt: text is 260 UTF-8 bytes long but at most 61 fit; shorten it"),
     ("sample-zero-samples", "sample", ["--ckpt", "{run}/ckpt.pt", "--prompt", "a", "--n", "0"],
      None, "--n and --steps must be at least 1"),
     ("sample-zero-steps", "sample", ["--ckpt", "{run}/ckpt.pt", "--prompt", "a", "--steps", "0"],
@@ -184,7 +184,8 @@ SCRIPT_ROWS = [
     ("sample-image-without-question", "sample", ["--ckpt", "{run}/ckpt.pt", "--image",
                                                  "{tmp}/in.png"], image, "non-empty --question"),
     ("sample-long-question", "sample", ["--ckpt", "{run}/ckpt.pt", "--image", "{tmp}/in.png",
-                                        "--question", "what colour " * 10], image, "at most"),
+                                        "--question", "what colour " * 10], image,
+     "--question: text is 119 UTF-8 bytes long but at most 58 fit"),
     ("sample-not-an-image", "sample", ["--ckpt", "{run}/ckpt.pt", "--image", "{tmp}/x.png",
                                        "--question", "what?"], not_an_image, "not an image"),
     ("sample-image-missing", "sample", ["--ckpt", "{run}/ckpt.pt", "--image", "{tmp}/no.png",
@@ -248,7 +249,7 @@ def test_non_utf8_prompt(run):
     r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(run / "ckpt.pt"),
                         "--prompt", b"caf\xe9"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "not valid UTF-8" in r.stderr
+    assert "--prompt: text is not valid UTF-8" in r.stderr
 
 
 def test_debug_shows_the_traceback(run, tmp_path):
