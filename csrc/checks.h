@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <string>
+
 namespace minimoe {
 
 inline void check_2d(const at::Tensor& t, const char* name) {
@@ -66,9 +68,11 @@ inline void check_unpermute_backward(const at::Tensor& grad, const at::Tensor& y
 
 inline void check_grouped(const at::Tensor& x, const at::Tensor& offsets, int64_t num_experts,
                           const char* op) {
-  check_2d(x, op);
-  check_float(x, op);
-  check_index(offsets, op);
+  const std::string x_name = std::string(op) + ": x";
+  const std::string offsets_name = std::string(op) + ": offsets";
+  check_2d(x, x_name.c_str());
+  check_float(x, x_name.c_str());
+  check_index(offsets, offsets_name.c_str());
   check_same_device(x, offsets, op);
   TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == num_experts + 1, op,
               ": offsets must have num_experts + 1 = ", num_experts + 1, " entries, got ",

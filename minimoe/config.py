@@ -204,7 +204,8 @@ def make_config(preset: str = "tiny", **overrides) -> Config:
     owner = _field_owner()
     for name, value in {**PRESETS[preset], **overrides}.items():
         if name not in owner:
-            raise ValueError(f"unknown config field {name!r}")
+            raise ValueError(f"unknown config field {name!r}; the fields are the flags of "
+                             f"python train.py --help")
         setattr(getattr(cfg, owner[name]), name, value)
     validate(cfg)
     return cfg
