@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from . import fid as fidlib
-from .atomic import save_png, write_text
 from . import geneval
+from .atomic import save_png, write_text
 from .data import DOMAINS, BuiltinData
 from .pipeline import EVAL_SEED, generate, heldout_shapes, mmu_eval
 from .plots import bar_chart, image_grid, routing_heatmaps

@@ -1,5 +1,5 @@
-"""Pictures for people: labelled image grids and routing heatmaps (more arrive with the
-evaluation)."""
+"""Pictures for people: labelled image grids, routing heatmaps, bar charts (with error bars
+when there are several seeds) and line charts of a quantity over training steps."""
 from __future__ import annotations
 
 import textwrap
@@ -76,17 +76,20 @@ def routing_heatmaps(summary: dict, title: str = "") -> Image.Image:
     return img
 
 
-BAR_PANEL = (150, 140)  # width, height of one metric's panel in a bar chart
+BAR_PANEL = (150, 140)  # least width, height of one metric's panel in a bar chart
+BAR_WIDTH = 36  # pixels per bar, room for its value
 BAR_COLOURS = ((66, 103, 172), (219, 112, 40), (84, 160, 80), (180, 60, 60), (130, 90, 180),
                (120, 120, 120))
 
 
-def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str]) -> Image.Image:
+def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str],
+              errors: dict[str, dict[str, float]] | None = None) -> Image.Image:
     """One panel per metric, one bar per run (in the order of `rows`), value on each bar; each
-    panel scaled to its own largest value."""
+    panel scaled to its own largest value (bar plus error). `errors` (same keys): a +-
+    whisker on each bar, e.g. the standard deviation over seeds."""
     runs = list(rows)
     font = ImageFont.load_default(size=FONT_SIZE)
-    pw, ph = BAR_PANEL
+    pw, ph = max(BAR_PANEL[0], 20 + BAR_WIDTH * len(runs)), BAR_PANEL[1]
     legend_h = LINE_HEIGHT * len(runs) + 6
     img = Image.new("RGB", (pw * len(metrics), ph + legend_h), "white")
     draw = ImageDraw.Draw(img)
@@ -94,7 +97,9 @@ def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str]) -> Image.Im
         x0 = p * pw
         draw.text((x0 + 6, 2), metric, fill="black", font=font)
         values = [rows[r].get(metric) for r in runs]
-        top = max([v for v in values if v is not None and v == v] or [1.0]) or 1.0
+        spread = [(errors or {}).get(r, {}).get(metric) or 0.0 for r in runs]
+        top = max([v + e for v, e in zip(values, spread) if v is not None and v == v]
+                  or [1.0]) or 1.0
         bar_w = (pw - 20) // max(1, len(runs))
         for i, v in enumerate(values):
             if v is None or v != v:
@@ -103,9 +108,57 @@ def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str]) -> Image.Im
             bx = x0 + 10 + i * bar_w
             draw.rectangle([bx, ph - 10 - h, bx + bar_w - 4, ph - 10],
                            fill=BAR_COLOURS[i % len(BAR_COLOURS)])
-            draw.text((bx, ph - 24 - h), f"{v:.2f}", fill="black", font=font)
+            if spread[i]:
+                mid, dh = bx + (bar_w - 4) // 2, int((ph - 40) * spread[i] / top)
+                draw.line([mid, ph - 10 - h - dh, mid, ph - 10 - h + dh], fill="black", width=1)
+                for y in (ph - 10 - h - dh, ph - 10 - h + dh):
+                    draw.line([mid - 3, y, mid + 3, y], fill="black", width=1)
+            draw.text((bx, ph - 24 - h - int((ph - 40) * spread[i] / top)), f"{v:.3g}",
+                      fill="black", font=font)
     for i, r in enumerate(runs):
         y = ph + 2 + i * LINE_HEIGHT
         draw.rectangle([6, y + 2, 16, y + 10], fill=BAR_COLOURS[i % len(BAR_COLOURS)])
         draw.text((22, y), r, fill="black", font=font)
+    return img
+
+
+LINE_PANEL = (260, 170)  # width, height of one panel of a line chart
+
+
+def line_chart(panels: dict[str, dict[str, tuple[list[float], list[float]]]],
+               x_label: str = "") -> Image.Image:
+    """Small multiples: one panel per key of `panels`, each with one line per series
+    {name: (xs, ys)}, a shared y range from 0 to the largest value, series coloured as in the
+    legend underneath."""
+    names = list(dict.fromkeys(n for series in panels.values() for n in series))
+    font = ImageFont.load_default(size=FONT_SIZE)
+    pw, ph = LINE_PANEL
+    legend_h = LINE_HEIGHT * len(names) + 6
+    img = Image.new("RGB", (pw * len(panels), ph + legend_h), "white")
+    draw = ImageDraw.Draw(img)
+    ys_all = [y for series in panels.values() for _, ys in series.values() for y in ys]
+    xs_all = [x for series in panels.values() for xs, _ in series.values() for x in xs]
+    top, right = (max(ys_all) or 1.0) if ys_all else 1.0, max(xs_all or [1]) or 1
+    left_m, bottom_m = 30, 22
+    for p, (title, series) in enumerate(panels.items()):
+        x0 = p * pw
+        draw.text((x0 + left_m, 2), title, fill="black", font=font)
+        draw.line([x0 + left_m, 16, x0 + left_m, ph - bottom_m, x0 + pw - 8, ph - bottom_m],
+                  fill="black")
+        draw.text((x0 + 2, 14), f"{top:.2f}", fill="black", font=font)
+        draw.text((x0 + 2, ph - bottom_m - 8), "0", fill="black", font=font)
+        draw.text((x0 + pw - 40, ph - bottom_m + 4), f"{right}", fill="black", font=font)
+        draw.text((x0 + left_m, ph - bottom_m + 4), x_label, fill="black", font=font)
+        for i, name in enumerate(names):
+            if name not in series:
+                continue
+            xs, ys = series[name]
+            pts = [(x0 + left_m + (pw - left_m - 8) * x / right,
+                    ph - bottom_m - (ph - bottom_m - 16) * y / top) for x, y in zip(xs, ys)]
+            if len(pts) > 1:
+                draw.line(pts, fill=BAR_COLOURS[i % len(BAR_COLOURS)], width=2)
+    for i, name in enumerate(names):
+        y = ph + 2 + i * LINE_HEIGHT
+        draw.rectangle([6, y + 2, 16, y + 10], fill=BAR_COLOURS[i % len(BAR_COLOURS)])
+        draw.text((22, y), name, fill="black", font=font)
     return img

@@ -1,0 +1,233 @@
+"""What every experiment shares: seeds, cached training runs, a small process pool, evaluation,
+mean +- spread over seeds, and writing results into docs/.
+
+A run lives in WORK/seed{S}/{arm} and counts as done once its summary.json exists, so an
+interrupted experiment continues where it stopped, and experiments share runs with the same
+flags (the method comparison's `random` arm is the specialisation experiment's baseline).
+Every arm of a seed starts from that seed's dense model, WORK/seed{S}/dense.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
+
+from minimoe import atomic  # noqa: E402  (needs the path above)
+
+# --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
+SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
+         "--vq-steps", "10", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
+         "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "4", "--moe-steps", "4",
+         "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
+         "--sample-every", "0", "--taylor-batches", "2"]
+SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
+TINY = {"dense_steps": 2000, "moe_steps": 600}  # the tiny preset's stage lengths
+
+
+@dataclass
+class Setting:
+    seeds: list[int]
+    work: Path  # training runs and evaluations
+    docs: Path  # tables, JSON and pictures that are committed
+    smoke: bool
+    jobs: int
+
+    @property
+    def steps(self) -> dict:
+        return {"dense_steps": 4, "moe_steps": 4} if self.smoke else TINY
+
+    def flags(self) -> list[str]:
+        return list(SMOKE) if self.smoke else []
+
+
+def parse(doc: str) -> Setting:
+    p = argparse.ArgumentParser(description=doc.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--smoke", action="store_true",
+                   help="micro model, a few steps, one seed: checks that the script runs")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at once (CPU: cores / 2)")
+    p.add_argument("--work", default="out/experiments", help="folder of the training runs")
+    p.add_argument("--docs", default="docs/experiments", help="where results are written")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.smoke:
+        seeds, args.work = seeds[:1], str(Path(args.work) / "smoke")
+    if not seeds or args.jobs < 1:
+        p.error("--seeds needs at least one seed and --jobs at least 1")
+    return Setting(seeds, Path(args.work), Path(args.docs), args.smoke, args.jobs)
+
+
+@dataclass
+class Run:
+    """One training run: `cmd` (train.py's arguments) writing into `folder`."""
+    folder: Path
+    cmd: list[str]
+    prepare: Callable[[], None] | None = None  # e.g. copy the run to continue from
+    needs: list[Path] = field(default_factory=list)  # runs that must be finished first
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "summary.json").exists()
+
+    def summary(self) -> dict:
+        return json.loads((self.folder / "summary.json").read_text())
+
+    def log(self) -> list[dict]:
+        return [json.loads(line) for line in (self.folder / "log.jsonl").read_text().splitlines()]
+
+
+def dense(s: Setting, seed: int) -> Run:
+    folder = s.work / f"seed{seed}" / "dense"
+    return Run(folder, s.flags() + ["--seed", str(seed), "--eval-n", "0", "--out", str(folder)])
+
+
+def arm(s: Setting, seed: int, name: str, flags: list[str]) -> Run:
+    """A MoE run converted from the seed's dense model (`flags` name the method and options)."""
+    base, folder = dense(s, seed), s.work / f"seed{seed}" / name
+    eval_n = ["--eval-n", "4"] if s.smoke else []
+    return Run(folder, s.flags() + eval_n + ["--seed", str(seed), *flags, "--init",
+                                            str(base.folder / "ckpt.pt"), "--out", str(folder)],
+               needs=[base.folder])
+
+
+def dense_continued(s: Setting, seed: int) -> Run:
+    """The dense model trained for as many more steps as the MoE arms get, on the same batches
+    (a copy of the dense run, resumed with a longer --dense-steps; its cosine schedule is
+    stretched to the new length rather than warmed up again as the MoE stage's is)."""
+    base, folder = dense(s, seed), s.work / f"seed{seed}" / "dense-continued"
+    total = s.steps["dense_steps"] + s.steps["moe_steps"]
+
+    def prepare():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(base.folder, folder, ignore=shutil.ignore_patterns("summary.json"))
+    eval_n = ["--eval-n", "4"] if s.smoke else []
+    return Run(folder, s.flags() + eval_n + ["--resume", "--dense-steps", str(total),
+                                            "--out", str(folder)], prepare, [base.folder])
+
+
+def run_all(runs: list[Run], jobs: int) -> None:
+    """Train every run not done yet, up to `jobs` at once (dense bases first), each with
+    cores / jobs threads; progress on stdout, each run's output in its folder's train.txt."""
+    todo = [r for r in {r.folder: r for r in runs}.values() if not r.done]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    active: list[tuple[Run, subprocess.Popen, float]] = []
+    finished = 0
+    while todo or active:
+        ready = [r for r in todo if all((n / "summary.json").exists() for n in r.needs)]
+        while ready and len(active) < jobs:
+            r = ready.pop(0)
+            todo.remove(r)
+            if r.prepare:
+                r.prepare()
+            r.folder.mkdir(parents=True, exist_ok=True)
+            out = open(r.folder / "train.txt", "w")
+            proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--no-progress",
+                                     *r.cmd], stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "OMP_NUM_THREADS": threads})
+            active.append((r, proc, time.time()))
+        if not active:
+            sys.exit(f"runs {[str(r.folder) for r in todo]} wait on runs that did not finish")
+        time.sleep(1)
+        for item in list(active):
+            r, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            if proc.returncode:
+                for other, p, _ in active:
+                    p.kill()
+                sys.exit(f"training {r.folder} failed (exit {proc.returncode}); see "
+                         f"{r.folder / 'train.txt'}")
+            finished += 1
+            print(f"  [{finished}/{finished + len(todo) + len(active)}] {r.folder} "
+                  f"in {time.time() - t0:.0f} s", flush=True)
+
+
+def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run]) -> dict:
+    """eval.py on the runs' checkpoints (cached in WORK/eval-NAME/seed{S}); the FID feature
+    net is trained once in WORK and shared, so every seed's FID uses the same features."""
+    out = s.work / f"eval-{name}" / f"seed{seed}"
+    if not (out / "metrics.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shared = s.work / "feature_net.pt"
+        if shared.exists():
+            shutil.copy(shared, out / "feature_net.pt")
+        cmd = [sys.executable, str(ROOT / "eval.py"), "--no-progress", "--out", str(out)]
+        for r in runs.values():
+            cmd += ["--ckpt", str(r.folder / "ckpt.pt")]
+        with open(out / "eval.txt", "w") as f:
+            if subprocess.run(cmd + (SMOKE_EVAL if s.smoke else []), stdout=f,
+                              stderr=subprocess.STDOUT).returncode:
+                sys.exit(f"eval.py failed; see {out / 'eval.txt'}")
+        if not shared.exists():
+            shutil.copy(out / "feature_net.pt", shared)
+    by_folder = json.loads((out / "metrics.json").read_text())["runs"]
+    reports = {v["ckpt"]: v for v in by_folder.values()}
+    return {arm: reports[str(r.folder / "ckpt.pt")] for arm, r in runs.items()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return float("nan"), float("nan")
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 \
+        else 0.0
+    return m, sd
+
+
+def cell(values: list[float], percent: bool = False, digits: int = 3) -> str:
+    """'mean ± sd' of a table cell."""
+    m, sd = mean_std(values)
+    if m != m:
+        return "-"
+    if percent:
+        return f"{100 * m:.1f} ± {100 * sd:.1f}"
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write(s: Setting, name: str, markdown: str, data: dict, pictures: dict) -> None:
+    """docs/experiments/NAME.md (the table and picture links), NAME.json, NAME_*.png."""
+    links = "\n".join(f"![{key}]({name}_{key}.png)" for key in pictures)
+    seeds = ", ".join(map(str, s.seeds))
+    atomic.write_text(s.docs / f"{name}.md", f"{markdown}\n\nSeeds: {seeds}"
+                      f"{' (smoke setting)' if s.smoke else ''}.\n\n{links}\n")
+    atomic.write_text(s.docs / f"{name}.json", json.dumps(data, indent=2))
+    for key, image in pictures.items():
+        atomic.save_png(image, s.docs / f"{name}_{key}.png")
+    print(f"wrote {s.docs / (name + '.md')}, {name}.json and {len(pictures)} pictures")
+
+
+def layer_mean(routing: dict, key: str) -> float | None:
+    """The mean over MoE layers of one routing statistic (None where no layer has it)."""
+    values = [x[key] for x in routing.values() if x.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def curves(runs: list[Run], key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Per MoE layer: (steps, the statistic at each logged MoE step, averaged over `runs`,
+    i.e. over seeds). Each log line's statistics cover the steps since the previous line."""
+    logs = [[r for r in run.log() if r.get("stage") == "moe" and "routing" in r] for run in runs]
+    steps = [rec["step"] for rec in logs[0]]
+    return {layer: (steps, [sum(log[i]["routing"][layer][key] or 0.0 for log in logs) /
+                            len(logs) for i in range(len(steps))])
+            for layer in logs[0][0]["routing"]} if steps else {}

@@ -1,0 +1,69 @@
+"""Experiment 1: how to turn the dense model into a MoE, at equal training steps.
+
+    python experiments/methods.py                 # 3 seeds, tiny preset, CPU: about 2 hours
+    python experiments/methods.py --jobs 2        # two runs at once
+    python experiments/methods.py --smoke         # a micro run of everything (CI)
+
+Per seed: the dense model (stages 1-2), then five arms that each train 600 more steps on the
+same batches: the dense model continued, and the four conversions (scratch, naive, random,
+taylor) with their MoE stage. eval.py measures every arm and the dense model as it was:
+GenEval-style accuracy, FID, MMU accuracy, routing NMI; wall time is the arm's train.py time
+(conversion included). Writes docs/experiments/methods.{md,json,png}.
+"""
+from common import (arm, cell, dense, dense_continued, evaluate, mean_std, parse, run_all,
+                    table, write)
+
+from minimoe.plots import bar_chart
+
+METHODS = ("scratch", "naive", "random", "taylor")
+ARMS = ("dense", "dense-continued") + METHODS
+METRICS = (("GenEval", "geneval", True), ("FID", "fid", False), ("MMU", "mmu", True),
+           ("modality NMI", "modality_nmi", False), ("domain NMI", "domain_nmi", False))
+
+
+def runs_of(s, seed) -> dict:
+    runs = {"dense": dense(s, seed), "dense-continued": dense_continued(s, seed)}
+    runs.update({m: arm(s, seed, m, ["--moe", m]) for m in METHODS})
+    return runs
+
+
+def numbers(report: dict, run) -> dict:
+    """The headline numbers of one arm of one seed."""
+    layers = list(report.get("routing", {}).values())
+    domain = [x["domain_nmi"] for x in layers if x["domain_nmi"] is not None]
+    summary = run.summary()
+    return {"geneval": report["geneval"]["overall"], "fid": report["fid"]["fid"],
+            "fid_floor": report["fid"]["real_vs_real"], "mmu": report["mmu"]["accuracy"],
+            "modality_nmi": sum(x["modality_nmi"] for x in layers) / len(layers) if layers
+            else None, "domain_nmi": sum(domain) / len(domain) if domain else None,
+            "wall_s": summary["wall_s"],
+            "params": summary.get("conversion", {}).get("moe_params")}
+
+
+def main() -> None:
+    s = parse(__doc__)
+    per_seed = {seed: runs_of(s, seed) for seed in s.seeds}
+    run_all([r for runs in per_seed.values() for r in runs.values()], s.jobs)
+    results = {arm_: {} for arm_ in ARMS}
+    for seed, runs in per_seed.items():
+        reports = evaluate(s, "methods", seed, runs)
+        for arm_ in ARMS:
+            results[arm_][seed] = numbers(reports[arm_], runs[arm_])
+
+    def column(arm_, key):
+        return [results[arm_][seed][key] for seed in s.seeds]
+    rows = []
+    for arm_ in ARMS:
+        wall = "-" if arm_ == "dense" else cell(column(arm_, "wall_s"), digits=0)
+        rows.append([arm_] + [cell(column(arm_, key), pct) for _, key, pct in METRICS] + [wall])
+    md = table(["arm"] + [m for m, _, _ in METRICS] + ["wall s"], rows)
+    means = {a: {m: mean_std(column(a, k))[0] for m, k, _ in METRICS} for a in ARMS}
+    spread = {a: {m: mean_std(column(a, k))[1] for m, k, _ in METRICS} for a in ARMS}
+    write(s, "methods", "## Conversion methods at equal steps (mean ± sd over seeds)\n\n" + md,
+          {"arms": results, "seeds": s.seeds, "steps": s.steps},
+          {"bars": bar_chart(means, [m for m, _, _ in METRICS], spread)})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Every experiment script end to end in its --smoke setting (micro model, a few steps, one
+seed): it trains what it needs, reuses runs it shares with the others, and writes its table,
+JSON and pictures.  Run: pytest -q tests/test_experiments.py"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    return root / "work", root / "docs"
+
+
+def smoke(name, dirs):
+    work, docs = dirs
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--smoke",
+                        "--work", str(work), "--docs", str(docs)], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    data = json.loads((docs / f"{name}.json").read_text())
+    table = (docs / f"{name}.md").read_text()
+    for png in docs.glob(f"{name}_*.png"):
+        with Image.open(png) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    return r.stdout, data, table
+
+
+def test_methods(dirs):
+    out, data, table = smoke("methods", dirs)
+    arms = ("dense", "dense-continued", "scratch", "naive", "random", "taylor")
+    assert list(data["arms"]) == list(arms)
+    for a in arms:
+        assert f"| {a} |" in table
+        (seed,) = data["arms"][a].values()
+        assert 0 <= seed["geneval"] <= 1 and seed["fid"] >= 0 and 0 <= seed["mmu"] <= 1
+        assert (seed["modality_nmi"] is None) == (a in ("dense", "dense-continued"))
+    assert (dirs[1] / "methods_bars.png").exists()
+
+
+def test_specialisation_reuses_the_method_runs(dirs):
+    out, data, table = smoke("specialisation", dirs)
+    trained = [line for line in out.splitlines() if line.strip().startswith("[")]
+    assert not any(line.split()[1].endswith(("/random", "/taylor")) for line in trained), \
+        "the random and taylor runs of the method comparison are reused"
+    first = {name: d["curves"]["layer0"][1][0] for name, d in data.items()}
+    assert first["taylor"] > max(v for k, v in first.items() if k != "taylor"), \
+        "taylor's router starts as a modality probe; the random conversion's from zero"
+
+
+def test_domains(dirs):
+    _, data, table = smoke("domains", dirs)
+    assert set(data) == {"taylor", "taylor-domain-prior", "random", "random-domain-prior"}
+    assert (dirs[1] / "domains_heatmaps_taylor-domain-prior.png").exists()
+    assert all(0 <= v <= 1 for d in data.values() for v in d["domain_nmi"])
+
+
+def test_taylor_ablations(dirs):
+    _, data, table = smoke("taylor_ablations", dirs)
+    assert "| taylor-2-shared |" in table and "| taylor-no-router-init |" in table
+    assert data["taylor"]["modality_nmi"][0] > data["taylor-no-router-init"]["modality_nmi"][0]
