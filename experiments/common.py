@@ -33,6 +33,7 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channe
          "--sample-every", "0", "--taylor-batches", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 TINY = {"dense_steps": 2000, "moe_steps": 600}  # the tiny preset's stage lengths
+LOCK = "running.pid"  # in a run folder while some process trains it
 
 
 @dataclass
@@ -82,6 +83,15 @@ class Run:
     def done(self) -> bool:
         return (self.folder / "summary.json").exists()
 
+    @property
+    def elsewhere(self) -> bool:
+        """Being trained by another process (another experiment script sharing the run)."""
+        try:
+            os.kill(int((self.folder / LOCK).read_text()), 0)
+            return True
+        except (OSError, ValueError):  # no lock file, or its process is gone
+            return False
+
     def summary(self) -> dict:
         return json.loads((self.folder / "summary.json").read_text())
 
@@ -126,7 +136,9 @@ def run_all(runs: list[Run], jobs: int) -> None:
     active: list[tuple[Run, subprocess.Popen, float]] = []
     finished = 0
     while todo or active:
-        ready = [r for r in todo if all((n / "summary.json").exists() for n in r.needs)]
+        todo = [r for r in todo if not r.done]  # finished by another process meanwhile
+        ready = [r for r in todo if not r.elsewhere and
+                 all((n / "summary.json").exists() for n in r.needs)]
         while ready and len(active) < jobs:
             r = ready.pop(0)
             todo.remove(r)
@@ -137,8 +149,9 @@ def run_all(runs: list[Run], jobs: int) -> None:
             proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--no-progress",
                                      *r.cmd], stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, "OMP_NUM_THREADS": threads})
+            (r.folder / LOCK).write_text(str(proc.pid))
             active.append((r, proc, time.time()))
-        if not active:
+        if not active and todo and not any(r.elsewhere for r in todo):
             sys.exit(f"runs {[str(r.folder) for r in todo]} wait on runs that did not finish")
         time.sleep(1)
         for item in list(active):
@@ -146,6 +159,7 @@ def run_all(runs: list[Run], jobs: int) -> None:
             if proc.poll() is None:
                 continue
             active.remove(item)
+            (r.folder / LOCK).unlink(missing_ok=True)
             if proc.returncode:
                 for other, p, _ in active:
                     p.kill()
