@@ -5,6 +5,12 @@ A run lives in WORK/seed{S}/{arm} and counts as done once its summary.json exist
 interrupted experiment continues where it stopped, and experiments share runs with the same
 flags (the method comparison's `random` arm is the specialisation experiment's baseline).
 Every arm of a seed starts from that seed's dense model, WORK/seed{S}/dense.
+
+What the tables need of a finished run (summary.json, the MoE stage's routing statistics,
+eval.py's metrics) is also archived, a few kB per run, in DOCS/runs/, which is committed: a
+later checkout (WORK is not committed) counts those runs as done and only trains what is new,
+retraining a seed's dense model when a new arm needs it (CPU training is deterministic, so it
+is the same model).
 """
 from __future__ import annotations
 
@@ -73,15 +79,34 @@ def parse(doc: str) -> Setting:
 
 @dataclass
 class Run:
-    """One training run: `cmd` (train.py's arguments) writing into `folder`."""
+    """One training run: `cmd` (train.py's arguments) writing into `folder`, archived in
+    `archive`."""
     folder: Path
     cmd: list[str]
+    archive: Path
     prepare: Callable[[], None] | None = None  # e.g. copy the run to continue from
-    needs: list[Path] = field(default_factory=list)  # runs that must be finished first
+    needs: list["Run"] = field(default_factory=list)  # runs that must be trained here first
+    local: bool = False  # only a run trained here counts (its checkpoint is still needed)
+
+    @property
+    def trained(self) -> bool:
+        """Finished here, with its checkpoint."""
+        return (self.folder / "summary.json").exists()
 
     @property
     def done(self) -> bool:
-        return (self.folder / "summary.json").exists()
+        return self.trained or (not self.local and (self.archive / "summary.json").exists())
+
+    def keep(self) -> None:
+        """Archive what the tables read: the summary and the MoE stage's routing NMIs."""
+        records = [{"stage": r["stage"], "step": r["step"], "routing": {
+            layer: {k: x[k] for k in ("modality_nmi", "domain_nmi")}
+            for layer, x in r["routing"].items()}} for r in self._local_log()
+            if r.get("stage") == "moe" and "routing" in r]
+        atomic.write_text(self.archive / "summary.json", (self.folder / "summary.json")
+                          .read_text())
+        atomic.write_text(self.archive / "routing.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in records))
 
     @property
     def elsewhere(self) -> bool:
@@ -93,15 +118,31 @@ class Run:
             return False
 
     def summary(self) -> dict:
-        return json.loads((self.folder / "summary.json").read_text())
+        where = self.folder if self.trained else self.archive
+        return json.loads((where / "summary.json").read_text())
 
     def log(self) -> list[dict]:
+        """The training log (from the archive: the MoE stage's routing records only)."""
+        if self.trained:
+            return self._local_log()
+        lines = (self.archive / "routing.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def _local_log(self) -> list[dict]:
         return [json.loads(line) for line in (self.folder / "log.jsonl").read_text().splitlines()]
+
+
+def keep(runs) -> None:
+    """Archive every run trained here."""
+    for r in runs:
+        if r.trained:
+            r.keep()
 
 
 def dense(s: Setting, seed: int) -> Run:
     folder = s.work / f"seed{seed}" / "dense"
-    return Run(folder, s.flags() + ["--seed", str(seed), "--eval-n", "0", "--out", str(folder)])
+    return Run(folder, s.flags() + ["--seed", str(seed), "--eval-n", "0", "--out", str(folder)],
+               s.docs / "runs" / f"seed{seed}" / "dense")
 
 
 def arm(s: Setting, seed: int, name: str, flags: list[str]) -> Run:
@@ -110,7 +151,7 @@ def arm(s: Setting, seed: int, name: str, flags: list[str]) -> Run:
     eval_n = ["--eval-n", "4"] if s.smoke else []
     return Run(folder, s.flags() + eval_n + ["--seed", str(seed), *flags, "--init",
                                             str(base.folder / "ckpt.pt"), "--out", str(folder)],
-               needs=[base.folder])
+               s.docs / "runs" / f"seed{seed}" / name, needs=[base])
 
 
 def dense_continued(s: Setting, seed: int) -> Run:
@@ -125,20 +166,23 @@ def dense_continued(s: Setting, seed: int) -> Run:
         shutil.copytree(base.folder, folder, ignore=shutil.ignore_patterns("summary.json"))
     eval_n = ["--eval-n", "4"] if s.smoke else []
     return Run(folder, s.flags() + eval_n + ["--resume", "--dense-steps", str(total),
-                                            "--out", str(folder)], prepare, [base.folder])
+                                            "--out", str(folder)],
+               s.docs / "runs" / f"seed{seed}" / "dense-continued", prepare, [base])
 
 
 def run_all(runs: list[Run], jobs: int) -> None:
     """Train every run not done yet, up to `jobs` at once (dense bases first), each with
     cores / jobs threads; progress on stdout, each run's output in its folder's train.txt."""
-    todo = [r for r in {r.folder: r for r in runs}.values() if not r.done]
+    todo = list({r.folder: r for r in runs if not r.done}.values())
+    # a base that is only archived is trained again for the runs that start from it
+    needed = {n.folder: n for r in todo for n in r.needs if not n.trained}
+    todo = list({**needed, **{r.folder: r for r in todo}}.values())
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     active: list[tuple[Run, subprocess.Popen, float]] = []
     finished = 0
     while todo or active:
-        todo = [r for r in todo if not r.done]  # finished by another process meanwhile
-        ready = [r for r in todo if not r.elsewhere and
-                 all((n / "summary.json").exists() for n in r.needs)]
+        todo = [r for r in todo if not r.trained]  # finished by another process meanwhile
+        ready = [r for r in todo if not r.elsewhere and all(n.trained for n in r.needs)]
         while ready and len(active) < jobs:
             r = ready.pop(0)
             todo.remove(r)
@@ -170,9 +214,17 @@ def run_all(runs: list[Run], jobs: int) -> None:
                   f"in {time.time() - t0:.0f} s", flush=True)
 
 
+def evaluated(s: Setting, name: str, seed: int) -> Path:
+    return s.docs / "runs" / f"eval-{name}" / f"seed{seed}.json"
+
+
 def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run]) -> dict:
-    """eval.py on the runs' checkpoints (cached in WORK/eval-NAME/seed{S}); the FID feature
-    net is trained once in WORK and shared, so every seed's FID uses the same features."""
+    """eval.py on the runs' checkpoints (cached in WORK/eval-NAME/seed{S}, archived in
+    DOCS/runs); the FID feature net is trained once in WORK and shared, so every seed's FID
+    uses the same features."""
+    archived = evaluated(s, name, seed)
+    if archived.exists():
+        return json.loads(archived.read_text())
     out = s.work / f"eval-{name}" / f"seed{seed}"
     if not (out / "metrics.json").exists():
         out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +242,10 @@ def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run]) -> dict:
             shutil.copy(out / "feature_net.pt", shared)
     by_folder = json.loads((out / "metrics.json").read_text())["runs"]
     reports = {v["ckpt"]: v for v in by_folder.values()}
-    return {arm: reports[str(r.folder / "ckpt.pt")] for arm, r in runs.items()}
+    result = {arm: reports[str(r.folder / "ckpt.pt")] for arm, r in runs.items()}
+    atomic.write_text(archived, json.dumps(result, indent=2))
+    keep(runs.values())  # a seed's runs are archived once they are evaluated
+    return result
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -11,11 +11,9 @@ routed alike, 1: disjoint experts per domain) beside modality NMI and MMU accura
 over training, and seed 0's routing heatmaps.
 Writes docs/experiments/domains.{md,json}, _curves.png and _heatmaps_*.png.
 """
-from PIL import Image
+from common import arm, cell, curves, keep, layer_mean, parse, run_all, table, write
 
-from common import arm, cell, curves, layer_mean, parse, run_all, table, write
-
-from minimoe.plots import line_chart
+from minimoe.plots import line_chart, routing_heatmaps
 
 ARMS = {
     "taylor": ["--moe", "taylor"],
@@ -29,6 +27,7 @@ def main() -> None:
     s = parse(__doc__)
     runs = {name: [arm(s, seed, name, flags) for seed in s.seeds] for name, flags in ARMS.items()}
     run_all([r for rs in runs.values() for r in rs], s.jobs)
+    keep([r for rs in runs.values() for r in rs])
     rows, data = [], {}
     for name, rs in runs.items():
         summaries = [r.summary() for r in rs]
@@ -43,8 +42,9 @@ def main() -> None:
     panels = {layer: {name: data[name]["curves"][layer] for name in ARMS} for layer in layers}
     pictures = {"curves": line_chart(panels, "MoE step")}
     for name in ("taylor", "taylor-domain-prior"):
-        with Image.open(runs[name][0].folder / "routing.png") as im:
-            pictures[f"heatmaps_{name}"] = im.copy()
+        pictures[f"heatmaps_{name}"] = routing_heatmaps(
+            runs[name][0].summary()["routing"], f"{name}, seed {s.seeds[0]}: share of each "
+            f"group's routed slots per expert (%), held-out")
     write(s, "domains", "## Domain separation with and without the annealed domain bias "
           "(mean ± sd over seeds; NMI averaged over layers)\n\n" + md, data, pictures)
     print(md)

@@ -10,8 +10,8 @@ taylor) with their MoE stage. eval.py measures every arm and the dense model as 
 GenEval-style accuracy, FID, MMU accuracy, routing NMI; wall time is the arm's train.py time
 (conversion included). Writes docs/experiments/methods.{md,json,png}.
 """
-from common import (arm, cell, dense, dense_continued, evaluate, mean_std, parse, run_all,
-                    table, write)
+from common import (arm, cell, dense, dense_continued, evaluate, evaluated, mean_std, parse,
+                    run_all, table, write)
 
 from minimoe.plots import bar_chart
 
@@ -43,6 +43,10 @@ def numbers(report: dict, run) -> dict:
 def main() -> None:
     s = parse(__doc__)
     per_seed = {seed: runs_of(s, seed) for seed in s.seeds}
+    for seed, runs in per_seed.items():
+        if not evaluated(s, "methods", seed).exists():  # eval.py will need the checkpoints
+            for r in runs.values():
+                r.local = True
     run_all([r for runs in per_seed.values() for r in runs.values()], s.jobs)
     results = {arm_: {} for arm_ in ARMS}
     for seed, runs in per_seed.items():

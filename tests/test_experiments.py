@@ -45,6 +45,19 @@ def test_methods(dirs):
     assert (dirs[1] / "methods_bars.png").exists()
 
 
+def test_a_fresh_checkout_rebuilds_the_table_from_the_archive_without_training(dirs):
+    """The work folder (checkpoints, not committed) is gone; docs/experiments/runs is not."""
+    import shutil
+    work, docs = dirs
+    before = (docs / "methods.md").read_text()
+    assert (docs / "runs" / "eval-methods" / "seed0.json").exists()
+    assert (docs / "runs" / "seed0" / "taylor" / "routing.jsonl").exists()
+    shutil.rmtree(work)
+    out, _, table = smoke("methods", dirs)
+    assert not [line for line in out.splitlines() if line.strip().startswith("[")], out
+    assert table == before
+
+
 def test_specialisation_reuses_the_method_runs(dirs):
     out, data, table = smoke("specialisation", dirs)
     trained = [line for line in out.splitlines() if line.strip().startswith("[")]
