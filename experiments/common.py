@@ -132,6 +132,15 @@ class Run:
         return [json.loads(line) for line in (self.folder / "log.jsonl").read_text().splitlines()]
 
 
+def train_arms(s: Setting, arms: dict[str, list[str]]) -> dict[str, list[Run]]:
+    """Every arm ({name: train.py flags}) for every seed: trained where missing, archived."""
+    runs = {name: [arm(s, seed, name, flags) for seed in s.seeds] for name, flags in arms.items()}
+    every = [r for rs in runs.values() for r in rs]
+    run_all(every, s.jobs)
+    keep(every)
+    return runs
+
+
 def keep(runs) -> None:
     """Archive every run trained here."""
     for r in runs:

@@ -11,7 +11,7 @@ routed alike, 1: disjoint experts per domain) beside modality NMI and MMU accura
 over training, and seed 0's routing heatmaps.
 Writes docs/experiments/domains.{md,json}, _curves.png and _heatmaps_*.png.
 """
-from common import arm, cell, curves, keep, layer_mean, parse, run_all, table, write
+from common import cell, curves, layer_mean, parse, table, train_arms, write
 
 from minimoe.plots import line_chart, routing_heatmaps
 
@@ -25,9 +25,7 @@ ARMS = {
 
 def main() -> None:
     s = parse(__doc__)
-    runs = {name: [arm(s, seed, name, flags) for seed in s.seeds] for name, flags in ARMS.items()}
-    run_all([r for rs in runs.values() for r in rs], s.jobs)
-    keep([r for rs in runs.values() for r in rs])
+    runs = train_arms(s, ARMS)
     rows, data = [], {}
     for name, rs in runs.items():
         summaries = [r.summary() for r in rs]

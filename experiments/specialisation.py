@@ -12,7 +12,7 @@ Modality NMI per layer over the MoE steps comes from the training log; the table
 held-out NMI, MMU accuracy and held-out T2I loss at the end.
 Writes docs/experiments/specialisation.{md,json} and _curves.png.
 """
-from common import arm, cell, curves, keep, layer_mean, parse, run_all, table, write
+from common import cell, curves, layer_mean, parse, table, train_arms, write
 
 from minimoe.plots import line_chart
 
@@ -28,9 +28,7 @@ ARMS = {
 
 def main() -> None:
     s = parse(__doc__)
-    runs = {name: [arm(s, seed, name, flags) for seed in s.seeds] for name, flags in ARMS.items()}
-    run_all([r for rs in runs.values() for r in rs], s.jobs)
-    keep([r for rs in runs.values() for r in rs])
+    runs = train_arms(s, ARMS)
     rows, data = [], {}
     for name, rs in runs.items():
         summaries = [r.summary() for r in rs]

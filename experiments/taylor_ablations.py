@@ -11,7 +11,7 @@ from zero). Reports held-out losses right after conversion and after training, M
 caption-colour agreement of generated images, and modality NMI.
 Writes docs/experiments/taylor_ablations.{md,json,png}.
 """
-from common import arm, cell, keep, layer_mean, mean_std, parse, run_all, table, write
+from common import cell, layer_mean, mean_std, parse, table, train_arms, write
 
 from minimoe.plots import bar_chart
 
@@ -29,9 +29,7 @@ COLUMNS = (("T2I loss after conversion", "t2i_converted", False),
 
 def main() -> None:
     s = parse(__doc__)
-    runs = {name: [arm(s, seed, name, flags) for seed in s.seeds] for name, flags in ARMS.items()}
-    run_all([r for rs in runs.values() for r in rs], s.jobs)
-    keep([r for rs in runs.values() for r in rs])
+    runs = train_arms(s, ARMS)
     data = {}
     for name, rs in runs.items():
         summaries = [r.summary() for r in rs]
