@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
 
 from minimoe import atomic  # noqa: E402  (needs the path above)
+from minimoe.config import make_config  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
 SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
@@ -38,7 +39,6 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channe
          "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
-TINY = {"dense_steps": 2000, "moe_steps": 600}  # the tiny preset's stage lengths
 LOCK = "running.pid"  # in a run folder while some process trains it
 
 
@@ -49,13 +49,18 @@ class Setting:
     docs: Path  # tables, JSON and pictures that are committed
     smoke: bool
     jobs: int
+    preset: str = "tiny"  # tiny: CPU, minutes a run; small: one GPU (train.py picks it)
 
     @property
     def steps(self) -> dict:
-        return {"dense_steps": 4, "moe_steps": 4} if self.smoke else TINY
+        if self.smoke:
+            return {"dense_steps": 4, "moe_steps": 4}
+        train = make_config(self.preset).train
+        return {"dense_steps": train.dense_steps, "moe_steps": train.moe_steps}
 
     def flags(self) -> list[str]:
-        return list(SMOKE) if self.smoke else []
+        preset = [] if self.preset == "tiny" else ["--preset", self.preset]
+        return preset + (SMOKE if self.smoke else [])
 
 
 def parse(doc: str) -> Setting:
@@ -66,15 +71,22 @@ def parse(doc: str) -> Setting:
     p.add_argument("--smoke", action="store_true",
                    help="micro model, a few steps, one seed: checks that the script runs")
     p.add_argument("--jobs", type=int, default=1, help="training runs at once (CPU: cores / 2)")
-    p.add_argument("--work", default="out/experiments", help="folder of the training runs")
-    p.add_argument("--docs", default="docs/experiments", help="where results are written")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "small"),
+                   help="tiny: 2 CPU cores; small: one GPU (64 px, 8 layers, d_model 512)")
+    p.add_argument("--work", default=None,
+                   help="folder of the training runs (default out/experiments[-PRESET])")
+    p.add_argument("--docs", default=None,
+                   help="where results are written (default docs/experiments[/PRESET])")
     args = p.parse_args()
+    tiny = args.preset == "tiny"  # its folders carry no preset name
+    args.work = args.work or ("out/experiments" if tiny else f"out/experiments-{args.preset}")
+    args.docs = args.docs or ("docs/experiments" if tiny else f"docs/experiments/{args.preset}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.smoke:
         seeds, args.work = seeds[:1], str(Path(args.work) / "smoke")
     if not seeds or args.jobs < 1:
         p.error("--seeds needs at least one seed and --jobs at least 1")
-    return Setting(seeds, Path(args.work), Path(args.docs), args.smoke, args.jobs)
+    return Setting(seeds, Path(args.work), Path(args.docs), args.smoke, args.jobs, args.preset)
 
 
 @dataclass

@@ -79,3 +79,21 @@ def test_taylor_ablations(dirs):
     _, data, table = smoke("taylor_ablations", dirs)
     assert "| taylor-2-shared |" in table and "| taylor-no-router-init |" in table
     assert data["taylor"]["modality_nmi"][0] > data["taylor-no-router-init"]["modality_nmi"][0]
+
+
+@pytest.mark.parametrize("argv, work, docs, flags, steps", [
+    ([], "out/experiments", "docs/experiments", [], (2000, 600)),
+    (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
+     ["--preset", "small"], (20000, 5000)),
+])
+def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, argv, work, docs,
+                                                                flags, steps):
+    """Runs of another preset never mix with the tiny ones, and dense-continued trains as
+    many extra steps as that preset's MoE stage."""
+    import common
+    monkeypatch.setattr(sys, "argv", ["x"] + argv)
+    s = common.parse("doc")
+    assert (str(s.work), str(s.docs), s.flags()) == (work, docs, flags)
+    assert (s.steps["dense_steps"], s.steps["moe_steps"]) == steps
+    continued = common.dense_continued(s, 0).cmd
+    assert continued[continued.index("--dense-steps") + 1] == str(sum(steps))
