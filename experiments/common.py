@@ -280,14 +280,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, sd
 
 
-def cell(values: list[float], percent: bool = False, digits: int = 3) -> str:
-    """'mean ± sd' of a table cell."""
+def cell(values: list[float], percent: bool = False, digits: int = 3,
+         signed: bool = False) -> str:
+    """'mean ± sd' of a table cell (`signed`: a difference, shown with its sign)."""
     m, sd = mean_std(values)
     if m != m:
         return "-"
     if percent:
-        return f"{100 * m:.1f} ± {100 * sd:.1f}"
-    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+        m, sd, digits = 100 * m, 100 * sd, 1
+    return f"{m:{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

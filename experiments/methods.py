@@ -17,8 +17,12 @@ from minimoe.plots import bar_chart
 
 METHODS = ("scratch", "naive", "random", "taylor")
 ARMS = ("dense", "dense-continued") + METHODS
-METRICS = (("GenEval", "geneval", True), ("FID", "fid", False), ("MMU", "mmu", True),
-           ("modality NMI", "modality_nmi", False), ("domain NMI", "domain_nmi", False))
+# (column, key, shown in percent, decimals)
+METRICS = (("GenEval %", "geneval", True, 1), ("FID", "fid", False, 1),
+           ("MMU %", "mmu", True, 1), ("modality NMI", "modality_nmi", False, 3),
+           ("domain NMI", "domain_nmi", False, 3))
+PAIRED = METRICS[:3]  # the quality metrics, which every arm has
+BASELINE = "dense-continued"  # the arm the conversions are compared with at equal steps
 
 
 def runs_of(s, seed) -> dict:
@@ -54,18 +58,32 @@ def main() -> None:
         for arm_ in ARMS:
             results[arm_][seed] = numbers(reports[arm_], runs[arm_])
 
-    def column(arm_, key):
-        return [results[arm_][seed][key] for seed in s.seeds]
+    def column(arm_, key, scale=1):
+        values = [results[arm_][seed][key] for seed in s.seeds]
+        return [v if v is None else v * scale for v in values]
     rows = []
     for arm_ in ARMS:
         wall = "-" if arm_ == "dense" else cell(column(arm_, "wall_s"), digits=0)
-        rows.append([arm_] + [cell(column(arm_, key), pct) for _, key, pct in METRICS] + [wall])
-    md = table(["arm"] + [m for m, _, _ in METRICS] + ["wall s"], rows)
-    means = {a: {m: mean_std(column(a, k))[0] for m, k, _ in METRICS} for a in ARMS}
-    spread = {a: {m: mean_std(column(a, k))[1] for m, k, _ in METRICS} for a in ARMS}
+        rows.append([arm_] + [cell(column(arm_, key), pct, n) for _, key, pct, n in METRICS]
+                    + [wall])
+    md = table(["arm"] + [m for m, _, _, _ in METRICS] + ["wall s"], rows)
+
+    # Every arm of a seed starts from the same dense model, so per-seed differences from the
+    # equal-steps dense arm take out the dense model's own seed-to-seed spread.
+    def paired(arm_, key):
+        return [a - b for a, b in zip(column(arm_, key), column(BASELINE, key))]
+    diffs = [[arm_] + [cell(paired(arm_, key), pct, n, signed=True)
+                       for _, key, pct, n in PAIRED]
+             for arm_ in ARMS if arm_ != BASELINE]
+    md += (f"\n\n## Difference from {BASELINE}, same seed (mean ± sd over seeds)\n\n"
+           + table(["arm"] + [m for m, _, _, _ in PAIRED], diffs))
+    stats = {a: {m: mean_std(column(a, k, 100 if pct else 1)) for m, k, pct, _ in METRICS}
+             for a in ARMS}
+    means = {a: {m: v[0] for m, v in by.items()} for a, by in stats.items()}
+    spread = {a: {m: v[1] for m, v in by.items()} for a, by in stats.items()}
     write(s, "methods", "## Conversion methods at equal steps (mean ± sd over seeds)\n\n" + md,
           {"arms": results, "seeds": s.seeds, "steps": s.steps},
-          {"bars": bar_chart(means, [m for m, _, _ in METRICS], spread)})
+          {"bars": bar_chart(means, [m for m, _, _, _ in METRICS], spread)})
     print(md)
 
 
