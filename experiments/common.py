@@ -291,6 +291,15 @@ def cell(values: list[float], percent: bool = False, digits: int = 3,
     return f"{m:{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
 
 
+def bar_stats(values: dict[str, dict[str, list]], percent: set[str]) -> tuple[dict, dict]:
+    """{arm: {column: values over seeds}} -> the means and sds bar_chart draws, with the
+    `percent` columns' fractions shown in percent."""
+    stats = {a: {c: mean_std([v * (100 if c in percent else 1) for v in vs if v is not None])
+                 for c, vs in columns.items()} for a, columns in values.items()}
+    return ({a: {c: m for c, (m, _) in cs.items()} for a, cs in stats.items()},
+            {a: {c: sd for c, (_, sd) in cs.items()} for a, cs in stats.items()})
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

@@ -10,7 +10,7 @@ taylor) with their MoE stage. eval.py measures every arm and the dense model as 
 GenEval-style accuracy, FID, MMU accuracy, routing NMI; wall time is the arm's train.py time
 (conversion included). Writes docs/experiments/methods.{md,json,png}.
 """
-from common import (arm, cell, dense, dense_continued, evaluate, evaluated, mean_std, parse,
+from common import (arm, bar_stats, cell, dense, dense_continued, evaluate, evaluated, parse,
                     run_all, table, write)
 
 from minimoe.plots import bar_chart
@@ -58,9 +58,8 @@ def main() -> None:
         for arm_ in ARMS:
             results[arm_][seed] = numbers(reports[arm_], runs[arm_])
 
-    def column(arm_, key, scale=1):
-        values = [results[arm_][seed][key] for seed in s.seeds]
-        return [v if v is None else v * scale for v in values]
+    def column(arm_, key):
+        return [results[arm_][seed][key] for seed in s.seeds]
     rows = []
     for arm_ in ARMS:
         wall = "-" if arm_ == "dense" else cell(column(arm_, "wall_s"), digits=0)
@@ -77,10 +76,8 @@ def main() -> None:
              for arm_ in ARMS if arm_ != BASELINE]
     md += (f"\n\n## Difference from {BASELINE}, same seed (mean ± sd over seeds)\n\n"
            + table(["arm"] + [m for m, _, _, _ in PAIRED], diffs))
-    stats = {a: {m: mean_std(column(a, k, 100 if pct else 1)) for m, k, pct, _ in METRICS}
-             for a in ARMS}
-    means = {a: {m: v[0] for m, v in by.items()} for a, by in stats.items()}
-    spread = {a: {m: v[1] for m, v in by.items()} for a, by in stats.items()}
+    means, spread = bar_stats({a: {m: column(a, k) for m, k, _, _ in METRICS} for a in ARMS},
+                              {m for m, _, pct, _ in METRICS if pct})
     write(s, "methods", "## Conversion methods at equal steps (mean ± sd over seeds)\n\n" + md,
           {"arms": results, "seeds": s.seeds, "steps": s.steps},
           {"bars": bar_chart(means, [m for m, _, _, _ in METRICS], spread)})

@@ -11,7 +11,7 @@ from zero). Reports held-out losses right after conversion and after training, M
 caption-colour agreement of generated images, and modality NMI.
 Writes docs/experiments/taylor_ablations.{md,json,png}.
 """
-from common import cell, layer_mean, mean_std, parse, table, train_arms, write
+from common import bar_stats, cell, layer_mean, parse, table, train_arms, write
 
 from minimoe.plots import bar_chart
 
@@ -42,8 +42,8 @@ def main() -> None:
     md = table(["arm"] + [c for c, _, _ in COLUMNS],
                [[name] + [cell(data[name][key], pct) for _, key, pct in COLUMNS]
                 for name in ARMS])
-    means = {n: {c: mean_std(data[n][k])[0] for c, k, _ in COLUMNS} for n in ARMS}
-    spread = {n: {c: mean_std(data[n][k])[1] for c, k, _ in COLUMNS} for n in ARMS}
+    means, spread = bar_stats({n: {c: data[n][k] for c, k, _ in COLUMNS} for n in ARMS},
+                              {c for c, _, pct in COLUMNS if pct})
     write(s, "taylor_ablations", "## Taylor construction ablations (mean ± sd over seeds)\n\n"
           + md, data, {"bars": bar_chart(means, [c for c, _, _ in COLUMNS], spread)})
     print(md)
