@@ -22,7 +22,8 @@ ARMS = {
     "taylor-per-token": ["--moe", "taylor", "--taylor-per-token", "true"],
     "taylor-no-router-init": ["--moe", "taylor", "--taylor-router-init", "false"],
 }
-COLUMNS = (("T2I loss after conversion", "t2i_converted", False),
+COLUMNS = (("T2I loss before conversion", "t2i_dense", False),
+           ("T2I loss after conversion", "t2i_converted", False),
            ("T2I loss after training", "t2i", False), ("MMU %", "mmu", True),
            ("colours %", "colours", True), ("modality NMI", "modality_nmi", False))
 
@@ -33,7 +34,8 @@ def main() -> None:
     data = {}
     for name, rs in runs.items():
         summaries = [r.summary() for r in rs]
-        data[name] = {"t2i_converted": [x["conversion"]["after"]["t2i"] for x in summaries],
+        data[name] = {"t2i_dense": [x["conversion"]["before"]["t2i"] for x in summaries],
+                      "t2i_converted": [x["conversion"]["after"]["t2i"] for x in summaries],
                       "t2i": [x["heldout_losses"]["t2i"] for x in summaries],
                       "mmu": [x["mmu"]["accuracy"] for x in summaries],
                       "colours": [x["colours"]["matched"]["all"] for x in summaries],
