@@ -19,10 +19,10 @@ def dirs(tmp_path_factory):
     return root / "work", root / "docs"
 
 
-def smoke(name, dirs):
+def smoke(name, dirs, *flags):
     work, docs = dirs
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--smoke",
-                        "--work", str(work), "--docs", str(docs)], capture_output=True,
+                        "--work", str(work), "--docs", str(docs), *flags], capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     data = json.loads((docs / f"{name}.json").read_text())
@@ -82,6 +82,16 @@ def test_taylor_ablations(dirs):
     _, data, table = smoke("taylor_ablations", dirs)
     assert "| taylor-2-shared |" in table and "| taylor-no-router-init |" in table
     assert data["taylor"]["modality_nmi"][0] > data["taylor-no-router-init"]["modality_nmi"][0]
+
+
+def test_the_small_preset_runs_end_to_end(tmp_path):
+    """--preset small reaches every train.py run (the micro model's widths still apply)."""
+    work = tmp_path / "work"
+    _, data, table = smoke("taylor_ablations", (work, tmp_path / "docs"), "--preset", "small")
+    assert set(data) == {"taylor", "taylor-2-shared", "taylor-per-token",
+                         "taylor-no-router-init"}
+    for run in ("dense", *data):
+        assert "preset = small" in (work / "smoke" / "seed0" / run / "train.txt").read_text()
 
 
 @pytest.mark.parametrize("argv, work, docs, flags, steps", [
