@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
 
 from minimoe import atomic  # noqa: E402  (needs the path above)
 from minimoe.config import make_config  # noqa: E402
+from minimoe.pipeline import ArgumentParser  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
 SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
@@ -64,9 +65,8 @@ class Setting:
 
 
 def parse(doc: str) -> Setting:
-    p = argparse.ArgumentParser(description=doc.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=doc)
+    p = ArgumentParser(description=doc.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--smoke", action="store_true",
                    help="micro model, a few steps, one seed: checks that the script runs")
@@ -81,7 +81,10 @@ def parse(doc: str) -> Setting:
     tiny = args.preset == "tiny"  # its folders carry no preset name
     args.work = args.work or ("out/experiments" if tiny else f"out/experiments-{args.preset}")
     args.docs = args.docs or ("docs/experiments" if tiny else f"docs/experiments/{args.preset}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 0,1,2")
     if args.smoke:
         seeds, args.work = seeds[:1], str(Path(args.work) / "smoke")
     if not seeds or args.jobs < 1:

@@ -110,3 +110,17 @@ def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, arg
     assert (s.steps["dense_steps"], s.steps["moe_steps"]) == steps
     continued = common.dense_continued(s, 0).cmd
     assert continued[continued.index("--dense-steps") + 1] == str(sum(steps))
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--jobs", "0"], "--jobs at least 1"),
+    (["--seeds", "a,b"], "--seeds 'a,b': give whole numbers"),
+    (["--seeds", ","], "at least one seed"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--job", "2"], "unrecognized arguments: --job 2"),  # not taken for --jobs
+])
+def test_a_bad_command_line_is_one_line_and_exit_2(argv, says):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "domains.py"), *argv],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and says in r.stderr
