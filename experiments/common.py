@@ -2,8 +2,9 @@
 mean +- spread over seeds, and writing results into docs/.
 
 A run lives in WORK/seed{S}/{arm} and counts as done once its summary.json exists, so an
-interrupted experiment continues where it stopped, and experiments share runs with the same
-flags (the method comparison's `random` arm is the specialisation experiment's baseline).
+interrupted experiment continues where it stopped (a run killed mid-way resumes from its last
+checkpoint), and experiments share runs with the same flags (the method comparison's `random`
+arm is the specialisation experiment's baseline).
 Every arm of a seed starts from that seed's dense model, WORK/seed{S}/dense.
 
 What the tables need of a finished run (summary.json, the MoE stage's routing statistics,
@@ -194,6 +195,18 @@ def dense_continued(s: Setting, seed: int) -> Run:
                s.docs / "runs" / f"seed{seed}" / "dense-continued", prepare, [base])
 
 
+def continued(r: Run) -> list[str]:
+    """train.py's arguments for `r`: as given, or, if an earlier attempt was interrupted after
+    a checkpoint, --resume from it (the checkpoint holds the config and the converted model,
+    so --init is dropped)."""
+    if not (r.folder / "ckpt.pt").exists() or "--resume" in r.cmd:
+        return r.cmd
+    cmd = list(r.cmd)
+    if "--init" in cmd:
+        del cmd[cmd.index("--init"):cmd.index("--init") + 2]
+    return cmd + ["--resume"]
+
+
 def run_all(runs: list[Run], jobs: int) -> None:
     """Train every run not done yet, up to `jobs` at once (dense bases first), each with
     cores / jobs threads; progress on stdout, each run's output in its folder's train.txt."""
@@ -213,9 +226,10 @@ def run_all(runs: list[Run], jobs: int) -> None:
             if r.prepare:
                 r.prepare()
             r.folder.mkdir(parents=True, exist_ok=True)
-            out = open(r.folder / "train.txt", "w")
+            cmd = continued(r)
+            out = open(r.folder / "train.txt", "a" if cmd is not r.cmd else "w")
             proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--no-progress",
-                                     *r.cmd], stdout=out, stderr=subprocess.STDOUT,
+                                     *cmd], stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, "OMP_NUM_THREADS": threads})
             (r.folder / LOCK).write_text(str(proc.pid))
             active.append((r, proc, time.time()))

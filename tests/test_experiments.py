@@ -124,3 +124,22 @@ def test_a_bad_command_line_is_one_line_and_exit_2(argv, says):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and says in r.stderr
+
+
+def test_a_run_killed_after_a_checkpoint_is_resumed_not_restarted(tmp_path, monkeypatch):
+    """An experiment interrupted mid-run continues that run from its checkpoint: started
+    again with its original flags, train.py would refuse the folder (it holds a checkpoint)."""
+    import common
+    s = common.Setting([0], tmp_path / "work", tmp_path / "docs", smoke=True, jobs=1)
+    run = common.arm(s, 0, "taylor-ckpt", ["--moe", "taylor", "--ckpt-every", "2"])
+    common.run_all(run.needs, 1)  # the dense model, uninterrupted
+    monkeypatch.setenv("MINIMOE_FAULT", "kill-step:3")  # SIGKILL after MoE step 3 (ckpt at 2)
+    with pytest.raises(SystemExit, match="failed"):
+        common.run_all([run], 1)
+    assert (run.folder / "ckpt.pt").exists() and not run.trained
+    monkeypatch.delenv("MINIMOE_FAULT")
+    common.run_all([run], 1)
+    assert run.trained
+    moe_steps = [r["step"] for r in run.log() if r.get("stage") == "moe" and "loss" in r]
+    assert moe_steps == sorted(set(moe_steps)) and moe_steps[-1] == 4, moe_steps
+    assert "--resume" in common.continued(run)
