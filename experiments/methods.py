@@ -31,6 +31,14 @@ def runs_of(s, seed) -> dict:
     return runs
 
 
+def converted_of(s, seed) -> dict:
+    """Each conversion as it is before any MoE step: what the router's learning starts from."""
+    return {m: arm(s, seed, f"{m}-step0", ["--moe", m, "--moe-steps", "0"]) for m in METHODS}
+
+
+GROUPS = {"methods": runs_of, "methods-step0": converted_of}  # evaluation name: its runs
+
+
 def numbers(report: dict, run) -> dict:
     """The headline numbers of one arm of one seed."""
     layers = list(report.get("routing", {}).values())
@@ -46,17 +54,19 @@ def numbers(report: dict, run) -> dict:
 
 def main() -> None:
     s = parse(__doc__)
-    per_seed = {seed: runs_of(s, seed) for seed in s.seeds}
-    for seed, runs in per_seed.items():
-        if not evaluated(s, "methods", seed).exists():  # eval.py will need the checkpoints
+    groups = {(name, seed): runs_for(s, seed) for name, runs_for in GROUPS.items()
+              for seed in s.seeds}
+    for (name, seed), runs in groups.items():
+        if not evaluated(s, name, seed).exists():  # eval.py will need the checkpoints
             for r in runs.values():
                 r.local = True
-    run_all([r for runs in per_seed.values() for r in runs.values()], s.jobs)
-    results = {arm_: {} for arm_ in ARMS}
-    for seed, runs in per_seed.items():
-        reports = evaluate(s, "methods", seed, runs)
-        for arm_ in ARMS:
-            results[arm_][seed] = numbers(reports[arm_], runs[arm_])
+    run_all([r for runs in groups.values() for r in runs.values()], s.jobs)
+    found = {name: {} for name in GROUPS}  # evaluation name -> arm -> seed -> numbers
+    for (name, seed), runs in groups.items():
+        reports = evaluate(s, name, seed, runs)
+        for arm_, run in runs.items():
+            found[name].setdefault(arm_, {})[seed] = numbers(reports[arm_], run)
+    results = found["methods"]
 
     def column(arm_, key):
         return [results[arm_][seed][key] for seed in s.seeds]
@@ -76,10 +86,24 @@ def main() -> None:
              for arm_ in ARMS if arm_ != BASELINE]
     md += (f"\n\n## Difference from {BASELINE}, same seed (mean ± sd over seeds)\n\n"
            + table(["arm"] + [m for m, _, _, _ in PAIRED], diffs))
+
+    # Where the router's learning starts: each conversion before its first MoE step.
+    def at_step0(arm_, key):
+        return [found["methods-step0"][arm_][seed][key] for seed in s.seeds]
+    header, rows = ["arm"], []
+    for label, _, _, _ in PAIRED:
+        header += [f"{label} at step 0", f"{label} after {s.steps['moe_steps']} steps"]
+    for arm_ in METHODS:
+        rows.append([arm_] + [c for _, key, pct, n in PAIRED
+                              for c in (cell(at_step0(arm_, key), pct, n),
+                                        cell(column(arm_, key), pct, n))])
+    md += ("\n\n## Each conversion before its first MoE step and at the end (mean ± sd over "
+           "seeds)\n\n" + table(header, rows))
     means, spread = bar_stats({a: {m: column(a, k) for m, k, _, _ in METRICS} for a in ARMS},
                               {m for m, _, pct, _ in METRICS if pct})
     write(s, "methods", "## Conversion methods at equal steps (mean ± sd over seeds)\n\n" + md,
-          {"arms": results, "seeds": s.seeds, "steps": s.steps},
+          {"arms": results, "converted": found["methods-step0"], "seeds": s.seeds,
+           "steps": s.steps},
           {"bars": bar_chart(means, [m for m, _, _, _ in METRICS], spread)})
     print(md)
 

@@ -43,6 +43,11 @@ def test_methods(dirs):
         assert 0 <= seed["geneval"] <= 1 and seed["fid"] >= 0 and 0 <= seed["mmu"] <= 1
         assert (seed["modality_nmi"] is None) == (a in ("dense", "dense-continued"))
     assert (dirs[1] / "methods_bars.png").exists()
+    assert list(data["converted"]) == list(arms[2:])  # each conversion before any MoE step
+    for a, by_seed in data["converted"].items():
+        (seed,) = by_seed.values()
+        assert 0 <= seed["geneval"] <= 1 and seed["fid"] >= 0 and seed["modality_nmi"] >= 0
+        assert f"| {a} |" in table.split("before its first MoE step")[1]
 
 
 def test_a_fresh_checkout_rebuilds_the_table_from_the_archive_without_training(dirs):
