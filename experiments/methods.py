@@ -8,7 +8,9 @@ Per seed: the dense model (stages 1-2), then five arms that each train 600 more 
 same batches: the dense model continued, and the four conversions (scratch, naive, random,
 taylor) with their MoE stage. eval.py measures every arm and the dense model as it was:
 GenEval-style accuracy, FID, MMU accuracy, routing NMI; wall time is the arm's train.py time
-(conversion included). Writes docs/experiments/methods.{md,json,png}.
+(conversion included). Each conversion is also evaluated before its first MoE step
+(`--moe-steps 0`), to separate what the conversion costs from what the router's learning does.
+Writes docs/experiments/methods.{md,json,png}.
 """
 from common import (arm, bar_stats, cell, dense, dense_continued, evaluate, evaluated, parse,
                     run_all, table, write)
