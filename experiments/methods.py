@@ -34,8 +34,10 @@ def runs_of(s, seed) -> dict:
 
 
 def converted_of(s, seed) -> dict:
-    """Each conversion as it is before any MoE step: what the router's learning starts from."""
-    return {m: arm(s, seed, f"{m}-step0", ["--moe", m, "--moe-steps", "0"]) for m in METHODS}
+    """Each conversion as it is before any MoE step: what the router's learning starts from
+    (eval.py measures it, so train.py's own final check is skipped)."""
+    return {m: arm(s, seed, f"{m}-step0", ["--moe", m, "--moe-steps", "0", "--eval-n", "0"])
+            for m in METHODS}
 
 
 GROUPS = {"methods": runs_of, "methods-step0": converted_of}  # evaluation name: its runs
