@@ -117,8 +117,7 @@ class Run:
         """Archive what the tables read: the summary and the MoE stage's routing NMIs."""
         records = [{"stage": r["stage"], "step": r["step"], "routing": {
             layer: {k: x[k] for k in ("modality_nmi", "domain_nmi")}
-            for layer, x in r["routing"].items()}} for r in self._local_log()
-            if r.get("stage") == "moe" and "routing" in r]
+            for layer, x in r["routing"].items()}} for r in self.routing_log()]
         atomic.write_text(self.archive / "summary.json", (self.folder / "summary.json")
                           .read_text())
         atomic.write_text(self.archive / "routing.jsonl",
@@ -143,6 +142,10 @@ class Run:
             return self._local_log()
         lines = (self.archive / "routing.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines]
+
+    def routing_log(self) -> list[dict]:
+        """The MoE stage's log lines that carry routing statistics, in step order."""
+        return [r for r in self.log() if r.get("stage") == "moe" and "routing" in r]
 
     def _local_log(self) -> list[dict]:
         return [json.loads(line) for line in (self.folder / "log.jsonl").read_text().splitlines()]
@@ -343,7 +346,7 @@ def layer_mean(routing: dict, key: str) -> float | None:
 def curves(runs: list[Run], key: str) -> dict[str, tuple[list[int], list[float]]]:
     """Per MoE layer: (steps, the statistic at each logged MoE step, averaged over `runs`,
     i.e. over seeds). Each log line's statistics cover the steps since the previous line."""
-    logs = [[r for r in run.log() if r.get("stage") == "moe" and "routing" in r] for run in runs]
+    logs = [run.routing_log() for run in runs]
     steps = [rec["step"] for rec in logs[0]]
     return {layer: (steps, [sum(log[i]["routing"][layer][key] or 0.0 for log in logs) /
                             len(logs) for i in range(len(steps))])

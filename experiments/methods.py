@@ -70,10 +70,9 @@ def main() -> None:
         reports = evaluate(s, name, seed, runs)
         for arm_, run in runs.items():
             found[name].setdefault(arm_, {})[seed] = numbers(reports[arm_], run)
-    results = found["methods"]
 
-    def column(arm_, key):
-        return [results[arm_][seed][key] for seed in s.seeds]
+    def column(arm_, key, group="methods"):
+        return [found[group][arm_][seed][key] for seed in s.seeds]
     rows = []
     for arm_ in ARMS:
         wall = "-" if arm_ == "dense" else cell(column(arm_, "wall_s"), digits=0)
@@ -92,21 +91,19 @@ def main() -> None:
            + table(["arm"] + [m for m, _, _, _ in PAIRED], diffs))
 
     # Where the router's learning starts: each conversion before its first MoE step.
-    def at_step0(arm_, key):
-        return [found["methods-step0"][arm_][seed][key] for seed in s.seeds]
     header, rows = ["arm"], []
     for label, _, _, _ in PAIRED:
         header += [f"{label} at step 0", f"{label} after {s.steps['moe_steps']} steps"]
     for arm_ in METHODS:
         rows.append([arm_] + [c for _, key, pct, n in PAIRED
-                              for c in (cell(at_step0(arm_, key), pct, n),
+                              for c in (cell(column(arm_, key, "methods-step0"), pct, n),
                                         cell(column(arm_, key), pct, n))])
     md += ("\n\n## Each conversion before its first MoE step and at the end (mean ± sd over "
            "seeds)\n\n" + table(header, rows))
     means, spread = bar_stats({a: {m: column(a, k) for m, k, _, _ in METRICS} for a in ARMS},
                               {m for m, _, pct, _ in METRICS if pct})
     write(s, "methods", "## Conversion methods at equal steps (mean ± sd over seeds)\n\n" + md,
-          {"arms": results, "converted": found["methods-step0"], "seeds": s.seeds,
+          {"arms": found["methods"], "converted": found["methods-step0"], "seeds": s.seeds,
            "steps": s.steps},
           {"bars": bar_chart(means, [m for m, _, _, _ in METRICS], spread)})
     print(md)

@@ -29,8 +29,7 @@ ARMS = {
 def first_logged(run, key: str) -> float | None:
     """A routing statistic's layer mean on the MoE stage's first log line (its first
     --log-every steps), i.e. before the router has learned much."""
-    first = next(r for r in run.log() if r.get("stage") == "moe" and "routing" in r)
-    return layer_mean(first["routing"], key)
+    return layer_mean(run.routing_log()[0]["routing"], key)
 
 
 def main() -> None:
