@@ -16,11 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-from minimoe import atomic, evaluation, fid, geneval, pipeline
+from minimoe import atomic, cli, evaluation, fid, geneval, inference
 
 
 def main(argv=None) -> dict:
-    p = pipeline.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", action="append", default=None,
                    help="checkpoint; repeat to compare runs (default: newest out/*/ckpt.pt)")
     p.add_argument("--n", type=int, default=20, help="GenEval prompts per category")
@@ -34,20 +34,20 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
-    pipeline.add_debug_flag(p)
+    cli.add_debug_flag(p)
     args = p.parse_args(argv)
-    with pipeline.user_errors(args.debug):
+    with cli.user_errors(args.debug):
         for name in ("n", "samples", "fid_n", "mmu_n"):
             least = 2 if name == "fid_n" else 1  # a covariance needs two images
             if getattr(args, name) < least:
-                raise pipeline.UserError(f"--{name.replace('_', '-')} {getattr(args, name)} is "
+                raise cli.UserError(f"--{name.replace('_', '-')} {getattr(args, name)} is "
                                          f"too small; use at least {least}")
-        ckpts = [Path(c) for c in args.ckpt] if args.ckpt else [pipeline.latest_checkpoint()]
+        ckpts = [Path(c) for c in args.ckpt] if args.ckpt else [inference.latest_checkpoint()]
         out = Path(args.out) if args.out else \
-            ckpts[0].parent / "eval" if len(ckpts) == 1 else pipeline.RUNS_ROOT / "eval"
+            ckpts[0].parent / "eval" if len(ckpts) == 1 else inference.RUNS_ROOT / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        device = pipeline.pick_device(args.device)
-        runs = [(c, pipeline.load_run(c, device)) for c in ckpts]  # fail early on a bad one
+        device = cli.pick_device(args.device)
+        runs = [(c, inference.load(c, device)) for c in ckpts]  # fail early on a bad one
         if args.quick:
             return quick(runs, args, out)
         return full(runs, args, out)
@@ -56,9 +56,9 @@ def main(argv=None) -> dict:
 def quick(runs, args, out: Path) -> dict:
     reports = {}
     for ckpt, (cfg, session, image_tok) in runs:
-        reports[str(ckpt)] = pipeline.quick_eval(session.model, session.vocab, image_tok, cfg,
+        reports[str(ckpt)] = evaluation.quick_eval(session.model, session.vocab, image_tok, cfg,
                                                  args.mmu_n, not args.no_progress)
-        print(pipeline.format_report(reports[str(ckpt)]))
+        print(evaluation.format_report(reports[str(ckpt)]))
     atomic.write_text(out / "metrics.json", json.dumps(reports, indent=2))
     return reports
 
@@ -68,7 +68,7 @@ def full(runs, args, out: Path) -> dict:
                                    not args.no_progress)
     image_size = runs[0][1][0].data.image_size
     if any(cfg.data.image_size != image_size for _, (cfg, _, _) in runs):
-        raise pipeline.UserError("the runs have different image sizes; evaluate them apart")
+        raise cli.UserError("the runs have different image sizes; evaluate them apart")
     checker = geneval.validate_checker(image_size, args.n)
     if args.inception:
         featurize, features = fid.load_inception(Path(args.inception)), \

@@ -7,6 +7,7 @@
 
 --ckpt defaults to the newest out/*/ckpt.pt.
 """
+import math
 import re
 import sys
 from pathlib import Path
@@ -14,17 +15,20 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from minimoe import pipeline
+from minimoe import cli, inference
 from minimoe.atomic import save_png
 from minimoe.data import fit_image
 from minimoe.plots import image_grid
-from minimoe.tokenizers import tensor_to_images
 
 KEEP_CHOICES = ("left", "right", "top", "bottom")
+# Beyond these a request is a typo, not a plan: a grid of 1024 images is 16 MB of PNG, and
+# MaskGIT has nothing left to reveal after as many steps as a grid has codes.
+MAX_SAMPLES = 1024
+MAX_STEPS = 1024
 
 
 def main(argv=None):
-    p = pipeline.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default=None, help="checkpoint (default: newest out/*/ckpt.pt)")
     p.add_argument("--prompt", default=None, help="caption to draw")
     p.add_argument("--image", default=None, help="image to ask --question about")
@@ -37,12 +41,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the run's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's)")
-    p.add_argument("--choice-temperature", type=float, default=4.5,
+    p.add_argument("--choice-temperature", type=float, default=inference.CHOICE_TEMPERATURE,
                    help="confidence noise at the first step, annealed to 0")
     p.add_argument("--device", default="auto")
-    pipeline.add_debug_flag(p)
+    cli.add_debug_flag(p)
     args = p.parse_args(argv)
-    with pipeline.user_errors(args.debug):
+    with cli.user_errors(args.debug):
         return run(args)
 
 
@@ -51,10 +55,10 @@ def load_image(path: str, size: int) -> Image.Image:
         with Image.open(path) as im:
             return fit_image(im.convert("RGB"), size)
     except FileNotFoundError:
-        raise pipeline.UserError(f"image {path} does not exist; check the path")
+        raise cli.UserError(f"image {path} does not exist; check the path")
     except (UnidentifiedImageError, OSError) as e:
-        raise pipeline.UserError(f"{path} is not an image that PIL can read "
-                                 f"({e.__class__.__name__}); pass a PNG or JPEG file")
+        raise cli.UserError(f"{path} is not an image that PIL can read "
+                            f"({e.__class__.__name__}); pass a PNG or JPEG file")
 
 
 def check_text(session, flag: str, text: str, max_len: int) -> None:
@@ -62,26 +66,34 @@ def check_text(session, flag: str, text: str, max_len: int) -> None:
     try:
         session.text.encode(text, max_len=max_len)
     except ValueError as e:
-        raise pipeline.UserError(f"{flag}: {e}") from None
+        raise cli.UserError(f"{flag}: {e}") from None
 
 
 def check_args(args) -> None:
     if (args.prompt is None) == (args.image is None):
-        raise pipeline.UserError("pass either --prompt \"...\" (generate) or --image PATH "
-                                 "--question \"...\" (answer)")
+        raise cli.UserError("pass either --prompt \"...\" (generate) or --image PATH "
+                            "--question \"...\" (answer)")
     if args.image is not None and not (args.question or "").strip():
-        raise pipeline.UserError("--image needs a non-empty --question \"...\"")
+        raise cli.UserError("--image needs a non-empty --question \"...\"")
     if args.prompt is not None and not args.prompt.strip():
-        raise pipeline.UserError("--prompt is empty; describe the image, e.g. --prompt "
-                                 "\"a red circle\"")
-    if args.n < 1 or (args.steps is not None and args.steps < 1):
-        raise pipeline.UserError("--n and --steps must be at least 1")
+        raise cli.UserError("--prompt is empty; describe the image, e.g. --prompt "
+                            "\"a red circle\"")
+    if not 1 <= args.n <= MAX_SAMPLES:
+        raise cli.UserError(f"--n {args.n}: draw 1 to {MAX_SAMPLES} samples per call")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise cli.UserError(f"--steps {args.steps}: use 1 to {MAX_STEPS} MaskGIT steps")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise cli.UserError(f"--guidance {args.guidance} is not a number; use a finite scale "
+                            f"such as 2 (0: no guidance)")
+    if not (math.isfinite(args.choice_temperature) and args.choice_temperature >= 0):
+        raise cli.UserError(f"--choice-temperature {args.choice_temperature}: use a finite "
+                            f"number >= 0 (0: always keep the most confident codes)")
 
 
 def run(args):
     check_args(args)
-    device = pipeline.pick_device(args.device)
-    cfg, session, image_tok = pipeline.load_run(args.ckpt, device)
+    device = cli.pick_device(args.device)
+    cfg, session, image_tok = inference.load(args.ckpt, device)
     if args.image is not None:
         check_text(session, "--question", args.question.strip(), session.max_question)
         codes = image_tok.encode([load_image(args.image, cfg.data.image_size)])
@@ -94,11 +106,9 @@ def run(args):
     if args.init_image:
         known = keep_half(image_tok.encode([load_image(args.init_image, cfg.data.image_size)]),
                           args.keep).repeat(args.n, 1)
-    gen = torch.Generator(device).manual_seed(args.seed)
-    codes = session.text_to_image([args.prompt] * args.n, args.steps or cfg.train.sample_steps,
-                                  cfg.train.guidance if args.guidance is None else args.guidance,
-                                  gen, args.choice_temperature, known)
-    images = tensor_to_images(image_tok.decode(codes))
+    images = inference.generate(session, image_tok, [args.prompt] * args.n, args.seed,
+                                args.steps, args.guidance, args.choice_temperature, known,
+                                progress=args.n > inference.GENERATE_BATCH)
     out = Path(args.out) if args.out else default_out(args.ckpt, args.prompt)
     save_png(image_grid(images, None, cols=min(args.n, 8)), out)
     print(f"wrote {len(images)} samples of {args.prompt!r} to {out}")
@@ -117,7 +127,7 @@ def keep_half(codes_BN: torch.Tensor, keep: str) -> torch.Tensor:
 
 
 def default_out(ckpt, prompt: str) -> Path:
-    run_dir = Path(ckpt).parent if ckpt else pipeline.latest_checkpoint().parent
+    run_dir = Path(ckpt).parent if ckpt else inference.latest_checkpoint().parent
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "sample"
     return run_dir / "generated" / f"{slug}.png"
 

@@ -23,12 +23,13 @@ import os
 import sys
 import time
 
-from minimoe import atomic, config, dist, pipeline, stages
-from minimoe.trainer import Batcher, RunFiles
+from minimoe import atomic, cli, config, dist, evaluation, run
+from minimoe.batches import Batcher
+from minimoe.data import open_source
 
 
 def main(argv=None) -> dict:
-    parser = pipeline.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     config.add_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="run folder (default: out/dense or out/moe-METHOD)")
@@ -40,11 +41,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-n", type=int, default=120,
                         help="held-out samples in the final check (0: skip it)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    pipeline.add_debug_flag(parser)
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    with pipeline.user_errors(args.debug):
+    with cli.user_errors(args.debug):
         try:
-            return run(args)
+            return train(args)
         except RuntimeError as e:
             if not dist.lost_peer(e) or args.debug:
                 raise
@@ -55,26 +56,26 @@ def main(argv=None) -> dict:
             dist.teardown()
 
 
-def run(args) -> dict:
+def train(args) -> dict:
     t_start = time.time()
     info = dist.setup()
     if not info.is_main:  # other ranks stay silent (errors still reach stderr)
         sys.stdout = open(os.devnull, "w")
     if args.init and args.resume:
-        raise pipeline.UserError("--init starts a new run from a dense checkpoint; drop --resume "
-                                 "(or drop --init to continue the run in --out)")
-    files = RunFiles(pipeline.run_folder(args.out, args.moe))
-    cfg, start_step, payload = pipeline.prepare_run(files, args, resume=args.resume)
+        raise cli.UserError("--init starts a new run from a dense checkpoint; drop --resume "
+                            "(or drop --init to continue the run in --out)")
+    files = run.RunFiles(run.run_folder(args.out, args.moe))
+    cfg, start_step, payload = run.prepare_run(files, args, resume=args.resume)
     stage = payload["stage"] if payload else None
     if args.init and cfg.moe.moe == "none":
-        raise pipeline.UserError("--init converts a dense checkpoint: it needs --moe METHOD")
-    init = stages.load_dense(args.init, cfg) if args.init else None
+        raise cli.UserError("--init converts a dense checkpoint: it needs --moe METHOD")
+    init = run.load_dense(args.init, cfg) if args.init else None
     ep = None
     if args.ep > 1:  # expert parallelism: each group of --ep ranks holds the experts once
         if cfg.moe.moe == "none":
-            raise pipeline.UserError("--ep shards MoE experts; it needs --moe METHOD")
+            raise cli.UserError("--ep shards MoE experts; it needs --moe METHOD")
         ep = dist.expert_parallel(args.ep, cfg.moe.num_experts)
-    device = info.device if info.world > 1 else pipeline.pick_device(cfg.train.device)
+    device = info.device if info.world > 1 else cli.pick_device(cfg.train.device)
     progress = not args.no_progress
     print(config.describe(cfg))
     print(f"run folder: {files.root}   device: {device}")
@@ -83,51 +84,50 @@ def run(args) -> dict:
     # rank 0 makes it and the other ranks load it.
     if not info.is_main:
         dist.barrier()
-    image_tok, vq_report = pipeline.tokenizer_stage(cfg, files, device, progress,
-                                                    init_vq=init["vq"] if init else None)
+    image_tok, vq_report = run.tokenizer_stage(cfg, files, device, progress,
+                                               init_vq=init["vq"] if init else None)
     if info.is_main:
         dist.barrier()
     summary = {"vq": vq_report}
 
     # Stage 2: the dense model on a mix of T2I, MMU and LM batches (skipped once in stage 3).
     if stage == "moe":
-        model, vocab, optimizer = stages.resume_moe(cfg, payload, device, ep)
+        model, vocab, optimizer = run.resume_moe(cfg, payload, device, ep)
     else:
-        model, vocab = stages.dense_stage(cfg, files, image_tok, device, payload, args.init,
-                                          progress)
+        model, vocab = run.dense_stage(cfg, files, image_tok, device, payload, args.init,
+                                       progress)
         start_step, optimizer = 0, None
 
     # Stage 3: dense FFNs -> experts, then MoE training; its data continues after stage 2's.
     if cfg.moe.moe != "none":
-        batcher = Batcher(cfg, pipeline.open_source(cfg, "train"), vocab, image_tok,
+        batcher = Batcher(cfg, open_source(cfg, "train"), vocab, image_tok,
                           offset=cfg.train.dense_steps * cfg.train.grad_accum, rank=info.rank,
                           world=info.world)
         if stage != "moe":
-            model, summary["conversion"] = stages.convert_stage(model, cfg, files, vocab,
-                                                                image_tok, device, batcher)
-            optimizer = stages.shard_for_training(model, cfg, None, ep)
+            model, summary["conversion"] = run.convert_stage(model, cfg, files, vocab,
+                                                             image_tok, device, batcher)
+            optimizer = run.shard_for_training(model, cfg, None, ep)
         skipped = payload.get("skipped", 0) if stage == "moe" else 0
-        stages.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
-                         optimizer, progress, ep, skipped)
-        model = stages.unshard(model, cfg, device, ep)  # rank 0 evaluates the whole model alone
+        run.moe_stage(model, cfg, files, vocab, image_tok, device, batcher, start_step,
+                      optimizer, progress, ep, skipped)
+        model = run.unshard(model, cfg, device, ep)  # rank 0 evaluates the whole model alone
         if info.is_main:
-            summary["heldout_losses"] = stages.heldout_losses(model, cfg, vocab, image_tok,
-                                                              device)
+            summary["heldout_losses"] = evaluation.heldout_losses(model, cfg, vocab, image_tok,
+                                                                  device)
             print("held-out losses after MoE training: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in summary["heldout_losses"].items()))
-            summary["routing"] = stages.routing_report(model, cfg, files, vocab, image_tok,
-                                                       device)
+            summary["routing"] = run.routing_report(model, cfg, files, vocab, image_tok, device)
 
     if not info.is_main:  # the end-of-run check and summary are rank 0's
         return summary
     # A quick check of both abilities on held-out data (the full evaluation is eval.py).
     if args.eval_n:
-        summary.update(pipeline.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
-    summary.update(wall_s=round(time.time() - t_start, 1), peak_rss_mb=pipeline.peak_memory_mb())
+        summary.update(evaluation.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
+    summary.update(wall_s=round(time.time() - t_start, 1), peak_rss_mb=run.peak_memory_mb())
     atomic.write_text(files.root / "summary.json", json.dumps(summary, indent=2))
-    print(pipeline.format_summary(summary))
+    print(run.format_summary(summary))
     if "routing" in summary:
-        print(stages.format_routing(summary["routing"]))
+        print(evaluation.format_routing(summary["routing"]))
     return summary
 
 

@@ -9,7 +9,6 @@ The tests (tests/test_reliability.py) do the same on a micro model; this runs th
 real widths, the Taylor conversion included.
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from anywhere
+
+from minimoe.run import read_losses  # noqa: E402  (needs the path above)
+
 LOSSES = ("loss", "t2i", "mmu", "lm", "balance", "z", "grad_norm")
 
 
@@ -30,15 +33,10 @@ def train(flags: list[str], out: Path, fault: str = "", resume: bool = False) ->
 
 
 def losses(out: Path) -> dict:
-    seen = {}
-    for line in (out / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("stage") in ("dense", "moe") and "loss" in rec:
-            key = (rec["stage"], rec["step"])
-            if key in seen:
-                sys.exit(f"{out}/log.jsonl holds {key} twice")
-            seen[key] = rec
-    return seen
+    try:
+        return read_losses(out / "log.jsonl")
+    except ValueError as e:  # a step logged twice
+        sys.exit(str(e))
 
 
 def main() -> None:

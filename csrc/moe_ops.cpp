@@ -1,4 +1,4 @@
-// The op schemas of the minimoe extension (DESIGN section 7). Kernels live beside this file:
+// The op schemas of the minimoe extension (docs/extension.md). Kernels live beside this file:
 // cpu/moe_cpu.cpp and cuda/moe_cuda.cu register implementations with TORCH_LIBRARY_IMPL;
 // minimoe/ops.py adds autograd and fake (meta) implementations from Python.
 //

@@ -1,6 +1,20 @@
 """minimoe: a readable Show-o-style unified multimodal transformer with Mixture-of-Experts.
 
-Modules, in data-flow order: config, data, vq, tokenizers, sequences, model, sampler,
-inference, trainer, checkpoint, metrics, plots, pipeline.
+Modules, each importing only modules listed before it:
+
+    leaves      config, cli, atomic, faults, schedules, sampler, moe (the MoE layer)
+    data        data/ (base, shapes, builtin, folder: the built-in domains and a folder source)
+    pieces      ops (the C++/CUDA extension), vq, tokenizers, sequences, checkpoint, geneval,
+                metrics, plots, fid
+    model       model (the transformer), build (a Config -> the model), losses, batches
+    training    routing (router schedules and losses), convert (dense -> MoE), dist
+                (parallelism), trainer (the loop)
+    using it    inference (checkpoints -> images and answers), evaluation
+    the run     run (the run folder and stages 1-3 that train.py strings together)
+
+Importing the package loads the extension, so `torch.ops.minimoe.*` resolve once `minimoe` is
+imported (where the extension is not built, the PyTorch backend is used and a notice says so).
 """
+from . import ops  # noqa: F401  (registers torch.ops.minimoe.*)
+
 __version__ = "0.1.0"

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from . import atomic, faults
+from .cli import UserError
 
 FORMAT = "minimoe-checkpoint"  # marks files written by `save`, so foreign .pt files are refused
-VERSION = 1
+VERSION = 2  # the layout of the payload and of its state dicts that this code reads
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used, with what to do about it."""
 
 
 def save(payload: dict, path: str | Path) -> None:

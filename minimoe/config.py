@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class MoEConfig:
-    # What becomes a MoE and how (DESIGN section 6; formulas in moe.py and routing.py).
+    # What becomes a MoE and how (docs/design.md, section 8; formulas in moe.py and routing.py).
     moe: str = "none"  # how FFNs become experts: none | scratch | naive | random | taylor
     num_experts: int = 8  # routed experts per MoE layer
     top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch)

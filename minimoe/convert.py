@@ -1,4 +1,4 @@
-"""Turning a trained dense FFN into experts (DESIGN section 6).
+"""Turning a trained dense FFN into experts (docs/design.md, "Mixture of experts").
 
 Hidden neuron j of a dense FFN is row j of W1 and column j of W2 (see `model.FFN`). Splitting
 the neurons into groups and stacking each group as an expert keeps the parameter count; with
@@ -16,11 +16,12 @@ from typing import Iterable
 
 import torch
 
+from .build import build_model
 from .config import UPCYCLED, Config
-from .model import FFN, Transformer
-from .moe import MoE
+from .losses import task_losses
+from .model import FFN
+from .moe import MoE, MoESpec
 from .sequences import Batch
-from .trainer import task_losses
 
 TEXT_TASKS = ("mmu", "lm")  # whose loss gradients score a neuron's importance for text
 IMAGE_TASKS = ("t2i",)
@@ -32,7 +33,7 @@ def taylor_scores(model, batches: Iterable[Batch], tasks: tuple[str, ...],
 
     a_j is the neuron's activation (the input of W2) and L the summed loss of `tasks`. The
     default accumulates a_j * dL/da_j over every token of every batch and takes the absolute
-    value at the end (DESIGN); per_token=True sums |a_j * dL/da_j| instead (an ablation).
+    value at the end (docs/design.md); per_token=True sums |a_j * dL/da_j| instead (an ablation).
     Returns one tensor [H] per layer.
     """
     acts: dict[int, torch.Tensor] = {}
@@ -132,7 +133,8 @@ def init_experts_(moe: MoE, ffn: FFN, method: str, generator: torch.Generator,
         raise ValueError(f"unknown --moe {method!r}; use none or one of {', '.join(METHODS)}")
     w1_HD, w2_DH = ffn.w1.weight.detach(), ffn.w2.weight.detach()
     H = w1_HD.shape[0]
-    E, S = moe.num_experts, (moe.shared.w1.out_features // moe.w1_EDH.shape[2]
+    experts = moe.experts
+    E, S = moe.num_experts, (moe.shared.w1.out_features // experts.w1_EDH.shape[2]
                              if moe.shared is not None else 0)
     if method == "naive" and S:
         raise ValueError("naive upcycling copies the dense FFN into routed experts only; "
@@ -141,7 +143,7 @@ def init_experts_(moe: MoE, ffn: FFN, method: str, generator: torch.Generator,
         return
     if method == "naive":
         with torch.no_grad():
-            for w, dense in ((moe.w1_EDH, w1_HD.T), (moe.w2_EHD, w2_DH.T)):
+            for w, dense in ((experts.w1_EDH, w1_HD.T), (experts.w2_EHD, w2_DH.T)):
                 jitter = torch.randn(w.shape, generator=generator) * noise * dense.std()
                 w.copy_(dense.expand_as(w) + jitter)
         return
@@ -156,8 +158,8 @@ def init_experts_(moe: MoE, ffn: FFN, method: str, generator: torch.Generator,
         routed, shared = g["text"] + g["image"], g["shared"]
     w1_EDH, w2_EHD = stack_experts(w1_HD, w2_DH, routed)
     with torch.no_grad():
-        moe.w1_EDH.copy_(w1_EDH)
-        moe.w2_EHD.copy_(w2_EHD)
+        experts.w1_EDH.copy_(w1_EDH)
+        experts.w2_EHD.copy_(w2_EHD)
         if shared:
             neurons = torch.cat(shared)
             moe.shared.w1.weight.copy_(w1_HD[neurons])
@@ -173,7 +175,7 @@ def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shar
         raise ValueError(f"--d-ffn {H} does not split into {num_experts + num_shared} equal "
                          f"experts")
     width = H if method in ("scratch", "naive") else H // (num_experts + num_shared)
-    moe = MoE(D, width, num_experts, top_k, num_shared)
+    moe = MoE(MoESpec(D, width, num_experts, top_k, num_shared), shared_ffn=FFN)
     init_experts_(moe, ffn, method, generator, scores)
     return moe
 
@@ -181,7 +183,7 @@ def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shar
 @torch.no_grad()
 def modality_means(model, batches: Iterable[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per block: the mean FFN input (what the router sees) of text and of image tokens."""
-    sums = [[torch.zeros(model.cfg.model.d_model, dtype=torch.float64) for _ in range(2)]
+    sums = [[torch.zeros(model.cfg.d_model, dtype=torch.float64) for _ in range(2)]
             for _ in model.blocks]
     counts = [[0, 0] for _ in model.blocks]
 
@@ -268,8 +270,7 @@ def convert_model(dense, cfg: Config, batches: list[Batch], generator: torch.Gen
     every MoE layer's experts filled by `cfg.moe.moe`, router and prior initialised.
     `batches` are the calibration batches (Taylor scores and the router probe)."""
     m = cfg.moe
-    model = Transformer(cfg, dense.head.out_features, dense.pad_id, dense.image_offset)
-    model.to(next(dense.parameters()).device)
+    model, _ = build_model(cfg, next(dense.parameters()).device)
     moe_ids = [i for i, _ in model.moe_layers()]
     keep = {k: v for k, v in dense.state_dict().items()
             if not any(k.startswith(f"blocks.{i}.ffn.") for i in moe_ids)}

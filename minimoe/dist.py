@@ -1,18 +1,21 @@
-"""Parallelism beside the model (DESIGN section 8): process setup and expert parallelism.
+"""Parallelism beside the model (docs/scaling.md): process setup, data parallelism, expert
+parallelism and FSDP2, each applied to the single-device model from the outside.
 
     info = setup()            # under torchrun: rank, world size, device; gloo on CPU, NCCL on GPU
     print0("only rank 0 prints")
 
-Expert parallelism: in a group of N ranks each rank holds E/N of a MoE layer's routed experts
-(rank r: experts r*E/N .. (r+1)*E/N - 1). `expert_parallel_forward` sends every routed row of
-this rank's tokens to the rank owning its expert and brings the results back:
+Expert parallelism (--ep N): in a group of N ranks each rank holds E/N of a MoE layer's routed
+experts (rank r: experts r*E/N .. (r+1)*E/N - 1). `parallelize_experts_` replaces every MoE
+layer's `moe.Experts` with a `ShardedExperts` of the same interface, whose forward
+(`expert_parallel_forward`) sends every routed row of this rank's tokens to the rank owning its
+expert and brings the results back:
 
     permute by global expert -> exchange row counts -> all_to_all rows -> regroup by local
     expert -> grouped expert FFNs -> undo the regrouping -> all_to_all back -> unpermute
 
 Both exchanges go through torch.distributed.nn.functional.all_to_all_single, which carries
 gradients, so the backward pass makes the same trip in reverse. An expert that receives no
-rows, on any rank, is legal. Not yet wired into train.py (the scale-out issue continues there).
+rows, on any rank, is legal.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from .moe import TORCH, Backend, expert_ffn
 
@@ -89,8 +95,7 @@ def data_parallel(model):
     broadcasts rank 0's parameters and buffers, so every rank starts identical), else itself."""
     if rank_world()[1] == 1 or is_fsdp(model):  # FSDP reduces gradients itself
         return model
-    from torch.nn.parallel import DistributedDataParallel
-    if hasattr(model, "moe_layers") and any(layer.ep for _, layer in model.moe_layers()):
+    if hasattr(model, "moe_layers") and experts_sharded(model):
         ignore_experts_in_ddp(model)
     device = next(model.parameters()).device
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -166,6 +171,23 @@ def _expert_major_order(counts_SE: torch.Tensor) -> torch.Tensor:
                      + [counts_SE.new_zeros(0)])
 
 
+class ShardedExperts(torch.nn.Module):
+    """This rank's slice of a MoE layer's experts, in the place of its `moe.Experts`: the same
+    call, computed with every rank of the expert-parallel group."""
+
+    def __init__(self, experts, ep: "ExpertParallel"):
+        super().__init__()
+        self.num_experts, self.ops, self.group = experts.num_experts, experts.ops, ep.group
+        per = experts.num_experts // ep.size
+        mine = slice(ep.rank * per, (ep.rank + 1) * per)
+        self.w1_EDH = torch.nn.Parameter(experts.w1_EDH.data[mine].clone())
+        self.w2_EHD = torch.nn.Parameter(experts.w2_EHD.data[mine].clone())
+
+    def forward(self, x_TD, weights_TK, expert_ids_TK, kept_TK) -> torch.Tensor:
+        return expert_parallel_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, self.w1_EDH,
+                                       self.w2_EHD, self.num_experts, self.group, self.ops)
+
+
 # --- expert parallelism in training (--ep N) -------------------------------------------------
 #
 # N consecutive ranks form an expert-parallel group that holds each MoE layer's experts once
@@ -201,20 +223,18 @@ def sharded(model) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if n.endswith(("w1_EDH", "w2_EHD"))]
 
 
-def shard_experts_(model, ep: ExpertParallel) -> None:
+def parallelize_experts_(model, ep: ExpertParallel) -> None:
     """Keep this rank's slice of every MoE layer's experts (the rest is freed)."""
     for _, layer in model.moe_layers():
-        per = layer.num_experts // ep.size
-        for name in ("w1_EDH", "w2_EHD"):
-            full = getattr(layer, name)
-            setattr(layer, name, torch.nn.Parameter(
-                full.data[ep.rank * per:(ep.rank + 1) * per].clone()))
-        layer.ep = ep
+        layer.experts = ShardedExperts(layer.experts, ep)
+
+
+def experts_sharded(model) -> bool:
+    return any(isinstance(layer.experts, ShardedExperts) for _, layer in model.moe_layers())
 
 
 def ignore_experts_in_ddp(model) -> None:
     """DDP must not average expert shards: each rank holds different experts."""
-    from torch.nn.parallel import DistributedDataParallel
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         model, [n for n, _ in sharded(model)])
 
@@ -234,7 +254,6 @@ def sync_expert_grads_(model, ep: ExpertParallel) -> None:
 def clip_grad_norm_(model, max_norm: float, ep: ExpertParallel) -> torch.Tensor:
     """clip_grad_norm_ over the whole model: the replicated weights' gradients are equal on
     every rank, the expert shards' are summed over the expert-parallel group."""
-    from torch.distributed.tensor import DTensor
     expert_ids = {id(p) for _, p in sharded(model)}
     with_grad = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in with_grad]
@@ -262,7 +281,6 @@ def _gather(t: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
 def full_model_state(model, ep: ExpertParallel | None) -> dict:
     """The model's state dict with every expert (or FSDP) shard gathered (a collective: every
     rank calls it), shaped as for a model on one process."""
-    from torch.distributed.tensor import DTensor
     state = model.state_dict()
     if is_fsdp(model):
         state = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
@@ -275,7 +293,6 @@ def full_model_state(model, ep: ExpertParallel | None) -> dict:
 def full_optimizer_state(model, optimizer, ep: ExpertParallel | None) -> dict:
     """The optimizer's state dict with every shard gathered, indexed like a plain optimizer's
     (param group order), so that any layout loads it (a collective)."""
-    from torch.distributed.tensor import DTensor
     opt_state = optimizer.state_dict()  # its per-parameter dicts are the live ones: copy
     if is_fsdp(model):
         opt_state["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v
@@ -321,9 +338,7 @@ def shard_optimizer_state(opt_state: dict, model, optimizer, ep: ExpertParallel)
 def fsdp_(model) -> None:
     """Shard `model` in place with FSDP2 (a collective: every rank calls it). Expert shards of
     --ep are left to expert parallelism: FSDP shards the non-expert weights."""
-    from torch.distributed.fsdp import fully_shard
-    experts = {p for _, p in sharded(model)} if any(layer.ep for _, layer in
-                                                     model.moe_layers()) else set()
+    experts = {p for _, p in sharded(model)} if experts_sharded(model) else set()
     for block in model.blocks:
         fully_shard(block, ignored_params=experts & set(block.parameters()) or None)
     fully_shard(model, ignored_params=experts or None)
@@ -337,7 +352,6 @@ def is_fsdp(model) -> bool:
 def load_fsdp_optimizer_state(optimizer, opt_state: dict) -> None:
     """A whole-model optimizer state loaded into the optimizer of an FSDP model: each rank
     keeps the shard of every state tensor that matches its shard of the parameter."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state = {}
     for i, slot in opt_state["state"].items():

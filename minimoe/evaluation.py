@@ -1,11 +1,17 @@
-"""The full evaluation of a checkpoint, which eval.py runs for one or several runs.
+"""Evaluating a model: the quick check every training run ends with, and the full evaluation
+that eval.py runs for one or several runs.
 
+Quick check (`quick_eval`): MMU exact match and caption-colour agreement of generated images on
+held-out shapes, each beside its chance level.
+Full evaluation (`evaluate`):
 - GenEval-style accuracy (geneval.py): `samples` images for each of `per_category` held-out
   prompts in six categories, judged by the procedural checker.
 - FID (fid.py) of images generated from held-out captions of every built-in domain against
   other held-out real images, beside the real-vs-real FID of the same sizes (the floor).
 - MMU exact-match accuracy on held-out shapes questions, per question type.
-- Routing specialisation for MoE checkpoints (routing.RoutingStats on held-out batches).
+- Routing specialisation for MoE checkpoints (metrics.RoutingStats on held-out batches).
+Held-out task losses (`heldout_losses`) measure the conversion and the end of MoE training.
+Nothing here trains: this module imports no part of the training loop.
 """
 from __future__ import annotations
 
@@ -14,16 +20,131 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from . import fid as fidlib
 from . import geneval
 from .atomic import save_png, write_text
-from .data import DOMAINS, BuiltinData
-from .pipeline import EVAL_SEED, generate, heldout_shapes, mmu_eval
+from .batches import Batcher
+from .config import Config
+from .data import DOMAINS, BuiltinData, open_source
+from .inference import Session, generate
+from .losses import task_losses
+from .metrics import RoutingStats, colour_report, mmu_report
 from .plots import bar_chart, image_grid, routing_heatmaps
-from .stages import collect_routing
-from .tokenizers import Vocab
 
+EVAL_SEED = 1234  # the held-out draw of every evaluation, fixed so runs are comparable
+CONVERSION_BATCHES = 4  # held-out batches that measure the loss jump at conversion
+ROUTING_BATCHES = 8  # held-out batches behind routing.json / routing.png
+
+
+# --- the quick check ------------------------------------------------------------------------
+
+def heldout_shapes(cfg: Config, n: int) -> list:
+    """The first n held-out shapes samples of the fixed evaluation draw."""
+    data = BuiltinData(cfg.data.image_size, ("shapes",), "heldout", seed=EVAL_SEED)
+    return [data[i] for i in range(n)]
+
+
+@torch.no_grad()
+def mmu_eval(session: Session, image_tok, samples: list, progress: bool = True) -> dict:
+    """Exact-match answers to every question of `samples` (metrics.mmu_report)."""
+    codes = image_tok.encode([s.image for s in samples])
+    questions, answers, rows = [], [], []
+    for i, s in enumerate(samples):
+        for q, a in s.qa:
+            questions.append(q), answers.append(a), rows.append(i)
+    predictions = []
+    for i in tqdm(range(0, len(questions), 64), desc="answering", disable=not progress):
+        predictions += session.answer(codes[rows[i:i + 64]], questions[i:i + 64])
+    return mmu_report(predictions, answers)
+
+
+@torch.no_grad()
+def quick_eval(model, vocab, image_tok, cfg: Config, n: int, progress: bool = True) -> dict:
+    """MMU exact-match accuracy and caption-colour agreement of generated images, both on
+    held-out built-in shapes, each beside its chance level."""
+    session = Session(cfg, model, vocab)
+    samples = heldout_shapes(cfg, n)
+    images = generate(session, image_tok, [s.caption for s in samples], EVAL_SEED,
+                      progress=progress)
+    return {"mmu": mmu_eval(session, image_tok, samples, progress),
+            "colours": colour_report(images, [s.objects for s in samples]),
+            "colours_real": colour_report([s.image for s in samples],
+                                          [s.objects for s in samples])["matched"]}
+
+
+def format_report(s: dict) -> str:
+    """The MMU and colour lines of a quick_eval result."""
+    m, c = s["mmu"], s["colours"]
+    lines = [f"MMU        exact match {m['accuracy']:.1%} on {m['n']} held-out questions "
+             f"(blind majority baseline {m['majority_baseline']:.1%})"]
+    lines += [f"  {t:<9} {r['accuracy']:.1%} (baseline {r['majority_baseline']:.1%}, n={r['n']})"
+              for t, r in m["per_type"].items()]
+    lines += [f"colours    generated images show all caption colours {c['matched']['all']:.1%}, "
+              f"exactly {c['matched']['exact']:.1%} (shifted captions: {c['chance']['all']:.1%},"
+              f" {c['chance']['exact']:.1%}; real images: {s['colours_real']['all']:.1%})"]
+    return "\n".join(lines)
+
+
+# --- held-out losses and routing -------------------------------------------------------------
+
+def heldout_batches(cfg: Config, vocab, image_tok, n: int) -> list:
+    batcher = Batcher(cfg, open_source(cfg, "heldout"), vocab, image_tok)
+    return [batcher(i) for i in range(n)]
+
+
+@torch.no_grad()
+def mean_losses(model, batches, device) -> dict[str, float]:
+    """Task losses averaged over `batches`, in eval mode."""
+    model.eval()
+    sums: dict[str, float] = {}
+    for b in batches:
+        b = b.to(device)
+        out = model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B)
+        for k, v in task_losses(out.logits_BLV, b).items():
+            sums[k] = sums.get(k, 0.0) + v.item() / len(batches)
+    return {k: round(v, 4) for k, v in sums.items()}
+
+
+def heldout_losses(model, cfg: Config, vocab, image_tok, device) -> dict[str, float]:
+    """Task losses on the fixed held-out batches that also measure the conversion."""
+    return mean_losses(model, heldout_batches(cfg, vocab, image_tok, CONVERSION_BATCHES), device)
+
+
+@torch.no_grad()
+def collect_routing(model, cfg: Config, vocab, image_tok, device,
+                    n_batches: int = ROUTING_BATCHES) -> dict:
+    """Routing statistics (metrics.RoutingStats.summary) of a MoE on held-out batches; for
+    taylor also the share of text slots in text experts and of image slots in image experts."""
+    stats = RoutingStats([i for i, _ in model.moe_layers()], cfg.moe.num_experts,
+                         cfg.domain_names)
+    model.eval()
+    for b in heldout_batches(cfg, vocab, image_tok, n_batches):
+        b = b.to(device)
+        stats.add(model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B).routing)
+    summary = stats.summary()
+    if cfg.moe.moe == "taylor":
+        n = cfg.moe.text_experts
+        for layer in summary.values():
+            layer["text_to_text_experts"] = round(sum(layer["text"][:n]), 4)
+            layer["image_to_image_experts"] = round(sum(layer["image"][n:]), 4)
+    return summary
+
+
+def format_routing(summary: dict) -> str:
+    lines = []
+    for name, s in summary.items():
+        extra = (f", text->text experts {s['text_to_text_experts']:.0%}, image->image experts "
+                 f"{s['image_to_image_experts']:.0%}" if "text_to_text_experts" in s else "")
+        lines.append(f"routing    {name}: modality NMI {s['modality_nmi']:.3f}, domain NMI "
+                     f"{s['domain_nmi'] if s['domain_nmi'] is not None else '-'}, max load "
+                     f"+{s['max_violation']:.0%}{extra}")
+    return "\n".join(lines)
+
+
+# --- the full evaluation --------------------------------------------------------------------
 
 @dataclass
 class Settings:
@@ -43,8 +164,7 @@ def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, feature
               "fid": fid_eval(cfg, session, image_tok, s, featurize, features),
               "mmu": mmu_eval(session, image_tok, heldout_shapes(cfg, s.mmu_n), s.progress)}
     if session.model.moe_layers():
-        routing = collect_routing(session.model, cfg, Vocab(cfg.vq.vq_codes), image_tok,
-                                  session.device)
+        routing = collect_routing(session.model, cfg, session.vocab, image_tok, session.device)
         save_png(routing_heatmaps(routing, f"{out.name}: share of each group's routed slots "
                                   f"per expert (%), held-out"), out / "routing.png")
         report["routing"] = routing
@@ -56,7 +176,7 @@ def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, feature
 def geneval_eval(cfg, session, image_tok, s: Settings, out: Path) -> dict:
     prompts = geneval.prompt_set(cfg.data.image_size, s.per_category, seed=EVAL_SEED)
     captions = [p.caption for p in prompts for _ in range(s.samples)]
-    images = generate(session, image_tok, captions, cfg, s.seed, progress=s.progress)
+    images = generate(session, image_tok, captions, s.seed, progress=s.progress)
     grouped = [images[i * s.samples:(i + 1) * s.samples] for i in range(len(prompts))]
     scored = geneval.score(prompts, grouped)
     for category in geneval.CATEGORIES:  # a grid per category with the checker's verdicts
@@ -74,7 +194,7 @@ def fid_eval(cfg, session, image_tok, s: Settings, featurize, features: str) -> 
     data = BuiltinData(cfg.data.image_size, domains, "heldout", seed=EVAL_SEED)
     prompted = [data[i] for i in range(s.fid_n)]
     reference = [data[s.fid_n + i].image for i in range(s.fid_n)]
-    generated = generate(session, image_tok, [x.caption for x in prompted], cfg, s.seed,
+    generated = generate(session, image_tok, [x.caption for x in prompted], s.seed,
                          progress=s.progress)
     return {"fid": round(fidlib.fid(featurize, generated, reference), 3),
             "real_vs_real": round(fidlib.fid(featurize, [x.image for x in prompted],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import COLOURS, SIZES, BuiltinData, relation, shapes_caption
+from .data import COLOURS, SIZES, BuiltinData, relation, render_shapes, shapes_caption
 
 CATEGORIES = ("single_object", "two_objects", "counting", "colours", "position",
               "attribute_binding")
@@ -204,7 +204,6 @@ def wrong_prompts(prompts: list[Prompt]) -> list[Prompt]:
 def validate_checker(image_size: int, per_category: int, seed: int = 0) -> dict:
     """The checker on real rendered held-out images: with their own prompts (should pass) and
     with another prompt of the same category (should fail)."""
-    from .data import render_shapes
     prompts = prompt_set(image_size, per_category, seed)
     images = [[render_shapes(p.objects, image_size)] for p in prompts]
     right = score(prompts, images)

@@ -1,29 +1,44 @@
-"""Glue between the model, the tokenizers and the pure decoding loops of `sampler.py`.
+"""Using a trained model: open a checkpoint, generate images, answer questions.
 
-`text_to_image`: captions -> T2I rows with masked image slots -> MaskGIT with classifier-free
-guidance (the unconditional prompt is the empty caption) -> image codes.
-`answer`: image codes + questions -> left-padded MMU prompts -> greedy decoding with a KV cache.
+`load`: a checkpoint file -> (config, Session, ImageTokenizer).
+`Session.text_to_image`: captions -> T2I rows with masked image slots -> MaskGIT with
+classifier-free guidance (the unconditional prompt is the empty caption) -> image codes.
+`Session.answer`: image codes + questions -> left-padded MMU prompts -> greedy decoding with a
+KV cache.
+`generate`: captions -> PIL images, in batches of fixed size, so memory does not grow with
+the number of images.
 """
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, config
+from .build import build_model
+from .cli import UserError
+from .config import Config
 from .model import KVCache, Transformer
 from .sampler import greedy, maskgit
 from .sequences import PAD_GROUP, mmu_prefix, question_text, t2i_row
-from .tokenizers import TextTokenizer, Vocab
+from .tokenizers import ImageTokenizer, TextTokenizer, Vocab, tensor_to_images
+from .vq import VQModel
 
 MAX_ANSWER_TOKENS = 16  # answers are a few words; stop runaway generations here
+GENERATE_BATCH = 16  # captions per MaskGIT call: bounds the memory of any number of images
+CHOICE_TEMPERATURE = 4.5  # MaskGIT's confidence noise at the first step, annealed to 0
+RUNS_ROOT = Path("out")  # default parent of run folders
 
 
 class Session:
-    """A trained model with its vocabulary and text tokenizer, ready to generate."""
+    """A trained model with its config, vocabulary and text tokenizer, ready to generate."""
 
-    def __init__(self, model: Transformer, vocab: Vocab):
-        self.model, self.vocab = model.eval(), vocab
+    def __init__(self, cfg: Config, model: Transformer, vocab: Vocab):
+        self.cfg, self.model, self.vocab = cfg, model.eval(), vocab
         self.text = TextTokenizer(vocab)
-        self.text_len = model.cfg.data.text_len
-        self.n_image = model.cfg.image_tokens
+        self.text_len = cfg.data.text_len
+        self.n_image = cfg.image_tokens
         self.max_caption = self.text_len - 3  # [t2i] [sot] ... [eot]
         self.max_question = self.text_len - 6  # training fits "question answer" in text_len - 4
 
@@ -36,7 +51,7 @@ class Session:
 
     @torch.no_grad()
     def text_to_image(self, captions: list[str], steps: int, guidance: float,
-                      generator: torch.Generator, choice_temperature: float = 4.5,
+                      generator: torch.Generator, choice_temperature: float = CHOICE_TEMPERATURE,
                       known_codes_BN: torch.Tensor | None = None) -> torch.Tensor:
         """Image codes [B, N] (values in 0..codes-1) for each caption.
 
@@ -96,3 +111,53 @@ class Session:
 
         out = greedy(next_logits, first, max_new, v.eot)
         return [self.text.decode(ids).strip() for ids in out]
+
+
+def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], seed: int,
+             steps: int | None = None, guidance: float | None = None,
+             choice_temperature: float = CHOICE_TEMPERATURE,
+             known_codes_BN: torch.Tensor | None = None, batch: int = GENERATE_BATCH,
+             progress: bool = False):
+    """PIL images for `captions`, deterministic in `seed`, `batch` captions at a time.
+    steps and guidance default to the run's (--sample-steps, --guidance); known_codes_BN (one
+    row per caption, -1 = unknown) keeps part of each grid."""
+    gen = torch.Generator(session.device).manual_seed(seed)
+    steps = steps or session.cfg.train.sample_steps
+    guidance = session.cfg.train.guidance if guidance is None else guidance
+    images = []
+    for i in tqdm(range(0, len(captions), batch), desc="generating", disable=not progress):
+        known = None if known_codes_BN is None else known_codes_BN[i:i + batch]
+        codes = session.text_to_image(captions[i:i + batch], steps, guidance, gen,
+                                      choice_temperature, known)
+        images += tensor_to_images(image_tok.decode(codes))
+    return images
+
+
+def latest_checkpoint(root: Path = RUNS_ROOT) -> Path:
+    found = sorted(root.glob("*/ckpt.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no checkpoint under {root}/; train one (python train.py) or pass --ckpt")
+    return found[-1]
+
+
+def load(path: str | Path | None, device) -> tuple[Config, Session, ImageTokenizer]:
+    """A checkpoint (default: the newest run's) as a ready Session and ImageTokenizer."""
+    path = Path(path) if path else latest_checkpoint()
+    payload = checkpoint.load(path)
+    if "model" not in payload and "vq" in payload:
+        raise checkpoint.CheckpointError(
+            f"{path} is the image tokenizer of its run, not a model; pass the run's model "
+            f"checkpoint, {path.parent / 'ckpt.pt'} (or dense.pt)")
+    cfg = config.from_dict(payload["config"])
+    if payload.get("stage") == "dense":  # a MoE run still in (or just past) its dense stage
+        cfg = config.dense_version(cfg)
+    model, vocab = build_model(cfg, device)
+    vq = VQModel(cfg.vq).to(device)
+    try:
+        model.load_state_dict(payload["model"])
+        vq.load_state_dict(payload["vq"])
+    except (RuntimeError, KeyError) as e:
+        problem = " ".join(str(e).split())[:80]  # torch's message spans lines
+        raise checkpoint.CheckpointError(f"{path} does not match its own config ({problem}...); "
+                                         f"it was written by other code, retrain") from None
+    return cfg, Session(cfg, model, vocab), ImageTokenizer(vq, cfg.vq)

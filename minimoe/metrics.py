@@ -1,33 +1,36 @@
-"""Quick quality checks used at the end of `train.py` (the full evaluation grows in `eval.py`).
+"""Measures of a model's outputs and of its routing.
 
 - `colour_report`: does a generated shapes image show the colours its caption names?
 - `mmu_report`: exact-match answer accuracy, per answer type, against a blind baseline.
-Each comes with its chance level measured on the same data, so "beats chance" is a comparison,
-not an impression.
+- `group_nmi` and `RoutingStats`: how much a MoE layer's expert choice says about a token's
+  modality or data domain, its load balance and drop rate.
+The first two come with their chance level measured on the same data, so "beats chance" is a
+comparison, not an impression.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
+import torch
 
 from .data import COLOURS, SHAPES
+from .geneval import MIN_AREA, segment
+from .moe import Routing
 
-MIN_AREA = 0.012  # a colour "is present" if at least this share of the pixels is nearest to it
-MAX_COLOUR_DIST = 90.0  # ... and within this RGB distance of it (rejects muddy in-between pixels)
+TEXT, IMAGE = 0, 1  # modality rows of the routing statistics
+PURITY = 0.9  # an expert is "pure" when more than this share of its slots is one modality
 COUNT_WORDS = ("one", "two", "three")
 POSITION_WORDS = ("left", "right", "above", "below")
 
 
 def colours_present(image) -> set[str]:
-    """Palette colours covering at least MIN_AREA of the image."""
-    px = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3)
-    names = list(COLOURS)
-    palette = np.array([COLOURS[n] for n in names], dtype=np.float32)
-    dist = np.linalg.norm(px[:, None, :] - palette[None], axis=-1)
-    nearest, close = dist.argmin(1), dist.min(1) < MAX_COLOUR_DIST
-    counts = np.bincount(nearest[close], minlength=len(names))
-    return {names[i] for i in np.nonzero(counts >= MIN_AREA * len(px))[0]}
+    """Palette colours covering at least MIN_AREA of the image (pixels matched to the palette
+    as the GenEval-style checker matches them)."""
+    label = segment(image)
+    counts = np.bincount(label[label >= 0], minlength=len(COLOURS))
+    return {name for name, n in zip(COLOURS, counts) if n >= MIN_AREA * label.size}
 
 
 def caption_colours(objects: list[dict]) -> set[str]:
@@ -96,3 +99,72 @@ def group_nmi(counts_GE) -> float:
     nz = p_GE > 0
     return float((p_GE[nz] * np.log(p_GE[nz] * G / np.broadcast_to(p_E, p_GE.shape)[nz])).sum()
                  / np.log(G))
+
+
+class RoutingStats:
+    """Counts of routed slots per MoE layer: by modality, by data domain, and how many were
+    dropped. Every non-padding slot counts where the router sent it, dropped or not."""
+
+    def __init__(self, layers: list[int], num_experts: int, domains: list[str]):
+        self.layers, self.E, self.domains = layers, num_experts, domains + ["other"]
+        self.reset()
+
+    def reset(self) -> None:
+        n, E = len(self.layers), self.E
+        self.modality_LME = torch.zeros(n, 2, E, dtype=torch.long)
+        self.domain_LGE = torch.zeros(n, len(self.domains), E, dtype=torch.long)
+        self.dropped_L = torch.zeros(n, dtype=torch.long)
+        self.slots_L = torch.zeros(n, dtype=torch.long)
+
+    @torch.no_grad()
+    def add(self, routings: list[Routing | None]) -> None:
+        for i, r in enumerate(x for x in routings if x is not None):
+            valid_T = r.info.valid_T
+            ids_TK = r.expert_ids_TK.cpu()
+            K = ids_TK.shape[1]
+            image_T, valid_T = r.info.image_T.cpu(), valid_T.cpu()
+            for row, tokens in ((TEXT, valid_T & ~image_T), (IMAGE, valid_T & image_T)):
+                self.modality_LME[i, row] += torch.bincount(ids_TK[tokens].flatten(),
+                                                            minlength=self.E)
+            if r.info.domain_T is not None:
+                G = len(self.domains)
+                dom_TK = r.info.domain_T.cpu()[:, None].expand(-1, K)
+                pair = dom_TK[valid_T] * self.E + ids_TK[valid_T]
+                self.domain_LGE[i] += torch.bincount(pair.flatten(), minlength=G * self.E
+                                                     ).view(G, self.E)
+            self.dropped_L[i] += int((~r.kept_TK.cpu() & valid_T[:, None]).sum())
+            self.slots_L[i] += int(valid_T.sum()) * K
+
+    def summary(self) -> dict:
+        """Per layer: shares of text / image / each domain's slots per expert; modality and
+        domain NMI (for two groups the modality NMI is also the Jensen-Shannon divergence of
+        the text and image expert distributions, in bits); pure experts (more than PURITY of
+        their slots from one modality); load balance: max violation (max load / mean load - 1)
+        and load entropy / log E (1 = even); drop rate."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            m, d = self.modality_LME[i].double(), self.domain_LGE[i].double()
+            load = m.sum(0)
+            seen = [g for g in range(len(self.domains)) if d[g].sum() > 0]
+            out[f"layer{layer}"] = {
+                "text": _shares(m[TEXT]), "image": _shares(m[IMAGE]),
+                "domains": {self.domains[g]: _shares(d[g]) for g in seen},
+                "modality_nmi": round(group_nmi(m), 4),
+                "domain_nmi": round(group_nmi(d[seen]), 4) if len(seen) > 1 else None,
+                "max_violation": round(float(load.max() / load.mean() - 1), 4)
+                if load.sum() else None,
+                "load_entropy": round(_entropy(load) / math.log(self.E), 4) if self.E > 1
+                and load.sum() else None,
+                "pure_experts": int(((m.max(0).values > PURITY * load) & (load > 0)).sum()),
+                "drop_rate": round(int(self.dropped_L[i]) / max(1, int(self.slots_L[i])), 4)}
+        return out
+
+
+def _entropy(counts: torch.Tensor) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def _shares(counts_E: torch.Tensor) -> list[float]:
+    total = counts_E.sum()
+    return [round(float(c / total), 4) if total else 0.0 for c in counts_E]

@@ -1,4 +1,4 @@
-"""The unified transformer (DESIGN section 5): one decoder over the joint vocabulary.
+"""The unified transformer (docs/design.md, "Model"): one decoder over the joint vocabulary.
 
     tokens -> embedding -> n_layers x [x + attn(norm(x)); x + ffn(norm(x))] -> norm -> head
 
@@ -7,7 +7,10 @@ Pre-norm blocks with RMSNorm, rotary position embeddings, QK-norm and PyTorch's
 behind one seam, `make_ffn`: it returns a module mapping (x [B, L, D], TokenInfo) to
 (y [B, L, D], routing), where routing is None for the dense FFN and a `moe.Routing` for a MoE
 layer (what the balance losses and routing statistics read).
-Single device; parallelism wraps this model from the outside.
+
+The model knows only its sizes (`ModelConfig`) and, for MoE layers, one `moe.MoESpec` with the
+blocks it applies to; `build.py` makes both from a run's whole config. Single device;
+parallelism wraps this model from the outside (`dist.py`).
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .config import Config, ModelConfig, expert_hidden, moe_layer_ids
-from .moe import MoE, RouterOptions, Routing, TokenInfo
+from .config import ModelConfig
+from .moe import TORCH, Backend, MoE, MoESpec, Routing, TokenInfo
 from .sequences import attention_mask, positions
 from .tokenizers import IMAGE_OFFSET
 
@@ -102,27 +105,22 @@ class FFN(nn.Module):
         return self.w2(F.gelu(self.w1(x_BLD))), None
 
 
-def make_ffn(cfg: Config, layer: int) -> nn.Module:
-    """The FFN of block `layer`: the seam where MoE layers replace the dense FFN. The config
-    alone fixes every shape, so a MoE checkpoint loads into `Transformer(its config)`."""
-    m = cfg.moe
-    if m.moe == "none" or layer not in moe_layer_ids(m.moe_layers, cfg.model.n_layers):
-        return FFN(cfg.model.d_model, cfg.model.d_ffn)
-    groups = {"none": 0, "modality": 2, "domain": len(cfg.domain_names) + 1}
-    return MoE(cfg.model.d_model, expert_hidden(cfg), m.num_experts, m.top_k, m.num_shared,
-               m.router_bias, m.router_prior, groups[m.router_prior],
-               RouterOptions(m.capacity_factor, m.random_routing, m.router_sample),
-               m.moe_backend)
+def make_ffn(cfg: ModelConfig, moe: MoESpec | None, backend: Backend) -> nn.Module:
+    """The FFN of one block: the seam where a MoE layer replaces the dense FFN. The sizes alone
+    fix every shape, so a MoE checkpoint loads into a model built from its config."""
+    if moe is None:
+        return FFN(cfg.d_model, cfg.d_ffn)
+    return MoE(moe, backend, shared_ffn=FFN)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Config, layer: int):
+    def __init__(self, cfg: ModelConfig, moe: MoESpec | None, backend: Backend):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.model.d_model)
-        self.attn = Attention(cfg.model)
-        self.ffn_norm = nn.RMSNorm(cfg.model.d_model)
-        self.ffn = make_ffn(cfg, layer)
-        self.dropout = nn.Dropout(cfg.model.dropout)
+        self.attn_norm = nn.RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model)
+        self.ffn = make_ffn(cfg, moe, backend)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x_BLD, cos, sin, mask_B1LS, cache, layer, info: TokenInfo):
         x_BLD = x_BLD + self.dropout(self.attn(self.attn_norm(x_BLD), cos, sin, mask_B1LS,
@@ -132,22 +130,37 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: Config, vocab_size: int, pad_id: int,
-                 image_offset: int = IMAGE_OFFSET):
+    """The decoder.
+
+    Args:
+        cfg: sizes (width, depth, heads, FFN width, rotary base, dropout).
+        vocab_size, pad_id, image_offset: the joint vocabulary (`tokenizers.Vocab`): padding is
+            never attended to nor counted in positions; ids from image_offset on are image codes.
+        moe, moe_layers: the MoE layer's spec and the blocks whose FFN it replaces (none: dense).
+        backend: who runs the MoE layers' permute / grouped matmul / unpermute.
+        activation_checkpointing: keep only each block's input in training and recompute the
+            block in backward (less memory, one more forward).
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
+                 image_offset: int = IMAGE_OFFSET, moe: MoESpec | None = None,
+                 moe_layers: tuple[int, ...] = (), backend: Backend = TORCH,
+                 activation_checkpointing: bool = False):
         super().__init__()
         self.cfg, self.pad_id, self.image_offset = cfg, pad_id, image_offset
-        m = cfg.model
-        self.embed = nn.Embedding(vocab_size, m.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(m.n_layers))
-        self.norm = nn.RMSNorm(m.d_model)
-        self.head = nn.Linear(m.d_model, vocab_size, bias=False)
+        self.activation_checkpointing = activation_checkpointing
+        self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(
+            Block(cfg, moe if i in moe_layers else None, backend) for i in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith("w1_EDH"):  # fresh experts start like a fresh dense FFN
                 nn.init.normal_(p, std=INIT_STD)
             # Scale the projections that write into the residual stream by depth (GPT-2).
             if name.endswith(("proj.weight", "w2.weight", "w2_EHD")):
-                nn.init.normal_(p, std=INIT_STD / math.sqrt(2 * m.n_layers))
+                nn.init.normal_(p, std=INIT_STD / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod
     def _init(module: nn.Module):
@@ -164,15 +177,14 @@ class Transformer(nn.Module):
             cache.extend(tokens_BL, groups_BL)
         L = tokens_BL.shape[1]
         pos_BL = positions(all_tokens, self.pad_id)[:, -L:]
-        cos, sin = rotary(pos_BL, self.cfg.model.d_model // self.cfg.model.n_heads,
-                          self.cfg.model.rope_base)
+        cos, sin = rotary(pos_BL, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         mask_B1LS = attention_mask(groups_BL, all_groups)
         info = TokenInfo((tokens_BL >= self.image_offset).flatten(),
                          (tokens_BL != self.pad_id).flatten(),
                          None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
         routing = []
-        recompute = self.cfg.train.activation_checkpointing and self.training and cache is None
+        recompute = self.activation_checkpointing and self.training and cache is None
         for i, block in enumerate(self.blocks):
             if recompute:  # keep only each block's input; rerun the block in backward
                 x_BLD, layer_routing = checkpoint(block, x_BLD, cos, sin, mask_B1LS, None, i,

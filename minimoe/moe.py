@@ -6,7 +6,7 @@ Shape legend (suffixes on tensor names):
     T tokens (batch and sequence flattened), D d_model, H expert hidden size, E routed experts,
     K experts per token (top-k), N = T*K routed rows, E1 = E + 1 offsets, G prior groups.
 
-Router of one layer, for a token x (DESIGN section 6):
+Router of one layer, for a token x (docs/design.md, "Mixture of experts"):
 
     logits = W x + b  (+ s(t) * prior[group of the token])     b: learnable bias (optional)
     probs  = softmax(logits / tau(t))                          tau: annealed temperature
@@ -22,11 +22,12 @@ Dropped slots (padding, over capacity, the second expert under random routing) a
 sink group after the last expert: permuted like any other, computed by no expert, combined with
 weight 0. A dropped token's MoE output is therefore zero (never the input passed through).
 
-This file is the readable pure-PyTorch backend: the C++/CUDA extension (csrc/, wrapped in
-ops.py) provides `permute`, `unpermute` and `grouped_mm` with the same contracts, and
-`--moe-backend torch | ext | auto` chooses. The schedules, losses and
-statistics that training needs live in `routing.py`; how a dense FFN becomes experts in
-`convert.py`.
+This file is the readable pure-PyTorch backend (`TORCH`): the C++/CUDA extension (csrc/,
+wrapped in ops.py) provides `permute`, `unpermute` and `grouped_mm` with the same contracts, and
+the layer is handed whichever `Backend` --moe-backend picks. It imports nothing from the
+package: the dense FFN type for shared experts is passed in too. The schedules and losses that
+training needs live in `routing.py`; how a dense FFN becomes experts in `convert.py`; expert
+parallelism, which swaps a layer's `Experts` for a sharded module, in `dist.py`.
 """
 from __future__ import annotations
 
@@ -195,47 +196,76 @@ def within_capacity(expert_ids_TK: torch.Tensor, kept_TK: torch.Tensor, num_expe
 
 # --- the layer -------------------------------------------------------------------------------
 
-@dataclass
-class RouterOptions:
-    """Train-time routing behaviour (inference always routes deterministically, dropless)."""
-    capacity_factor: float = 0.0  # 0: dropless
-    random_routing: bool = False  # top-2 only
+@dataclass(frozen=True)
+class MoESpec:
+    """Shape and train-time behaviour of one MoE layer (inference always routes
+    deterministically and dropless)."""
+    d_model: int
+    d_hidden: int  # hidden neurons of one expert
+    num_experts: int  # routed experts E
+    top_k: int  # experts per token K
+    num_shared: int = 0  # always-on experts, stored as one dense FFN of num_shared * d_hidden
+    router_bias: bool = True  # learnable bias b in logits = W x + b
+    prior: str = "none"  # none | modality | domain: the annealed learnable bias b_i(t)
+    prior_groups: int = 0  # rows of that bias: 2 for modality, domains + 1 for domain
+    capacity_factor: float = 0.0  # expert capacity as a multiple of the even share (0: dropless)
+    random_routing: bool = False  # top-2 only: keep the second expert with probability 2 g2
     sample: bool = False  # Gumbel top-k exploration at the current temperature
 
 
-class MoE(nn.Module):
-    """Routed experts with stacked weights plus optional always-on shared experts; returns
-    (y, Routing) where the dense FFN returns (y, None).
+class Experts(nn.Module):
+    """E expert FFNs with stacked weights: permute -> grouped matmuls -> unpermute.
 
-    Shared experts have no router, so they are stored as one dense FFN whose hidden neurons are
-    theirs side by side (the sum of several FFNs is one wider FFN). The router's schedule state
-    (temperature, prior scale) and the aux-loss-free selection bias are buffers: they are set by
-    `routing.py` during training and saved in checkpoints, so inference uses their final values.
-    """
+    The routed part of a MoE layer, as a module of its own so that expert parallelism can put
+    another module with the same interface in its place (see `dist.parallelize_experts_`)."""
 
-    def __init__(self, d_model: int, d_hidden: int, num_experts: int, top_k: int,
-                 num_shared: int = 0, router_bias: bool = True, prior: str = "none",
-                 prior_groups: int = 0, options: RouterOptions | None = None,
-                 backend: str = "torch"):
+    def __init__(self, num_experts: int, d_model: int, d_hidden: int, backend: Backend = TORCH):
         super().__init__()
-        from .model import FFN  # model.py builds MoE layers through make_ffn: import late
-        from .ops import backend as pick_backend  # ops.py builds on this module
-        self.ops = pick_backend(backend)
-        self.num_experts, self.top_k, self.prior = num_experts, top_k, prior
-        self.options = options or RouterOptions()
-        self.router = nn.Linear(d_model, num_experts, bias=router_bias)
+        self.num_experts, self.ops = num_experts, backend
         self.w1_EDH = nn.Parameter(torch.randn(num_experts, d_model, d_hidden) * d_model ** -0.5)
         self.w2_EHD = nn.Parameter(torch.randn(num_experts, d_hidden, d_model) * d_hidden ** -0.5)
-        self.shared = FFN(d_model, num_shared * d_hidden) if num_shared else None
+
+    def forward(self, x_TD, weights_TK, expert_ids_TK, kept_TK) -> torch.Tensor:
+        return experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, self.w1_EDH,
+                               self.w2_EHD, self.ops)
+
+
+class MoE(nn.Module):
+    """Routed experts plus optional always-on shared experts; returns (y, Routing) where the
+    dense FFN returns (y, None).
+
+    Args:
+        spec: the layer's shape and train-time routing behaviour.
+        backend: who computes permute, grouped_mm and unpermute (TORCH here, or ops.EXT).
+        shared_ffn: the dense FFN type (called as shared_ffn(d_model, d_hidden)), needed when
+            spec.num_shared > 0. Shared experts have no router, so they are one dense FFN whose
+            hidden neurons are theirs side by side (the sum of several FFNs is one wider FFN).
+
+    The router's schedule state (temperature, prior scale) and the aux-loss-free selection bias
+    are buffers: `routing.py` sets them during training and they are saved in checkpoints, so
+    inference uses their final values.
+    """
+
+    def __init__(self, spec: MoESpec, backend: Backend = TORCH,
+                 shared_ffn: Callable[[int, int], nn.Module] | None = None):
+        super().__init__()
+        if spec.num_shared and shared_ffn is None:
+            raise ValueError("a MoE layer with shared experts needs shared_ffn (the dense FFN "
+                             "type, model.FFN)")
+        E = spec.num_experts
+        self.spec, self.num_experts, self.top_k, self.prior = spec, E, spec.top_k, spec.prior
+        self.router = nn.Linear(spec.d_model, E, bias=spec.router_bias)
+        self.experts = Experts(E, spec.d_model, spec.d_hidden, backend)
+        self.shared = shared_ffn(spec.d_model, spec.num_shared * spec.d_hidden) \
+            if spec.num_shared else None
         # prior_GE[g, e]: the annealed learnable bias b_i(t) of group g: modality (0 text,
         # 1 image) or data domain, as `prior` says
-        self.prior_GE = nn.Parameter(torch.zeros(prior_groups, num_experts)) \
-            if prior != "none" else None
+        self.prior_GE = nn.Parameter(torch.zeros(spec.prior_groups, E)) \
+            if spec.prior != "none" else None
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("prior_scale", torch.tensor(0.0))
-        self.register_buffer("selection_bias_E", torch.zeros(num_experts))
+        self.register_buffer("selection_bias_E", torch.zeros(E))
         self.register_buffer("expert_scale", torch.tensor(1.0))
-        self.ep = None  # set by dist.shard_experts_ under expert parallelism
 
     def router_logits(self, x_TD: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         logits_TE = self.router(x_TD)
@@ -248,26 +278,19 @@ class MoE(nn.Module):
     def forward(self, x_BLD: torch.Tensor, info: TokenInfo | None = None
                 ) -> tuple[torch.Tensor, Routing]:
         x_TD = x_BLD.reshape(-1, x_BLD.shape[-1])
-        T, opt, train = x_TD.shape[0], self.options, self.training
+        T, spec, train = x_TD.shape[0], self.spec, self.training
         info = info or TokenInfo.plain(T, x_TD.device)
         logits_TE = self.router_logits(x_TD, info)
         weights_TK, expert_ids_TK, probs_TE = route(
-            logits_TE, self.top_k, self.temperature, self.selection_bias_E, train and opt.sample)
+            logits_TE, self.top_k, self.temperature, self.selection_bias_E, train and spec.sample)
         kept_TK = info.valid_T[:, None].expand(T, self.top_k)
-        if train and opt.random_routing:
+        if train and spec.random_routing:
             weights_TK, kept_TK = random_second(weights_TK, kept_TK)
-        if train and opt.capacity_factor > 0:
+        if train and spec.capacity_factor > 0:
             limit = capacity(int(info.valid_T.sum()), self.top_k, self.num_experts,
-                             opt.capacity_factor)
+                             spec.capacity_factor)
             kept_TK = within_capacity(expert_ids_TK, kept_TK, self.num_experts, limit)
-        if self.ep is None:
-            y_TD = experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, self.w1_EDH,
-                                   self.w2_EHD, self.ops)
-        else:  # this rank holds a slice of the experts (dist.shard_experts_)
-            from .dist import expert_parallel_forward
-            y_TD = expert_parallel_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, self.w1_EDH,
-                                           self.w2_EHD, self.num_experts, self.ep.group, self.ops)
-        y_TD = self.expert_scale * y_TD
+        y_TD = self.expert_scale * self.experts(x_TD, weights_TK, expert_ids_TK, kept_TK)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)[0]
         return y_TD.view_as(x_BLD), Routing(logits_TE, probs_TE, expert_ids_TK, kept_TK, info)
@@ -277,8 +300,7 @@ class MoE(nn.Module):
         dense FFN (random or Taylor), exactly that FFN."""
         T, E = x_TD.shape[0], self.num_experts
         ones_TE = x_TD.new_ones(T, E)
-        y_TD = experts_forward(x_TD, ones_TE, torch.arange(E).repeat(T, 1), ones_TE.bool(),
-                               self.w1_EDH, self.w2_EHD, self.ops)
+        y_TD = self.experts(x_TD, ones_TE, torch.arange(E).repeat(T, 1), ones_TE.bool())
         return y_TD + (self.shared(x_TD)[0] if self.shared is not None else 0)
 
 

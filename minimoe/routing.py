@@ -1,4 +1,4 @@
-"""Training the router: schedules, auxiliary losses, aux-loss-free balancing, routing statistics.
+"""Training the router: schedules, auxiliary losses, aux-loss-free balancing, collapse warnings.
 
 Schedules, pure functions of the MoE step s (A = --anneal-steps, or the whole MoE stage):
 
@@ -29,18 +29,15 @@ becomes less likely to be chosen; the bias never enters the weights or the losse
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .config import Config
-from .metrics import group_nmi
+from .metrics import RoutingStats
 from .moe import Routing, balance_loss, z_loss
 from .schedules import anneal
 
-TEXT, IMAGE = 0, 1  # modality rows of the statistics
-PURITY = 0.9  # an expert is "pure" when more than this share of its slots is one modality
 COLLAPSE_SHARE = 0.9  # one expert chosen by this share of a layer's tokens ...
 COLLAPSE_STEPS = 50  # ... for this many steps in a row: warn of router collapse
 
@@ -107,65 +104,6 @@ def update_selection_bias(model, routings: list[Routing | None], rate: float) ->
         layer.selection_bias_E += rate * torch.sign(load_E.mean() - load_E)
 
 
-class RoutingStats:
-    """Counts of routed slots per MoE layer: by modality, by data domain, and how many were
-    dropped. Every non-padding slot counts where the router sent it, dropped or not."""
-
-    def __init__(self, layers: list[int], num_experts: int, domains: list[str]):
-        self.layers, self.E, self.domains = layers, num_experts, domains + ["other"]
-        self.reset()
-
-    def reset(self) -> None:
-        n, E = len(self.layers), self.E
-        self.modality_LME = torch.zeros(n, 2, E, dtype=torch.long)
-        self.domain_LGE = torch.zeros(n, len(self.domains), E, dtype=torch.long)
-        self.dropped_L = torch.zeros(n, dtype=torch.long)
-        self.slots_L = torch.zeros(n, dtype=torch.long)
-
-    @torch.no_grad()
-    def add(self, routings: list[Routing | None]) -> None:
-        for i, r in enumerate(x for x in routings if x is not None):
-            valid_T = r.info.valid_T
-            ids_TK = r.expert_ids_TK.cpu()
-            K = ids_TK.shape[1]
-            image_T, valid_T = r.info.image_T.cpu(), valid_T.cpu()
-            for row, tokens in ((TEXT, valid_T & ~image_T), (IMAGE, valid_T & image_T)):
-                self.modality_LME[i, row] += torch.bincount(ids_TK[tokens].flatten(),
-                                                            minlength=self.E)
-            if r.info.domain_T is not None:
-                G = len(self.domains)
-                dom_TK = r.info.domain_T.cpu()[:, None].expand(-1, K)
-                pair = dom_TK[valid_T] * self.E + ids_TK[valid_T]
-                self.domain_LGE[i] += torch.bincount(pair.flatten(), minlength=G * self.E
-                                                     ).view(G, self.E)
-            self.dropped_L[i] += int((~r.kept_TK.cpu() & valid_T[:, None]).sum())
-            self.slots_L[i] += int(valid_T.sum()) * K
-
-    def summary(self) -> dict:
-        """Per layer: shares of text / image / each domain's slots per expert; modality and
-        domain NMI (for two groups the modality NMI is also the Jensen-Shannon divergence of
-        the text and image expert distributions, in bits); pure experts (more than PURITY of
-        their slots from one modality); load balance: max violation (max load / mean load - 1)
-        and load entropy / log E (1 = even); drop rate."""
-        out = {}
-        for i, layer in enumerate(self.layers):
-            m, d = self.modality_LME[i].double(), self.domain_LGE[i].double()
-            load = m.sum(0)
-            seen = [g for g in range(len(self.domains)) if d[g].sum() > 0]
-            out[f"layer{layer}"] = {
-                "text": _shares(m[TEXT]), "image": _shares(m[IMAGE]),
-                "domains": {self.domains[g]: _shares(d[g]) for g in seen},
-                "modality_nmi": round(group_nmi(m), 4),
-                "domain_nmi": round(group_nmi(d[seen]), 4) if len(seen) > 1 else None,
-                "max_violation": round(float(load.max() / load.mean() - 1), 4)
-                if load.sum() else None,
-                "load_entropy": round(_entropy(load) / math.log(self.E), 4) if self.E > 1
-                and load.sum() else None,
-                "pure_experts": int(((m.max(0).values > PURITY * load) & (load > 0)).sum()),
-                "drop_rate": round(int(self.dropped_L[i]) / max(1, int(self.slots_L[i])), 4)}
-        return out
-
-
 @torch.no_grad()
 def top_shares(routings: list[Routing | None], num_experts: int) -> list[float]:
     """Per MoE layer: the share of its non-padding tokens whose top-k holds the most chosen
@@ -176,16 +114,6 @@ def top_shares(routings: list[Routing | None], num_experts: int) -> list[float]:
         load = torch.bincount(ids.flatten(), minlength=num_experts)
         shares.append(float(load.max()) / max(1, ids.shape[0]))
     return shares
-
-
-def _entropy(counts: torch.Tensor) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log()).sum())
-
-
-def _shares(counts_E: torch.Tensor) -> list[float]:
-    total = counts_E.sum()
-    return [round(float(c / total), 4) if total else 0.0 for c in counts_E]
 
 
 class RouterTraining:

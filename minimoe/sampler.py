@@ -1,8 +1,8 @@
 """Decoding loops as pure functions over ids and a logits callback; no tokenizers, no model.
 
-`maskgit` fills a grid of image codes by iterative parallel decoding (MaskGIT, DESIGN
-section 4); `greedy` extends text one token at a time. Invariants, asserted in the code and
-checked by the tests: known tokens never change, every step reveals at least one token, and the
+`maskgit` fills a grid of image codes by iterative parallel decoding (MaskGIT;
+docs/design.md, "Sequences"); `greedy` extends text one token at a time. Invariants, asserted
+in the code and checked by the tests: known tokens never change, every step reveals at least one token, and the
 grid holds no [MASK] at the end.
 """
 from __future__ import annotations

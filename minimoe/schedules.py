@@ -1,5 +1,5 @@
-"""Schedules: small pure functions of the step (learning rates now; the MoE router's
-temperature and balance coefficient later)."""
+"""Schedules: small pure functions of the step (the learning rate; the MoE router's
+temperature, balance coefficient and prior, see routing.py)."""
 from __future__ import annotations
 
 import math

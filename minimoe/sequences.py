@@ -1,4 +1,5 @@
-"""Sequence layouts, the omni-attention mask and the labels of each task (DESIGN section 4).
+"""Sequence layouts, the omni-attention mask and the labels of each task
+(docs/design.md, "Sequences").
 
     T2I: [pad]... [t2i] [sot] caption [eot] [soi] image codes [eoi]        (text block left-padded)
     MMU: [mmu] [soi] image codes [eoi] [sot] question answer [eot] [pad]... (right-padded)

@@ -1,4 +1,4 @@
-"""Tokenizers and the joint vocabulary (DESIGN section 4).
+"""Tokenizers and the joint vocabulary (docs/design.md, sections 5-6).
 
 Joint vocabulary, in id order:
 

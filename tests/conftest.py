@@ -2,9 +2,8 @@
 import pytest
 import torch
 
+from minimoe.build import build_model
 from minimoe.config import make_config
-from minimoe.model import Transformer
-from minimoe.tokenizers import Vocab
 
 torch.set_num_threads(2)
 
@@ -28,5 +27,5 @@ def cfg():
 @pytest.fixture
 def model_and_vocab(cfg):
     torch.manual_seed(0)
-    vocab = Vocab(cfg.vq.vq_codes)
-    return Transformer(cfg, vocab.size, vocab.pad).eval(), vocab
+    model, vocab = build_model(cfg)
+    return model.eval(), vocab

@@ -3,12 +3,12 @@ neuron's activation is scaled.  Run: pytest -q tests/test_convert.py"""
 import torch
 import torch.nn.functional as F
 
+from minimoe.batches import Batcher
+from minimoe.build import build_model
 from minimoe.convert import IMAGE_TASKS, TEXT_TASKS, taylor_scores
 from minimoe.data import BuiltinData
-from minimoe.model import Transformer
-from minimoe.tokenizers import ImageTokenizer, Vocab
+from minimoe.tokenizers import ImageTokenizer
 from minimoe.sequences import IGNORE, TASKS
-from minimoe.trainer import Batcher
 from minimoe.vq import VQModel
 from conftest import micro_config
 
@@ -17,8 +17,8 @@ def _setup():
     cfg = micro_config()
     torch.manual_seed(0)
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
-    vocab = Vocab(cfg.vq.vq_codes)
-    model = Transformer(cfg, vocab.size, vocab.pad).double()
+    model, vocab = build_model(cfg)
+    model.double()
     batch = Batcher(cfg, BuiltinData(16, ("shapes",), "train", 0), vocab, tok)(0)
     return model, batch
 
@@ -91,7 +91,8 @@ def test_naive_experts_are_noisy_copies_of_the_dense_ffn():
         y, want = moe(x[None])[0][0], dense(x)[0]
     # every expert ~ the dense FFN and the top-k weights sum to 1: the layer ~ the dense FFN
     assert torch.allclose(y, want, atol=0.05 * float(want.abs().max()))
-    assert not torch.equal(moe.w1_EDH[0], moe.w1_EDH[1]), "noise breaks the symmetry"
+    assert not torch.equal(moe.experts.w1_EDH[0], moe.experts.w1_EDH[1]), \
+        "noise breaks the symmetry"
 
 
 def test_conversion_refuses_bad_requests():

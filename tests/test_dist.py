@@ -71,6 +71,7 @@ def _worker(rank: int, store: str, backend: str, failures):
         raise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "ext"])
 def test_expert_parallel_layer_equals_the_single_process_layer(tmp_path, backend):
     if backend == "ext":
@@ -90,12 +91,13 @@ def test_expert_major_order_regroups_source_blocks():
 def _ddp_worker(rank: int, store: str, failures):
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
+        from minimoe.batches import Batcher
+        from minimoe.build import build_model
         from minimoe.data import BuiltinData
-        from minimoe.model import Transformer
+        from minimoe.losses import label_counts, task_losses, total_loss
         from minimoe.sequences import concat
         from minimoe.tokenizers import ImageTokenizer, Vocab
-        from minimoe.trainer import (Batcher, label_counts, make_optimizer, task_losses,
-                                     total_loss)
+        from minimoe.trainer import make_optimizer
         from minimoe.vq import VQModel
         from conftest import micro_config
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
@@ -109,7 +111,7 @@ def _ddp_worker(rank: int, store: str, failures):
 
         def model_and_optimizer():
             torch.manual_seed(1)
-            model = Transformer(cfg, vocab.size, vocab.pad).double()
+            model = build_model(cfg)[0].double()
             return model, make_optimizer(model, cfg)
 
         def step(model, optimizer, batch, data_parallel):
@@ -132,6 +134,7 @@ def _ddp_worker(rank: int, store: str, failures):
         raise
 
 
+@pytest.mark.slow
 def test_a_ddp_step_equals_one_process_on_the_combined_batch(tmp_path):
     spawn(_ddp_worker, str(tmp_path / "store"))
 
@@ -172,6 +175,7 @@ def moe_losses(folder) -> list[float]:
             if r["stage"] == "moe" for v in (r["loss"], r["grad_norm"])]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_then_one_process_resumes(tmp_path):
     """2 ranks train a micro MoE run (each its own data shard); the checkpoint holds the whole
     model, so 1 process resumes it."""
@@ -187,6 +191,7 @@ def test_torchrun_two_processes_then_one_process_resumes(tmp_path):
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
 
 
+@pytest.mark.slow
 def test_expert_parallel_training_equals_data_parallel_and_resumes_alone(tmp_path):
     """--ep 2 (experts split over the 2 ranks; with --fsdp true also the rest sharded) trains
     exactly like plain data parallelism from the same dense model, and its checkpoint (shards
@@ -220,7 +225,7 @@ def test_ep_that_does_not_divide_is_refused(tmp_path, capsys):
 def test_batches_of_different_ranks_are_disjoint_shards():
     from minimoe.data import BuiltinData
     from minimoe.tokenizers import ImageTokenizer, Vocab
-    from minimoe.trainer import Batcher
+    from minimoe.batches import Batcher
     from minimoe.vq import VQModel
     from conftest import micro_config
     cfg = micro_config()
@@ -234,6 +239,7 @@ def test_batches_of_different_ranks_are_disjoint_shards():
     assert not torch.equal(ranks[0](3).tokens_BL, ranks[1](3).tokens_BL)
 
 
+@pytest.mark.slow
 def test_fsdp_trains_like_ddp_and_resumes_like_it(tmp_path):
     """--fsdp true (every weight, gradient and AdamW state sharded over the 2 ranks) gives the
     same losses and gradient norms as DDP through the dense and MoE stages, and after a resume
@@ -252,6 +258,7 @@ def test_fsdp_trains_like_ddp_and_resumes_like_it(tmp_path):
     assert len(fsdp) == 10 and max(abs(a - b) for a, b in zip(fsdp, ddp)) < 1e-4, (fsdp, ddp)
 
 
+@pytest.mark.slow
 def test_a_dying_rank_stops_the_run_with_a_message_and_keeps_the_checkpoint(tmp_path):
     import signal
     import socket

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from minimoe.batches import Batcher
+from minimoe.build import build_model
 from minimoe.data import BuiltinData
-from minimoe.model import Transformer
-from minimoe.tokenizers import ImageTokenizer, Vocab
-from minimoe.trainer import Batcher, RunFiles, fit
+from minimoe.run import RunWriter
+from minimoe.tokenizers import ImageTokenizer
+from minimoe.trainer import fit
 from minimoe.vq import VQModel
 from conftest import micro_config
 
@@ -28,12 +30,11 @@ def micro_curve(tmp_path) -> list[dict]:
     cfg = micro_config(dense_steps=STEPS, ckpt_every=STEPS, domains="shapes,glyphs,patterns")
     torch.manual_seed(0)
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
-    vocab = Vocab(cfg.vq.vq_codes)
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(cfg, vocab.size, vocab.pad)
+    model, vocab = build_model(cfg)
     source = BuiltinData(cfg.data.image_size, cfg.data.domains, "train", seed=0)
-    records = fit(model, cfg, RunFiles(tmp_path), "dense", STEPS, Batcher(cfg, source, vocab, tok),
-                  tok, torch.device("cpu"), progress=False)
+    records = fit(model, cfg, RunWriter(tmp_path, cfg, tok), "dense", STEPS,
+                  Batcher(cfg, source, vocab, tok), torch.device("cpu"), progress=False)
     return [{k: r[k] for k in ("step", "loss", "t2i", "mmu", "lm")} for r in records]
 
 

@@ -73,16 +73,15 @@ def test_activation_checkpointing_gives_the_same_losses_and_gradients():
     """Recomputing each block in backward (MoE layers, random routing included) changes
     memory, not numbers."""
     from conftest import micro_config
-    from minimoe.model import Transformer
+    from minimoe.build import build_model
     from minimoe.routing import RouterTraining
-    from minimoe.tokenizers import Vocab
     grads = []
     for recompute in (False, True):
         cfg = micro_config(moe="random", num_experts=4, random_routing=True,
                            activation_checkpointing=recompute)
-        vocab = Vocab(cfg.vq.vq_codes)
         torch.manual_seed(0)
-        model = Transformer(cfg, vocab.size, vocab.pad).double().train()
+        model, vocab = build_model(cfg)
+        model.double().train()
         tokens = torch.randint(0, vocab.size, (3, 20))
         groups = torch.arange(20).repeat(3, 1)
         torch.manual_seed(1)

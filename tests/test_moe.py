@@ -2,7 +2,7 @@
 Run: pytest -q tests/test_moe.py"""
 import torch
 
-from minimoe.moe import MoE, expert_ffn, grouped_mm, moe_loop, permute, route, unpermute
+from minimoe.moe import MoE, MoESpec, expert_ffn, grouped_mm, moe_loop, permute, route, unpermute
 
 
 def test_route_picks_the_top_k_and_renormalises():
@@ -55,16 +55,17 @@ def test_grouped_mm_equals_per_row_matmul_with_its_experts_weight():
 
 def test_moe_equals_the_loop_twin_forward_and_backward():
     torch.manual_seed(0)
-    layer = MoE(d_model=8, d_hidden=16, num_experts=4, top_k=2)
+    layer = MoE(MoESpec(d_model=8, d_hidden=16, num_experts=4, top_k=2))
     x = torch.randn(2, 5, 8, requires_grad=True)
     y, aux = layer(x)
     x_TD = x.reshape(-1, 8)
     w, ids, _ = route(layer.router(x_TD), 2)
-    ref = moe_loop(x_TD, w, ids, layer.w1_EDH, layer.w2_EHD).view_as(x)
+    experts = layer.experts
+    ref = moe_loop(x_TD, w, ids, experts.w1_EDH, experts.w2_EHD).view_as(x)
     assert torch.allclose(y, ref, atol=1e-5)
     assert torch.equal(aux.expert_ids_TK, ids)
-    g_fast = torch.autograd.grad(y.square().sum(), [x, layer.w1_EDH, layer.router.weight])
-    g_ref = torch.autograd.grad(ref.square().sum(), [x, layer.w1_EDH, layer.router.weight])
+    g_fast = torch.autograd.grad(y.square().sum(), [x, experts.w1_EDH, layer.router.weight])
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, experts.w1_EDH, layer.router.weight])
     for a, b in zip(g_fast, g_ref):
         assert torch.allclose(a, b, atol=1e-4)
 
@@ -111,9 +112,9 @@ def test_temperature_changes_weights_but_not_selection_unless_biased_or_sampled(
 
 
 def test_dropped_slots_contribute_zero_and_padding_is_never_routed():
-    from minimoe.moe import RouterOptions, TokenInfo
+    from minimoe.moe import TokenInfo
     torch.manual_seed(0)
-    layer = MoE(8, 16, num_experts=4, top_k=1, options=RouterOptions(capacity_factor=0.25))
+    layer = MoE(MoESpec(8, 16, num_experts=4, top_k=1, capacity_factor=0.25))
     layer.train()
     with torch.no_grad():
         layer.router.weight.zero_()
@@ -126,7 +127,7 @@ def test_dropped_slots_contribute_zero_and_padding_is_never_routed():
     assert r.kept_TK[:, 0].tolist() == [False, False, True] + [False] * 13
     assert (y[0, 3:] == 0).all() and (y[0, :2] == 0).all(), "dropped: zero, not the input"
     want = moe_loop(x[0, 2:3], torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long),
-                    layer.w1_EDH, layer.w2_EHD)
+                    layer.experts.w1_EDH, layer.experts.w2_EHD)
     assert torch.allclose(y[0, 2:3], want, atol=1e-6)
     layer.eval()
     assert layer(x, info)[1].kept_TK[2:].all(), "inference is dropless"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from minimoe import moe, ops
+from minimoe.model import FFN
 
 needs_ext = pytest.mark.skipif(not ops.EXT_AVAILABLE, reason="extension not built")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -121,25 +122,27 @@ def test_opcheck_every_op(device):
 @needs_ext
 def test_a_moe_layer_under_torch_compile_matches_eager():
     torch.manual_seed(0)
-    layer = moe.MoE(16, 8, num_experts=4, top_k=2, backend="ext")
+    layer = moe.MoE(moe.MoESpec(16, 8, num_experts=4, top_k=2), ops.EXT)
     x = torch.randn(2, 5, 16, requires_grad=True)
     eager = layer(x)[0]
     eager.square().sum().backward()
-    want = x.grad.clone(), layer.w1_EDH.grad.clone()
-    x.grad, layer.w1_EDH.grad = None, None
+    w1 = layer.experts.w1_EDH
+    want = x.grad.clone(), w1.grad.clone()
+    x.grad, w1.grad = None, None
     compiled = torch.compile(layer, backend="aot_eager")
     y = compiled(x)[0]
     y.square().sum().backward()
     assert torch.allclose(y, eager, atol=1e-6)
     assert torch.allclose(x.grad, want[0], atol=1e-5)
-    assert torch.allclose(layer.w1_EDH.grad, want[1], atol=1e-5)
+    assert torch.allclose(w1.grad, want[1], atol=1e-5)
 
 
 @needs_ext
 def test_both_backends_give_the_same_moe_layer():
     torch.manual_seed(0)
-    a = moe.MoE(16, 8, num_experts=4, top_k=2, num_shared=1, backend="torch").double()
-    b = moe.MoE(16, 8, num_experts=4, top_k=2, num_shared=1, backend="ext").double()
+    spec = moe.MoESpec(16, 8, num_experts=4, top_k=2, num_shared=1)
+    a = moe.MoE(spec, moe.TORCH, shared_ffn=FFN).double()
+    b = moe.MoE(spec, ops.EXT, shared_ffn=FFN).double()
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 7, 16, dtype=torch.float64)
     ya, yb = a(x)[0], b(x)[0]
@@ -164,8 +167,8 @@ def test_importing_without_the_extension_works_with_a_one_line_notice():
     code = ("import sys; sys.modules['minimoe._C'] = None\n"  # as if it had never been built
             "from minimoe import ops, moe\n"
             "import torch\n"
-            "layer = moe.MoE(8, 4, 4, 2, backend='auto')\n"
-            "print(layer.ops.name, layer(torch.randn(3, 8))[0].shape)")
+            "layer = moe.MoE(moe.MoESpec(8, 4, 4, 2), ops.backend('auto'))\n"
+            "print(layer.experts.ops.name, layer(torch.randn(3, 8))[0].shape)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[0] == "torch"
@@ -176,3 +179,16 @@ def test_importing_without_the_extension_works_with_a_one_line_notice():
 @needs_ext
 def test_the_cpu_kernels_are_always_built():
     assert "cpu" in ops.built_kernels()
+
+
+@needs_ext
+def test_importing_the_package_alone_registers_the_ops():
+    """`import minimoe` in a fresh interpreter is enough for torch.ops.minimoe.* (as the
+    extension-cpp package does), with no other minimoe module imported by hand."""
+    import subprocess
+    import sys
+    code = ("import torch, minimoe\n"
+            "print(torch.ops.minimoe.permute.default.name())")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "minimoe::permute"

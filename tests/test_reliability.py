@@ -17,8 +17,8 @@ import torch
 
 from minimoe import atomic, checkpoint, routing
 from minimoe.moe import Routing, TokenInfo
-from minimoe.trainer import (RunFiles, TrainingError, fit, make_optimizer, save_checkpoint,
-                             trim_log)
+from minimoe.run import RunFiles, read_losses, save_checkpoint
+from minimoe.trainer import TrainingError, fit, make_optimizer
 from conftest import micro_config
 from test_trainer import setup
 
@@ -33,6 +33,7 @@ RUN = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels
        "--sample-every", "0", "--log-every", "1", "--eval-n", "0", "--no-progress",
        "--moe", "random", "--num-experts", "4", "--random-routing", "true",
        "--aux-free-rate", "0.01", "--router-prior", "domain", "--moe-backend", "torch"]
+LOSSES = ("loss", "t2i", "mmu", "lm", "balance", "z", "grad_norm")
 
 
 def train(out: Path, *extra: str, fault: str = "", wait: bool = True):
@@ -47,16 +48,9 @@ def train(out: Path, *extra: str, fault: str = "", wait: bool = True):
 
 
 def losses(out: Path) -> dict:
-    """(stage, step) -> every loss logged for it; a step logged twice would fail the test."""
-    seen = {}
-    for line in (out / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("stage") in ("dense", "moe") and "loss" in rec:
-            key = (rec["stage"], rec["step"])
-            assert key not in seen, f"{key} logged twice"
-            seen[key] = {k: v for k, v in rec.items() if k in ("loss", "t2i", "mmu", "lm",
-                                                             "balance", "z", "grad_norm")}
-    return seen
+    """(stage, step) -> every loss logged for it; a step logged twice fails (read_losses)."""
+    return {key: {k: v for k, v in rec.items() if k in LOSSES}
+            for key, rec in read_losses(out / "log.jsonl").items()}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +80,7 @@ def resume_and_compare(out: Path, straight: Path) -> float:
     return max(abs(got[k][name] - ref[k][name]) for k in ref for name in ref[k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,stage,step", [
     ("kill-step:5", "dense", 3),   # mid-stage, two steps after the step-3 checkpoint
     ("kill-save:6", "dense", 3),   # half-way through writing step 6's: step 3's must survive
@@ -103,6 +98,7 @@ def test_a_killed_run_resumes_to_the_same_losses(tmp_path, straight, fault, stag
     assert resume_and_compare(out, straight) == 0.0
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_a_random_moment_resumes_to_the_same_losses(tmp_path, straight):
     """SIGKILL from outside: a random time after a random log line of the run (so that the
     moment falls inside training on any machine speed), then resume."""
@@ -123,6 +119,7 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_losses(tmp_path, st
     assert resume_and_compare(out, straight) == 0.0, f"seed {seed}"
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_over_with_a_clean_log(
         tmp_path, straight):
     out = fresh(tmp_path, straight)
@@ -147,7 +144,7 @@ def test_trim_log_drops_what_a_resumed_run_writes_again(tmp_path):
     records = [{"stage": "vq", "step": 5}, {"stage": "dense", "step": 3},
                {"stage": "dense", "step": 4}, {"stage": "moe", "step": 1}, {"note": "other"}]
     files.log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"stage": "de')
-    assert trim_log(files, "dense", 3) == 3  # dense 4, moe 1 and the cut-off line
+    assert files.trim_log("dense", 3) == 3  # dense 4, moe 1 and the cut-off line
     kept = [json.loads(line) for line in files.log.read_text().splitlines()]
     assert kept == [records[0], records[1], records[4]]
 
@@ -161,7 +158,7 @@ def test_nonfinite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
     cfg = micro_config(dense_steps=6, ckpt_every=2)
     model, batcher, tok, files = setup(cfg, tmp_path)
     with pytest.raises(TrainingError, match="dense step 3: .*not finite.*last good checkpoint"):
-        fit(model, cfg, files, "dense", 6, batcher, tok, torch.device("cpu"), progress=False)
+        fit(model, cfg, files, "dense", 6, batcher, torch.device("cpu"), progress=False)
     assert checkpoint.load(files.ckpt)["step"] == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -173,7 +170,7 @@ def test_skip_drops_exactly_the_poisoned_updates(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIMOE_FAULT", "nan-loss:2,nan-grad:4")
     model, batcher, tok, files = setup(cfg, tmp_path / "a")
     (tmp_path / "a").mkdir()
-    fit(model, cfg, files, "dense", 5, batcher, tok, torch.device("cpu"), progress=False)
+    fit(model, cfg, files, "dense", 5, batcher, torch.device("cpu"), progress=False)
     log = [json.loads(line) for line in files.log.read_text().splitlines()]
     assert [r["step"] for r in log if "warning" in r] == [2, 4]
     assert log[-1]["skipped"] == 2 and checkpoint.load(files.ckpt)["skipped"] == 2
@@ -184,7 +181,7 @@ def test_skip_drops_exactly_the_poisoned_updates(tmp_path, monkeypatch):
     optimizer, calls = make_optimizer(ref, cfg), iter(range(1, 6))
     real_step = optimizer.step
     optimizer.step = lambda: None if next(calls) in (2, 4) else real_step()
-    fit(ref, cfg, files, "dense", 5, batcher, tok, torch.device("cpu"), progress=False,
+    fit(ref, cfg, files, "dense", 5, batcher, torch.device("cpu"), progress=False,
         optimizer=optimizer)
     for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
@@ -195,7 +192,7 @@ def test_skip_stops_once_over_the_limit(tmp_path, monkeypatch):
     cfg = micro_config(dense_steps=5, ckpt_every=1, on_nonfinite="skip", max_skips=1)
     model, batcher, tok, files = setup(cfg, tmp_path)
     with pytest.raises(TrainingError, match="2 steps skipped, over --max-skips 1"):
-        fit(model, cfg, files, "dense", 5, batcher, tok, torch.device("cpu"), progress=False)
+        fit(model, cfg, files, "dense", 5, batcher, torch.device("cpu"), progress=False)
     assert checkpoint.load(files.ckpt)["step"] == 2  # step 2 was skipped, and saved as such
 
 
@@ -256,7 +253,7 @@ def test_a_collapsed_router_in_training_is_warned_on_the_console_and_in_the_log(
     model, batcher, tok, files = _moe_run(tmp_path, cfg)
     for _, layer in model.moe_layers():
         layer.selection_bias_E[0] = 1e4  # every token's first choice: expert 0
-    fit(model, cfg, files, "moe", steps, batcher, tok, torch.device("cpu"), progress=False,
+    fit(model, cfg, files, "moe", steps, batcher, torch.device("cpu"), progress=False,
         router=routing.RouterTraining(model, cfg))
     logged = [json.loads(line) for line in files.log.read_text().splitlines()]
     warned = [r for r in logged if "router collapse" in r.get("warning", "")]
@@ -269,3 +266,15 @@ def test_top_shares_counts_tokens_not_padding():
     r = _routing(ids)
     r.info.valid_T[2] = False  # padding: its experts do not count
     assert routing.top_shares([None, r], 8) == [1.0]
+
+
+def test_reading_a_log_refuses_a_step_logged_twice(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = [{"stage": "dense", "step": 1, "loss": 2.0},
+               {"stage": "dense", "step": 2, "loss": 1.5},
+               {"stage": "dense", "step": 2, "loss": 1.5}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    assert list(read_losses(log)) == [("dense", 1), ("dense", 2)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"\('dense', 2\) twice"):
+        read_losses(log)

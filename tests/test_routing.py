@@ -4,10 +4,10 @@ import torch
 
 from minimoe import checkpoint
 from minimoe.convert import prior_init_
-from minimoe.metrics import group_nmi
-from minimoe.moe import MoE, Routing, TokenInfo
-from minimoe.routing import (RouterTraining, RoutingStats, describe_schedule,
-                             router_losses, schedule, update_selection_bias)
+from minimoe.metrics import RoutingStats, group_nmi
+from minimoe.moe import MoE, MoESpec, Routing, TokenInfo
+from minimoe.routing import (RouterTraining, describe_schedule, router_losses, schedule,
+                             update_selection_bias)
 from conftest import micro_config
 
 
@@ -25,7 +25,7 @@ def test_schedules_run_from_start_to_end_and_the_prior_is_gone_after_annealing()
 
 def test_annealed_prior_bias_favours_chosen_experts_then_vanishes():
     torch.manual_seed(0)
-    layer = MoE(8, 4, num_experts=4, top_k=1, prior="modality", prior_groups=2)
+    layer = MoE(MoESpec(8, 4, num_experts=4, top_k=1, prior="modality", prior_groups=2))
     prior_init_(layer, "modality", strength=20.0, text_experts=2, num_domains=3)
     x = torch.randn(1, 6, 8)
     image = torch.tensor([False, False, False, True, True, True])
@@ -38,7 +38,7 @@ def test_annealed_prior_bias_favours_chosen_experts_then_vanishes():
 
 
 def test_domain_prior_gives_each_domain_a_block_of_experts():
-    layer = MoE(8, 4, num_experts=6, top_k=1, prior="domain", prior_groups=4)
+    layer = MoE(MoESpec(8, 4, num_experts=6, top_k=1, prior="domain", prior_groups=4))
     prior_init_(layer, "domain", 1.0, text_experts=3, num_domains=3)
     assert layer.prior_GE.tolist() == [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
                                        [0, 0, 0, 0, 1, 1], [0] * 6]
@@ -65,7 +65,7 @@ def test_per_modality_balance_sees_what_the_global_loss_hides():
 
 def test_aux_free_bias_moves_a_skewed_router_toward_balance():
     torch.manual_seed(0)
-    layer = MoE(8, 4, num_experts=4, top_k=1)
+    layer = MoE(MoESpec(8, 4, num_experts=4, top_k=1))
     with torch.no_grad():
         layer.router.bias.copy_(torch.tensor([1.0, 0.5, 0.0, -0.5]))  # skewed to expert 0
 
@@ -108,16 +108,16 @@ def test_routing_stats_count_modality_and_domain_shares():
 
 
 def _moe_run(tmp_path, cfg):
+    from minimoe.batches import Batcher
+    from minimoe.build import build_model
     from minimoe.data import BuiltinData
-    from minimoe.model import Transformer
-    from minimoe.tokenizers import ImageTokenizer, Vocab
-    from minimoe.trainer import Batcher, RunFiles
+    from minimoe.run import RunWriter
+    from minimoe.tokenizers import ImageTokenizer
     from minimoe.vq import VQModel
     torch.manual_seed(0)
-    vocab = Vocab(cfg.vq.vq_codes)
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
-    model = Transformer(cfg, vocab.size, vocab.pad)
-    files = RunFiles(tmp_path)
+    model, vocab = build_model(cfg)
+    files = RunWriter(tmp_path, cfg, tok)
     tmp_path.mkdir(exist_ok=True)
     return model, Batcher(cfg, BuiltinData(16, ("shapes", "glyphs"), "train", 0), vocab, tok), \
         tok, files
@@ -126,7 +126,7 @@ def _moe_run(tmp_path, cfg):
 def test_moe_stage_resumes_with_identical_losses(tmp_path):
     """Random routing, sampling and aux-free biases all restart exactly from a checkpoint."""
     import pytest
-    from minimoe.stages import shard_for_training
+    from minimoe.run import shard_for_training
     from minimoe.trainer import fit
     cfg = micro_config(moe="random", num_experts=4, moe_steps=8, ckpt_every=4, sample_every=4,
                        random_routing=True, router_sample=True, aux_free_rate=0.01,
@@ -143,7 +143,7 @@ def test_moe_stage_resumes_with_identical_losses(tmp_path):
         def crash(step):
             if step == stop_at:
                 raise KeyboardInterrupt
-        return model, files, fit(model, cfg, files, "moe", 8, batcher, tok, cpu, start, optimizer,
+        return model, files, fit(model, cfg, files, "moe", 8, batcher, cpu, start, optimizer,
                                  on_sample=crash, progress=False,
                                  router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr)
 

@@ -58,6 +58,27 @@ def test_sample_prompt_writes_a_grid(run_dir, tmp_path):
     assert out.exists()
 
 
+def test_sample_draws_many_images_in_fixed_size_batches(run_dir, tmp_path, monkeypatch):
+    """Memory stays flat in --n: the model never sees more than GENERATE_BATCH prompts at once
+    (plus as many unconditional rows for guidance), and every sample lands in the grid."""
+    from PIL import Image
+    from minimoe import inference
+    sizes = []
+    real = inference.Session.text_to_image
+
+    def counted(self, captions, *args, **kwargs):
+        sizes.append(len(captions))
+        return real(self, captions, *args, **kwargs)
+    monkeypatch.setattr(inference.Session, "text_to_image", counted)
+    out = tmp_path / "many.png"
+    n = 2 * inference.GENERATE_BATCH + 3
+    sample.main(["--ckpt", str(run_dir / "ckpt.pt"), "--prompt", "a red circle", "--n", str(n),
+                 "--steps", "1", "--out", str(out)])
+    assert sizes == [inference.GENERATE_BATCH] * 2 + [3]
+    with Image.open(out) as grid:  # 8 columns of 128-pixel cells
+        assert grid.size == (8 * 128, -(-n // 8) * 128)
+
+
 def test_sample_answers_a_question(run_dir, tmp_path, capsys):
     from PIL import Image
     img = tmp_path / "in.png"

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from minimoe import checkpoint
-from minimoe.data import BuiltinData
-from minimoe.model import Transformer
+from minimoe.batches import Batcher
+from minimoe.build import build_model
+from minimoe.data import BuiltinData, open_source
+from minimoe.losses import task_losses, total_loss
+from minimoe.run import RunWriter
 from minimoe.tokenizers import ImageTokenizer, Vocab
-from minimoe.trainer import (Batcher, RunFiles, TrainingError, fit, lr_at, make_optimizer,
-                             task_losses)
+from minimoe.trainer import TrainingError, fit, lr_at, make_optimizer
 from minimoe.sequences import IGNORE, TASKS
 from minimoe.vq import VQModel
 from conftest import micro_config
@@ -18,11 +20,10 @@ from conftest import micro_config
 def setup(cfg, tmp_path):
     torch.manual_seed(0)
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)  # untrained: codes are still a fixed function
-    vocab = Vocab(cfg.vq.vq_codes)
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(cfg, vocab.size, vocab.pad)
+    model, vocab = build_model(cfg)
     source = BuiltinData(cfg.data.image_size, ("shapes",), "train", seed=0)
-    return model, Batcher(cfg, source, vocab, tok), tok, RunFiles(tmp_path)
+    return model, Batcher(cfg, source, vocab, tok), tok, RunWriter(tmp_path, cfg, tok)
 
 
 def test_batches_are_deterministic_per_step_and_hold_every_task(tmp_path):
@@ -61,7 +62,7 @@ def test_lr_warms_up_then_decays_to_the_floor():
 def test_a_few_steps_lower_the_loss(tmp_path):
     cfg = micro_config(dense_steps=40, ckpt_every=100)
     model, batcher, tok, files = setup(cfg, tmp_path)
-    rec = fit(model, cfg, files, "dense", 40, batcher, tok, torch.device("cpu"), progress=False)
+    rec = fit(model, cfg, files, "dense", 40, batcher, torch.device("cpu"), progress=False)
     first, last = rec[0], rec[-1]
     assert last["loss"] < 0.75 * first["loss"], (first, last)
     for task in TASKS:
@@ -73,13 +74,13 @@ def test_resume_from_checkpoint_gives_identical_losses(tmp_path):
     cpu = torch.device("cpu")
     model, batcher, tok, files = setup(cfg, tmp_path / "a")
     (tmp_path / "a").mkdir()
-    straight = fit(model, cfg, files, "dense", 16, batcher, tok, cpu, progress=False)
+    straight = fit(model, cfg, files, "dense", 16, batcher, cpu, progress=False)
 
     (tmp_path / "b").mkdir()
     model, batcher, tok, files = setup(cfg, tmp_path / "b")
     # Train to step 8 only: a run that stopped after writing the step-8 checkpoint.
     try:
-        fit(model, cfg, files, "dense", 16, _StopAfter(batcher, 8), tok, cpu, progress=False)
+        fit(model, cfg, files, "dense", 16, _StopAfter(batcher, 8), cpu, progress=False)
     except _Stop:
         pass
     payload = checkpoint.load(files.ckpt)
@@ -88,7 +89,7 @@ def test_resume_from_checkpoint_gives_identical_losses(tmp_path):
     model2.load_state_dict(payload["model"])
     opt = make_optimizer(model2, cfg)
     opt.load_state_dict(payload["optimizer"])
-    resumed = fit(model2, cfg, files, "dense", 16, batcher, tok, cpu, start_step=8,
+    resumed = fit(model2, cfg, files, "dense", 16, batcher, cpu, start_step=8,
                   optimizer=opt, progress=False)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight[8:]]
 
@@ -123,7 +124,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     poisoned.calls = 0
     model.forward = poisoned
     with pytest.raises(TrainingError, match="step 7: .*last good checkpoint"):
-        fit(model, cfg, files, "dense", 12, batcher, tok, torch.device("cpu"), progress=False)
+        fit(model, cfg, files, "dense", 12, batcher, torch.device("cpu"), progress=False)
     assert checkpoint.load(files.ckpt)["step"] == 4
 
 
@@ -132,7 +133,6 @@ def test_samples_without_questions_train_captioning_at_full_caption_length(tmp_p
     longest caption the folder loader accepts still fits the row."""
     import json
     from PIL import Image
-    from minimoe.pipeline import open_source
     from minimoe.sequences import MMU
     cfg = micro_config(data=f"folder:{tmp_path}", batch_t2i=0, batch_mmu=4, batch_lm=0)
     caption = "x" * (cfg.data.text_len - 4)  # the longest caption open_source admits
@@ -153,12 +153,11 @@ def test_gradient_accumulation_equals_one_step_on_the_combined_batch(tmp_path):
     """--grad-accum 2: two micro-batches per optimizer step give the parameters one step on
     both batches together gives (losses normalised by the step's total label count)."""
     from minimoe.sequences import concat
-    from minimoe.trainer import make_optimizer, task_losses, total_loss
     cfg = micro_config(dense_steps=1, grad_accum=2, ckpt_every=100)
     model, batcher, tok, files = setup(cfg, tmp_path)
     model.double()
     reference = copy.deepcopy(model)
-    fit(model, cfg, files, "dense", 1, batcher, tok, torch.device("cpu"), progress=False)
+    fit(model, cfg, files, "dense", 1, batcher, torch.device("cpu"), progress=False)
     optimizer = make_optimizer(reference, cfg)
     for g in optimizer.param_groups:
         g["lr"] = lr_at(0, cfg, 1)

@@ -1,0 +1,72 @@
+"""What the scripts share on the command line: one-line errors, the argument parser, the
+device choice.
+
+Every mistake a user can make (a bad flag, a missing file, a checkpoint of another run) is
+raised as a `UserError` (or a ValueError from the library) and printed by `user_errors` as one
+line, `error: ...`, with exit status 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+
+import torch
+
+
+class UserError(RuntimeError):
+    """A failure the user can fix (a mistake in what was asked, a file that does not fit):
+    the scripts print it as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose answer to a bad command line is one line, like every other user error
+    (argparse itself prints the whole usage block first), with the same exit status 2.
+    Abbreviated flags are refused: --fid would otherwise silently mean --fid-n."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool):
+    """Turn expected failures into `error: ...` on stderr and exit status 2, and warnings
+    (a skipped data row, ...) into one `warning: ...` line each; --debug keeps tracebacks
+    and the warnings' source lines."""
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _one_line
+            yield
+    except (UserError, ValueError) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        sys.exit(130)
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {spec} asked for, but this torch sees no CUDA GPU; "
+                        f"use --device cpu")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,47 @@
+"""The task losses of a batch (docs/design.md, "Sequences"), shared by training, the Taylor
+scores of the conversion and the held-out evaluation.
+
+T2I: cross-entropy at the masked image positions; MMU: shifted cross-entropy on the answer;
+LM: shifted cross-entropy on the text. `total_loss` weighs them with --w-t2i / --w-mmu / --w-lm.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import Config
+from .sequences import IGNORE, TASKS, Batch
+
+
+def task_losses(logits_BLV: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
+                scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Mean cross-entropy over the labelled positions of each task present in the batch.
+
+    With `counts` (labels per task of a larger batch this one is part of: see label_counts)
+    each task's loss is scale x (this batch's sum) / count instead, so that the losses of the
+    parts add up, and DDP's gradient average (scale = W) comes out exactly as the gradient of
+    the mean over everything (a plain per-part mean would weigh a part's few labels like many).
+    """
+    sel = batch.labels_BL != IGNORE
+    ce = F.cross_entropy(logits_BLV[sel].float(), batch.labels_BL[sel], reduction="none")
+    task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
+    if counts is None:
+        return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
+    return {name: scale * ce[task == i].sum() / counts[i] for i, name in enumerate(TASKS)
+            if counts[i] > 0}
+
+
+def label_counts(batches: list[Batch], data_parallel: bool) -> torch.Tensor:
+    """Labelled positions per task over `batches` (micro-batches of one step) and, under data
+    parallelism, over every rank's."""
+    counts = sum(torch.stack([((b.labels_BL != IGNORE) & (b.task_B[:, None] == i)).sum()
+                              for i in range(len(TASKS))]).float() for b in batches)
+    if data_parallel:
+        dist.all_reduce(counts)
+    return counts
+
+
+def total_loss(losses: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
+    weights = {"t2i": cfg.train.w_t2i, "mmu": cfg.train.w_mmu, "lm": cfg.train.w_lm}
+    return sum(weights[k] * v for k, v in losses.items())

@@ -1,0 +1,452 @@
+"""A training run: its folder, its log, what its checkpoints hold, and the three stages that
+`train.py` strings together.
+
+    stage 1  tokenizer_stage   the VQ image tokenizer (trained once per folder, then reused)
+    stage 2  dense_stage       the dense transformer (trained, resumed, or taken from --init)
+    stage 3  convert_stage     dense FFNs -> experts, with the held-out loss before and after
+             moe_stage         MoE training, then routing_report
+
+A run folder holds vq.pt, ckpt.pt (the latest checkpoint of the stage in progress), log.jsonl,
+samples/, summary.json, and for a MoE run dense.pt (the model it converted) and routing.json /
+routing.png. Every file is written atomically; a resumed run cuts its log back to the
+checkpoint's step, so no step is logged twice.
+"""
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, config
+from .atomic import save_png, write_text
+from .batches import Batcher
+from .build import build_model
+from .cli import UserError
+from .config import Config
+from .convert import convert_model
+from .data import open_source
+from .dist import (data_parallel, fsdp_, full_model_state, full_optimizer_state, is_fsdp,
+                   load_fsdp_optimizer_state, parallelize_experts_, rank_world,
+                   shard_optimizer_state)
+from .evaluation import collect_routing, format_report, heldout_losses
+from .inference import RUNS_ROOT, Session, generate
+from .plots import image_grid, routing_heatmaps
+from .routing import RouterTraining, apply_schedule, describe_schedule, schedule
+from .tokenizers import ImageTokenizer, images_to_tensor
+from .trainer import TrainingError, fit, make_optimizer
+from .vq import VQModel, codebook_stats, psnr, train_vq
+
+STAGES = ("vq", "dense", "convert", "moe")  # in the order a run goes through them
+VQ_EVAL_IMAGES = 256  # held-out images for the tokenizer's PSNR and codebook usage
+# Fields that fix the tokenizer's architecture and input; a cached vq.pt must agree on them.
+VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels")
+# What a dense checkpoint must share with this run to be converted by it.
+DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len") + VQ_IDENTITY
+GRID_PROMPTS = ("a large red circle", "a small blue square left of a large yellow triangle",
+                "two green circles and a purple square", "the digit 3 in yellow on blue",
+                "narrow red and blue vertical stripes", "")
+
+
+# --- the folder and its log -----------------------------------------------------------------
+
+@dataclass
+class RunFiles:
+    """Paths inside a run folder, and its log."""
+    root: Path
+
+    @property
+    def ckpt(self) -> Path:
+        return self.root / "ckpt.pt"
+
+    @property
+    def vq(self) -> Path:
+        return self.root / "vq.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def dense(self) -> Path:
+        """A MoE run's trained dense model: the input of the conversion, kept for reuse."""
+        return self.root / "dense.pt"
+
+    @property
+    def routing(self) -> Path:
+        """Routing statistics of the final MoE model (routing.json, and routing.png beside)."""
+        return self.root / "routing.json"
+
+    def log_line(self, record: dict) -> None:
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def trim_log(self, stage: str, step: int) -> int:
+        """Drop the log lines that a run resuming from (stage, step) will write again: a crash
+        can log steps past its last checkpoint, and half a line. Returns how many were
+        dropped."""
+        if not self.log.exists():
+            return 0
+        lines = self.log.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the line a crash cut short
+                continue
+            order = STAGES.index(rec["stage"]) if rec.get("stage") in STAGES else -1
+            if order < STAGES.index(stage) or (rec["stage"] == stage
+                                               and rec.get("step", 0) <= step):
+                keep.append(line)
+        if len(keep) < len(lines):
+            tmp = self.log.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(self.log)
+        return len(lines) - len(keep)
+
+
+def read_losses(log: Path) -> dict[tuple[str, int], dict]:
+    """(stage, step) -> the training record of every logged dense and MoE step. Raises
+    ValueError if a step is logged twice (a resume must never repeat one)."""
+    seen = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("stage") in ("dense", "moe") and "loss" in rec:
+            key = (rec["stage"], rec["step"])
+            if key in seen:
+                raise ValueError(f"{log} holds {key} twice")
+            seen[key] = rec
+    return seen
+
+
+def run_folder(out: str | None, moe: str | None) -> Path:
+    if out:
+        return Path(out)
+    return RUNS_ROOT / ("dense" if (moe or "none") == "none" else f"moe-{moe}")
+
+
+# --- what a checkpoint holds ----------------------------------------------------------------
+
+def mismatch(saved: dict, wanted: dict, names) -> tuple[str, object, object] | None:
+    """The first of the config fields `names` on which a saved config and the wanted one
+    differ (both by flat field name), as (name, saved value, wanted value), or None."""
+    return next(((n, saved[n], wanted[n]) for n in names if saved[n] != wanted[n]), None)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, step: int,
+                    image_tok: ImageTokenizer, path: Path | None = None, ep=None,
+                    skipped: int = 0) -> None:
+    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer, tokenizer and the
+    count of skipped non-finite steps. Weights that are not all finite are never written.
+
+    Under expert parallelism (`ep`) or FSDP every rank must call this: the shards are gathered
+    so that the checkpoint holds the whole model; rank 0 writes it."""
+    if ep is not None or is_fsdp(model):
+        model_state = full_model_state(model, ep)
+        optimizer_state = full_optimizer_state(model, optimizer, ep)
+    else:
+        model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+    if rank_world()[0] != 0:
+        return
+    poisoned = [k for k, v in model_state.items()
+                if v.is_floating_point() and not torch.isfinite(v).all()]
+    if poisoned:
+        raise TrainingError(f"{stage} step {step}: weights {poisoned[0]} are not finite, so "
+                            f"no checkpoint was written (the last good one, {files.ckpt}, was "
+                            f"kept); lower --lr and resume with --resume")
+    checkpoint.save({"config": config.to_dict(cfg), "stage": stage, "step": step,
+                     "model": model_state, "optimizer": optimizer_state,
+                     "vq": image_tok.vq.state_dict(), "skipped": skipped}, path or files.ckpt)
+
+
+@dataclass
+class RunWriter(RunFiles):
+    """The run folder as trainer.fit writes into it: its log, and checkpoints of `cfg`'s model
+    with the run's tokenizer."""
+    cfg: Config
+    image_tok: ImageTokenizer
+
+    def save(self, model, optimizer, stage: str, step: int, ep=None, skipped: int = 0) -> None:
+        save_checkpoint(self, self.cfg, model, optimizer, stage, step, self.image_tok, ep=ep,
+                        skipped=skipped)
+
+
+def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict | None]:
+    """The run's config, first step and checkpoint payload (None for a fresh run).
+
+    A resumed run takes its config from the checkpoint; flags may change training fields
+    (e.g. --dense-steps) but a flag that contradicts the saved architecture or data is refused.
+    """
+    if not resume:
+        if files.ckpt.exists():
+            raise UserError(f"{files.ckpt} already exists; pass --resume to continue that run, "
+                            f"or --out NEW_FOLDER to start another")
+        files.root.mkdir(parents=True, exist_ok=True)
+        # A run that crashed before its first checkpoint starts over: keep only the log of the
+        # tokenizer it left behind (if it finished one).
+        if rank_world()[0] == 0:
+            files.trim_log("dense" if files.vq.exists() else "vq", 0)
+        return config.from_args(args), 0, None
+    if not files.ckpt.exists():
+        raise UserError(f"nothing to resume: {files.ckpt} does not exist; drop --resume to "
+                        f"start a new run there")
+    payload = checkpoint.load(files.ckpt)
+    saved = config.from_dict(payload["config"])
+    if args.preset and args.preset != saved.preset:
+        raise UserError(f"{files.ckpt} was trained with --preset {saved.preset}, not "
+                        f"{args.preset}; drop --preset or use another --out")
+    overrides = config.explicit_overrides(args)
+    fixed = [name for name in overrides if config.section_of(name) != "train"]
+    differs = mismatch(config.flat(saved), overrides, fixed)
+    if differs:
+        name, was, now = differs
+        raise UserError(f"{files.ckpt} was trained with {flag(name)} {was}, not {now}; drop the "
+                        f"flag or use another --out")
+    cfg = config.make_config(saved.preset, **{**config.flat(saved), **overrides})
+    if rank_world()[0] == 0 and files.trim_log(payload["stage"], payload["step"]):
+        print(f"log.jsonl: dropped the lines after {payload['stage']} step {payload['step']} "
+              f"(they will be written again)")
+    return cfg, payload["step"], payload
+
+
+# --- stage 1: the image tokenizer -----------------------------------------------------------
+
+def batch_images(source, first: int, n: int) -> torch.Tensor:
+    return images_to_tensor([source[first + i].image for i in range(n)])
+
+
+def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
+                    init_vq: dict | None = None):
+    """Stage 1: train the VQ tokenizer, or reuse the run folder's vq.pt, or take `init_vq`
+    (the tokenizer of an --init dense checkpoint, which that model's codes belong to).
+    Returns (ImageTokenizer, report with held-out PSNR and codebook usage)."""
+    vq = VQModel(cfg.vq).to(device)
+    if init_vq is not None:
+        vq.load_state_dict(init_vq)
+        print("image tokenizer taken from --init")
+        return ImageTokenizer(vq, cfg.vq), _keep_tokenizer(vq, cfg, files, device)
+    if files.vq.exists():
+        payload = checkpoint.load(files.vq)
+        differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
+                           VQ_IDENTITY)
+        if differs:
+            name, was, now = differs
+            raise UserError(f"{files.vq} holds a tokenizer with {name}={was}, but this run asks "
+                            f"for {now}; use another --out")
+        vq.load_state_dict(payload["vq"])
+        print(f"reusing the image tokenizer in {files.vq}: {payload['report']}")
+        return ImageTokenizer(vq, cfg.vq), payload["report"]
+    if cfg.vq.vq_steps == 0:
+        raise UserError(f"--vq-steps 0 but {files.vq} does not exist; train a tokenizer first")
+    torch.manual_seed(cfg.train.seed)
+    source = open_source(cfg, "train")
+    B = cfg.vq.vq_batch
+    train_vq(vq, lambda step: batch_images(source, step * B, B), cfg.vq, device=device,
+             progress=progress, log=lambda rec: files.log_line({"stage": "vq", **rec}))
+    return ImageTokenizer(vq, cfg.vq), _keep_tokenizer(vq, cfg, files, device)
+
+
+def _keep_tokenizer(vq: VQModel, cfg: Config, files: RunFiles, device) -> dict:
+    """Evaluate the tokenizer on held-out images and save it with its report as vq.pt."""
+    report = evaluate_tokenizer(vq, open_source(cfg, "heldout"), device)
+    checkpoint.save({"config": config.to_dict(cfg), "vq": vq.state_dict(), "report": report},
+                    files.vq)
+    print(f"image tokenizer: held-out PSNR {report['psnr']:.2f} dB, codebook perplexity "
+          f"{report['perplexity']:.1f} of {cfg.vq.vq_codes}, {report['used_fraction']:.0%} used")
+    return report
+
+
+@torch.no_grad()
+def evaluate_tokenizer(vq: VQModel, source, device, n: int = VQ_EVAL_IMAGES) -> dict:
+    vq.eval()
+    x = batch_images(source, 0, n).to(device)
+    codes = vq.encode(x)
+    recon = vq.decode(codes)
+    return {"psnr": round(psnr(recon, x), 3), "images": n,
+            **{k: round(float(v), 4) for k, v in codebook_stats(codes, vq.cfg.vq_codes).items()}}
+
+
+# --- stage 2: the dense model ---------------------------------------------------------------
+
+class GridWriter:
+    """Writes samples/step_NNNNNN.png: two samples for each of GRID_PROMPTS."""
+
+    def __init__(self, model, vocab, image_tok, folder: Path, cfg: Config):
+        self.session, self.image_tok, self.folder = Session(cfg, model, vocab), image_tok, folder
+
+    def __call__(self, step: int) -> Path:
+        prompts = [p for p in GRID_PROMPTS if len(p.encode()) <= self.session.max_caption] * 2
+        images = generate(self.session, self.image_tok, prompts, seed=step)
+        path = self.folder / f"step_{step:06d}.png"
+        save_png(image_grid(images, [p or "(empty caption)" for p in prompts],
+                            cols=len(prompts) // 2), path)
+        return path
+
+
+def load_dense(path: Path, cfg: Config) -> dict:
+    """A dense checkpoint (a dense run's ckpt.pt or a MoE run's dense.pt) that fits `cfg`."""
+    payload = checkpoint.load(path)
+    if payload.get("stage") != "dense":
+        raise UserError(f"{path} holds a {payload.get('stage')} model, not a dense one; pass a "
+                        f"dense run's ckpt.pt or a MoE run's dense.pt to --init")
+    differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
+                       DENSE_IDENTITY)
+    if differs:
+        name, was, now = differs
+        raise UserError(f"{path} has {name}={was} but this run asks for {now}; pass "
+                        f"{flag(name)} {was} or another --init")
+    return payload
+
+
+def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict | None,
+                init: str | None, progress: bool):
+    """The trained dense model, from (first that applies): --init, the run folder's dense.pt,
+    or training (resumed from `payload` if it is a dense-stage checkpoint). A MoE run keeps
+    the result as dense.pt."""
+    torch.manual_seed(cfg.train.seed)
+    model, vocab = build_model(config.dense_version(cfg), device)
+    source = Path(init) if init else files.dense if files.dense.exists() and payload is None \
+        else None
+    if source is not None:
+        reused = load_dense(source, cfg)
+        model.load_state_dict(reused["model"])
+        if source != files.dense and rank_world()[0] == 0:
+            checkpoint.save(reused, files.dense)
+        print(f"reusing the dense model in {source} (step {reused['step']})")
+        return model, vocab
+    start = 0
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        start = payload["step"]
+        print(f"resuming dense at step {start}")
+    optimizer = shard_for_training(model, cfg, payload)
+    print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
+    rank, world = rank_world()
+    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok), "dense",
+        cfg.train.dense_steps,
+        Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
+        device, start_step=start, optimizer=optimizer,
+        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
+        skipped=payload.get("skipped", 0) if payload else 0)
+    if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
+        checkpoint.save(checkpoint.load(files.ckpt), files.dense)
+    return unshard(model, config.dense_version(cfg), device), vocab
+
+
+# --- stage 3: conversion and MoE training ---------------------------------------------------
+
+def convert_stage(dense, cfg: Config, files: RunFiles, vocab, image_tok, device,
+                  moe_batcher: Batcher):
+    """The MoE built from `dense` (calibrated on the first MoE batches), and the held-out
+    task losses right before and right after the conversion (router at its step-0 schedule)."""
+    before = heldout_losses(dense, cfg, vocab, image_tok, device)
+    calibration = [moe_batcher(i).to(device) for i in range(cfg.moe.taylor_batches)]
+    dense.train()  # Taylor scores need gradients of the training-mode loss
+    torch.manual_seed(cfg.train.seed)  # the routers' random start: same in every pipeline
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    model = convert_model(dense, cfg, calibration, generator)
+    apply_schedule(model, schedule(cfg, 0))
+    after = heldout_losses(model, cfg, vocab, image_tok, device)
+    router = sum(p.numel() for n, p in model.named_parameters()
+                 if ".router." in n or "prior_GE" in n)
+    report = {"before": before, "after": after, "method": cfg.moe.moe,
+              "moe_params": model.num_params(), "router_params": router,
+              "dense_params": dense.num_params()}
+    if rank_world()[0] == 0:
+        files.log_line({"stage": "convert", **report})
+    print(f"conversion ({cfg.moe.moe}): held-out losses "
+          + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before)
+          + f"; parameters {report['dense_params'] / 1e6:.2f}M -> "
+            f"{report['moe_params'] / 1e6:.2f}M")
+    return model, report
+
+
+def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, batcher: Batcher,
+              start_step: int, optimizer, progress: bool, ep=None, skipped: int = 0) -> None:
+    """Train the MoE from `start_step` (`skipped`: non-finite steps skipped before it); with
+    --moe-steps 0 just save the converted model (as step 0)."""
+    print(describe_schedule(cfg))
+    if cfg.train.moe_steps == 0:
+        save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok,
+                        ep=ep)
+        return
+    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok), "moe",
+        cfg.train.moe_steps,
+        batcher, device, start_step=start_step, optimizer=optimizer,
+        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
+        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
+
+
+def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):
+    """Shard `model` in place for this run's parallelism (--ep: expert shards; fsdp under
+    torchrun: FSDP2) and make its optimizer, restored from `payload` (which holds the whole
+    model's state) when resuming."""
+    use_fsdp = cfg.train.fsdp and rank_world()[1] > 1
+    if ep is not None:
+        parallelize_experts_(model, ep)
+    if use_fsdp:  # with --ep: the non-expert weights
+        fsdp_(model)
+    optimizer = make_optimizer(model, cfg)
+    if payload is not None:
+        state = payload["optimizer"]
+        if ep is not None:
+            state = shard_optimizer_state(state, model, optimizer, ep)
+        if use_fsdp:
+            load_fsdp_optimizer_state(optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
+    return optimizer
+
+
+def resume_moe(cfg: Config, payload: dict, device, ep=None):
+    """The MoE and its optimizer from a checkpoint, sharded as this run shards."""
+    model, vocab = build_model(cfg, device)
+    model.load_state_dict(payload["model"])
+    print(f"resuming moe at step {payload['step']}")
+    return model, vocab, shard_for_training(model, cfg, payload, ep)
+
+
+def unshard(model, cfg: Config, device, ep=None):
+    """The whole model on every rank, gathered from its shards (a collective), or `model`
+    itself when it is not sharded."""
+    if ep is None and not is_fsdp(model):
+        return model
+    state = full_model_state(model, ep)
+    whole, _ = build_model(cfg, device)
+    whole.load_state_dict(state)
+    return whole
+
+
+def routing_report(model, cfg: Config, files: RunFiles, vocab, image_tok, device) -> dict:
+    """evaluation.collect_routing, written to the run folder as routing.json and routing.png."""
+    summary = collect_routing(model, cfg, vocab, image_tok, device)
+    write_text(files.routing, json.dumps(summary, indent=2))
+    save_png(routing_heatmaps(summary, f"{files.root.name}: share of each group's routed slots "
+                              f"per expert (%), held-out"), files.routing.with_suffix(".png"))
+    return summary
+
+
+# --- the end of a run -----------------------------------------------------------------------
+
+def peak_memory_mb() -> float:
+    mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    if torch.cuda.is_available():
+        mb = max(mb, torch.cuda.max_memory_allocated() / 2**20)
+    return round(mb, 1)
+
+
+def format_summary(s: dict) -> str:
+    """evaluation.format_report plus the tokenizer, wall-time and memory lines of a run."""
+    return "\n".join([f"tokenizer  PSNR {s['vq']['psnr']:.2f} dB, perplexity "
+                      f"{s['vq']['perplexity']:.1f}"] + ([format_report(s)] if "mmu" in s else [])
+                     + [f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"])
