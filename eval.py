@@ -28,6 +28,10 @@ def main(argv=None) -> dict:
     p.add_argument("--fid-n", type=int, default=300, help="images per FID set")
     p.add_argument("--mmu-n", type=int, default=120, help="held-out images for MMU questions")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--draw", default="evaluation", choices=list(evaluation.DRAWS),
+                   help="held-out prompts and images: evaluation (report these) or validation "
+                        "(tune on these)")
+    cli.add_sampling_flags(p)
     p.add_argument("--inception", default=None,
                    help="local inception-2015-12-05.pt (TorchScript) for standard FID features")
     p.add_argument("--quick", action="store_true", help="only the check train.py ends with")
@@ -41,7 +45,8 @@ def main(argv=None) -> dict:
             least = 2 if name == "fid_n" else 1  # a covariance needs two images
             if getattr(args, name) < least:
                 raise cli.UserError(f"--{name.replace('_', '-')} {getattr(args, name)} is "
-                                         f"too small; use at least {least}")
+                                    f"too small; use at least {least}")
+        cli.check_sampling(args)
         ckpts = [Path(c) for c in args.ckpt] if args.ckpt else [inference.latest_checkpoint()]
         out = Path(args.out) if args.out else \
             ckpts[0].parent / "eval" if len(ckpts) == 1 else inference.RUNS_ROOT / "eval"
@@ -65,7 +70,8 @@ def quick(runs, args, out: Path) -> dict:
 
 def full(runs, args, out: Path) -> dict:
     settings = evaluation.Settings(args.n, args.samples, args.fid_n, args.mmu_n, args.seed,
-                                   not args.no_progress)
+                                   not args.no_progress, evaluation.DRAWS[args.draw], args.steps,
+                                   args.guidance, args.choice_temperature)
     image_size = runs[0][1][0].data.image_size
     if any(cfg.data.image_size != image_size for _, (cfg, _, _) in runs):
         raise cli.UserError("the runs have different image sizes; evaluate them apart")

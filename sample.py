@@ -7,7 +7,6 @@
 
 --ckpt defaults to the newest out/*/ckpt.pt.
 """
-import math
 import re
 import sys
 from pathlib import Path
@@ -21,10 +20,7 @@ from minimoe.data import fit_image
 from minimoe.plots import image_grid
 
 KEEP_CHOICES = ("left", "right", "top", "bottom")
-# Beyond these a request is a typo, not a plan: a grid of 1024 images is 16 MB of PNG, and
-# MaskGIT has nothing left to reveal after as many steps as a grid has codes.
-MAX_SAMPLES = 1024
-MAX_STEPS = 1024
+MAX_SAMPLES = 1024  # beyond this a request is a typo, not a plan (1024 images: 16 MB of PNG)
 
 
 def main(argv=None):
@@ -39,10 +35,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="PNG path (default: RUN/generated/<prompt>.png)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the run's)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's)")
-    p.add_argument("--choice-temperature", type=float, default=inference.CHOICE_TEMPERATURE,
-                   help="confidence noise at the first step, annealed to 0")
+    cli.add_sampling_flags(p)
     p.add_argument("--device", default="auto")
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
@@ -80,14 +73,7 @@ def check_args(args) -> None:
                             "\"a red circle\"")
     if not 1 <= args.n <= MAX_SAMPLES:
         raise cli.UserError(f"--n {args.n}: draw 1 to {MAX_SAMPLES} samples per call")
-    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
-        raise cli.UserError(f"--steps {args.steps}: use 1 to {MAX_STEPS} MaskGIT steps")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise cli.UserError(f"--guidance {args.guidance} is not a number; use a finite scale "
-                            f"such as 2 (0: no guidance)")
-    if not (math.isfinite(args.choice_temperature) and args.choice_temperature >= 0):
-        raise cli.UserError(f"--choice-temperature {args.choice_temperature}: use a finite "
-                            f"number >= 0 (0: always keep the most confident codes)")
+    cli.check_sampling(args)
 
 
 def run(args):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import warnings
 
@@ -58,6 +59,35 @@ def user_errors(debug: bool):
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
         sys.exit(130)
+
+
+# MaskGIT has nothing left to reveal after as many steps as a grid has codes; far beyond that a
+# value is a typo, not a plan.
+MAX_SAMPLE_STEPS = 1024
+
+
+def add_sampling_flags(parser) -> None:
+    """--steps, --guidance, --choice-temperature: MaskGIT settings that default to the run's."""
+    parser.add_argument("--steps", type=int, default=None,
+                        help="MaskGIT steps (default: the run's --sample-steps)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the run's)")
+    parser.add_argument("--choice-temperature", type=float, default=None,
+                        help="MaskGIT confidence noise at the first step, annealed to 0 "
+                             "(default: the run's)")
+
+
+def check_sampling(args) -> None:
+    """Refuse sampling settings that are not finite or out of range, before any model runs."""
+    if args.steps is not None and not 1 <= args.steps <= MAX_SAMPLE_STEPS:
+        raise UserError(f"--steps {args.steps}: use 1 to {MAX_SAMPLE_STEPS} MaskGIT steps")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise UserError(f"--guidance {args.guidance} is not a number; use a finite scale "
+                        f"such as 2 (0: no guidance)")
+    t = args.choice_temperature
+    if t is not None and not (math.isfinite(t) and t >= 0):
+        raise UserError(f"--choice-temperature {t}: use a finite number >= 0 (0: always keep "
+                        f"the most confident codes)")
 
 
 def pick_device(spec: str) -> torch.device:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -103,8 +104,9 @@ class TrainConfig:
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
-    sample_steps: int = 8  # MaskGIT steps for the periodic grids and the final check
-    guidance: float = 2.0  # classifier-free guidance scale for the periodic grids
+    sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
+    guidance: float = 2.0  # classifier-free guidance scale of sampling
+    choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state (FSDP2)
 
@@ -234,12 +236,18 @@ def validate(cfg: Config) -> None:
                   batch_mmu=cfg.train.batch_mmu, batch_lm=cfg.train.batch_lm,
                   capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
                   anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
-                  max_skips=cfg.train.max_skips)
+                  max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature)
     for name, value in counts.items():
-        if value < 0:
+        if not value >= 0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")
-    if cfg.train.grad_accum < 1:
-        raise ValueError(f"--grad-accum {cfg.train.grad_accum} must be >= 1")
+    for name, value in dict(guidance=cfg.train.guidance,
+                            choice_temperature=cfg.train.choice_temperature).items():
+        if not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} {value} is not a finite number")
+    for name, value in dict(grad_accum=cfg.train.grad_accum,
+                            sample_steps=cfg.train.sample_steps).items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 1")
     validate_moe(cfg)
 
 

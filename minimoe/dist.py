@@ -28,13 +28,22 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from .moe import TORCH, Backend, expert_ffn
 
 TIMEOUT = timedelta(minutes=10)  # a collective waiting this long (a rank died) raises instead
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP tensor (a DTensor), or the tensor itself. Duck-typed: the
+    DTensor module costs half a second at every start and only FSDP runs need it."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """An FSDP tensor gathered from every rank (a collective), or the tensor itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 @dataclass
@@ -257,8 +266,7 @@ def clip_grad_norm_(model, max_norm: float, ep: ExpertParallel) -> torch.Tensor:
     expert_ids = {id(p) for _, p in sharded(model)}
     with_grad = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in with_grad]
-    local = [g.to_local() if isinstance(g, DTensor) else g for p, g in zip(with_grad, grads)
-             if id(p) not in expert_ids]
+    local = [_local(g) for p, g in zip(with_grad, grads) if id(p) not in expert_ids]
     shared = sum((g.float().square().sum() for g in local), torch.zeros(()))
     if is_fsdp(model):  # FSDP shards partition each weight: add the ranks' parts
         dist.all_reduce(shared)
@@ -268,7 +276,7 @@ def clip_grad_norm_(model, max_norm: float, ep: ExpertParallel) -> torch.Tensor:
     norm = (shared + experts).sqrt()
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in grads:
-        (g.to_local() if isinstance(g, DTensor) else g).mul_(scale.to(g.dtype))
+        _local(g).mul_(scale.to(g.dtype))
     return norm
 
 
@@ -283,7 +291,7 @@ def full_model_state(model, ep: ExpertParallel | None) -> dict:
     rank calls it), shaped as for a model on one process."""
     state = model.state_dict()
     if is_fsdp(model):
-        state = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+        state = {k: _whole(v).detach().clone()
                  for k, v in state.items()}
     for name, p in sharded(model) if ep is not None else ():
         state[name] = _gather(p.data, ep)
@@ -295,7 +303,7 @@ def full_optimizer_state(model, optimizer, ep: ExpertParallel | None) -> dict:
     (param group order), so that any layout loads it (a collective)."""
     opt_state = optimizer.state_dict()  # its per-parameter dicts are the live ones: copy
     if is_fsdp(model):
-        opt_state["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v
+        opt_state["state"] = {i: {k: _whole(v)
                                   for k, v in slot.items()}
                               for i, slot in opt_state["state"].items()}
     index = _optimizer_index(optimizer)
@@ -338,6 +346,7 @@ def shard_optimizer_state(opt_state: dict, model, optimizer, ep: ExpertParallel)
 def fsdp_(model) -> None:
     """Shard `model` in place with FSDP2 (a collective: every rank calls it). Expert shards of
     --ep are left to expert parallelism: FSDP shards the non-expert weights."""
+    from torch.distributed.fsdp import fully_shard  # here: half a second to import, FSDP only
     experts = {p for _, p in sharded(model)} if experts_sharded(model) else set()
     for block in model.blocks:
         fully_shard(block, ignored_params=experts & set(block.parameters()) or None)
@@ -352,11 +361,12 @@ def is_fsdp(model) -> bool:
 def load_fsdp_optimizer_state(optimizer, opt_state: dict) -> None:
     """A whole-model optimizer state loaded into the optimizer of an FSDP model: each rank
     keeps the shard of every state tensor that matches its shard of the parameter."""
+    from torch.distributed.tensor import distribute_tensor  # here: FSDP only, slow to import
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state = {}
     for i, slot in opt_state["state"].items():
         p = params[int(i)]
         state[i] = {k: distribute_tensor(v.to(p.dtype), p.device_mesh, p.placements)
-                    if torch.is_tensor(v) and v.dim() > 0 and isinstance(p, DTensor) else v
+                    if torch.is_tensor(v) and v.dim() > 0 and hasattr(p, "device_mesh") else v
                     for k, v in slot.items()}
     optimizer.load_state_dict({**opt_state, "state": state})

@@ -33,17 +33,22 @@ from .inference import Session, generate
 from .losses import task_losses
 from .metrics import RoutingStats, colour_report, mmu_report
 from .plots import bar_chart, image_grid, routing_heatmaps
+from .tokenizers import tensor_to_images
 
 EVAL_SEED = 1234  # the held-out draw of every evaluation, fixed so runs are comparable
+# Another held-out draw (prompts, FID and MMU images) for tuning: tuning on EVAL_SEED's draw
+# would make its numbers optimistic.
+VALIDATION_SEED = 7
+DRAWS = {"evaluation": EVAL_SEED, "validation": VALIDATION_SEED}
 CONVERSION_BATCHES = 4  # held-out batches that measure the loss jump at conversion
 ROUTING_BATCHES = 8  # held-out batches behind routing.json / routing.png
 
 
 # --- the quick check ------------------------------------------------------------------------
 
-def heldout_shapes(cfg: Config, n: int) -> list:
-    """The first n held-out shapes samples of the fixed evaluation draw."""
-    data = BuiltinData(cfg.data.image_size, ("shapes",), "heldout", seed=EVAL_SEED)
+def heldout_shapes(cfg: Config, n: int, draw: int = EVAL_SEED) -> list:
+    """The first n held-out shapes samples of a fixed draw (default: the evaluation's)."""
+    data = BuiltinData(cfg.data.image_size, ("shapes",), "heldout", seed=draw)
     return [data[i] for i in range(n)]
 
 
@@ -154,6 +159,15 @@ class Settings:
     mmu_n: int = 120  # held-out shapes images whose questions are asked
     seed: int = 0  # sampling seed
     progress: bool = True
+    draw: int = EVAL_SEED  # which held-out prompts and images (DRAWS)
+    steps: int | None = None  # MaskGIT sampling; None: the run's --sample-steps ...
+    guidance: float | None = None  # ... --guidance ...
+    choice_temperature: float | None = None  # ... and --choice-temperature
+
+    def images(self, session, image_tok, captions: list[str]) -> list:
+        """Generated images for `captions` with these sampling settings."""
+        return generate(session, image_tok, captions, self.seed, self.steps, self.guidance,
+                        self.choice_temperature, progress=self.progress)
 
 
 def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, features: str) -> dict:
@@ -162,7 +176,8 @@ def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, feature
     out.mkdir(parents=True, exist_ok=True)
     report = {"geneval": geneval_eval(cfg, session, image_tok, s, out),
               "fid": fid_eval(cfg, session, image_tok, s, featurize, features),
-              "mmu": mmu_eval(session, image_tok, heldout_shapes(cfg, s.mmu_n), s.progress)}
+              "mmu": mmu_eval(session, image_tok, heldout_shapes(cfg, s.mmu_n, s.draw),
+                              s.progress)}
     if session.model.moe_layers():
         routing = collect_routing(session.model, cfg, session.vocab, image_tok, session.device)
         save_png(routing_heatmaps(routing, f"{out.name}: share of each group's routed slots "
@@ -173,10 +188,19 @@ def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, feature
     return report
 
 
+def tokenizer_ceiling(image_tok, image_size: int, per_category: int,
+                      seed: int = EVAL_SEED) -> dict:
+    """The GenEval-style checker on the tokenizer's reconstructions of the prompts' real
+    images (geneval.ceiling): the cap every generated image works under."""
+    def reconstruct(images):
+        return tensor_to_images(image_tok.decode(image_tok.encode(images)))
+    return geneval.ceiling(reconstruct, image_size, per_category, seed)
+
+
 def geneval_eval(cfg, session, image_tok, s: Settings, out: Path) -> dict:
-    prompts = geneval.prompt_set(cfg.data.image_size, s.per_category, seed=EVAL_SEED)
+    prompts = geneval.prompt_set(cfg.data.image_size, s.per_category, seed=s.draw)
     captions = [p.caption for p in prompts for _ in range(s.samples)]
-    images = generate(session, image_tok, captions, s.seed, progress=s.progress)
+    images = s.images(session, image_tok, captions)
     grouped = [images[i * s.samples:(i + 1) * s.samples] for i in range(len(prompts))]
     scored = geneval.score(prompts, grouped)
     for category in geneval.CATEGORIES:  # a grid per category with the checker's verdicts
@@ -186,16 +210,17 @@ def geneval_eval(cfg, session, image_tok, s: Settings, out: Path) -> dict:
                   for i in idx for ok in scored["verdicts"][i]]
         save_png(image_grid(ims, labels, cols=2 * s.samples), out / f"geneval_{category}.png")
     return {"per_category": scored["per_category"], "overall": scored["overall"],
-            "prompts": len(prompts), "samples_per_prompt": s.samples}
+            "prompts": len(prompts), "samples_per_prompt": s.samples,
+            "ceiling": tokenizer_ceiling(image_tok, cfg.data.image_size, s.per_category,
+                                         s.draw)}
 
 
 def fid_eval(cfg, session, image_tok, s: Settings, featurize, features: str) -> dict:
     domains = tuple(d for d in cfg.domain_names if d in DOMAINS) or DOMAINS
-    data = BuiltinData(cfg.data.image_size, domains, "heldout", seed=EVAL_SEED)
+    data = BuiltinData(cfg.data.image_size, domains, "heldout", seed=s.draw)
     prompted = [data[i] for i in range(s.fid_n)]
     reference = [data[s.fid_n + i].image for i in range(s.fid_n)]
-    generated = generate(session, image_tok, [x.caption for x in prompted], s.seed,
-                         progress=s.progress)
+    generated = s.images(session, image_tok, [x.caption for x in prompted])
     return {"fid": round(fidlib.fid(featurize, generated, reference), 3),
             "real_vs_real": round(fidlib.fid(featurize, [x.image for x in prompted],
                                              reference), 3),
@@ -204,8 +229,11 @@ def fid_eval(cfg, session, image_tok, s: Settings, featurize, features: str) -> 
 
 def headline(report: dict) -> dict[str, float]:
     """The few numbers a comparison table shows."""
-    row = {"GenEval": report["geneval"]["overall"], "MMU": report["mmu"]["accuracy"],
-           "FID": report["fid"]["fid"], "FID floor": report["fid"]["real_vs_real"]}
+    row = {"GenEval": report["geneval"]["overall"]}
+    if "ceiling" in report["geneval"]:
+        row["GenEval ceiling"] = report["geneval"]["ceiling"]["overall"]
+    row.update({"MMU": report["mmu"]["accuracy"], "FID": report["fid"]["fid"],
+                "FID floor": report["fid"]["real_vs_real"]})
     row.update({f"GenEval {c}": v for c, v in report["geneval"]["per_category"].items()})
     if "routing" in report:
         layers = report["routing"].values()

@@ -201,6 +201,17 @@ def wrong_prompts(prompts: list[Prompt]) -> list[Prompt]:
     return out
 
 
+def ceiling(reconstruct, image_size: int, per_category: int, seed: int = 0) -> dict:
+    """The checker on reconstructions of the prompts' own real images: what a model whose
+    tokenizer is `reconstruct` (PIL images -> PIL images, e.g. VQ encode then decode) could
+    score at best, since every image it draws passes through that decoder."""
+    prompts = prompt_set(image_size, per_category, seed)
+    recon = reconstruct([render_shapes(p.objects, image_size) for p in prompts])
+    scored = score(prompts, [[im] for im in recon])
+    return {"overall": scored["overall"], "per_category": scored["per_category"],
+            "prompts": len(prompts)}
+
+
 def validate_checker(image_size: int, per_category: int, seed: int = 0) -> dict:
     """The checker on real rendered held-out images: with their own prompts (should pass) and
     with another prompt of the same category (should fail)."""

@@ -27,7 +27,6 @@ from .vq import VQModel
 
 MAX_ANSWER_TOKENS = 16  # answers are a few words; stop runaway generations here
 GENERATE_BATCH = 16  # captions per MaskGIT call: bounds the memory of any number of images
-CHOICE_TEMPERATURE = 4.5  # MaskGIT's confidence noise at the first step, annealed to 0
 RUNS_ROOT = Path("out")  # default parent of run folders
 
 
@@ -51,7 +50,7 @@ class Session:
 
     @torch.no_grad()
     def text_to_image(self, captions: list[str], steps: int, guidance: float,
-                      generator: torch.Generator, choice_temperature: float = CHOICE_TEMPERATURE,
+                      generator: torch.Generator, choice_temperature: float,
                       known_codes_BN: torch.Tensor | None = None) -> torch.Tensor:
         """Image codes [B, N] (values in 0..codes-1) for each caption.
 
@@ -115,15 +114,19 @@ class Session:
 
 def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], seed: int,
              steps: int | None = None, guidance: float | None = None,
-             choice_temperature: float = CHOICE_TEMPERATURE,
+             choice_temperature: float | None = None,
              known_codes_BN: torch.Tensor | None = None, batch: int = GENERATE_BATCH,
              progress: bool = False):
     """PIL images for `captions`, deterministic in `seed`, `batch` captions at a time.
-    steps and guidance default to the run's (--sample-steps, --guidance); known_codes_BN (one
-    row per caption, -1 = unknown) keeps part of each grid."""
+    steps, guidance and choice_temperature default to the run's (--sample-steps, --guidance,
+    --choice-temperature); known_codes_BN (one row per caption, -1 = unknown) keeps part of
+    each grid."""
     gen = torch.Generator(session.device).manual_seed(seed)
-    steps = steps or session.cfg.train.sample_steps
-    guidance = session.cfg.train.guidance if guidance is None else guidance
+    t = session.cfg.train
+    steps = steps or t.sample_steps
+    guidance = t.guidance if guidance is None else guidance
+    choice_temperature = t.choice_temperature if choice_temperature is None \
+        else choice_temperature
     images = []
     for i in tqdm(range(0, len(captions), batch), desc="generating", disable=not progress):
         known = None if known_codes_BN is None else known_codes_BN[i:i + batch]

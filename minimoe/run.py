@@ -31,7 +31,7 @@ from .data import open_source
 from .dist import (data_parallel, fsdp_, full_model_state, full_optimizer_state, is_fsdp,
                    load_fsdp_optimizer_state, parallelize_experts_, rank_world,
                    shard_optimizer_state)
-from .evaluation import collect_routing, format_report, heldout_losses
+from .evaluation import collect_routing, format_report, heldout_losses, tokenizer_ceiling
 from .inference import RUNS_ROOT, Session, generate
 from .plots import image_grid, routing_heatmaps
 from .routing import RouterTraining, apply_schedule, describe_schedule, schedule
@@ -41,6 +41,7 @@ from .vq import VQModel, codebook_stats, psnr, train_vq
 
 STAGES = ("vq", "dense", "convert", "moe")  # in the order a run goes through them
 VQ_EVAL_IMAGES = 256  # held-out images for the tokenizer's PSNR and codebook usage
+CEILING_PROMPTS = 20  # evaluation prompts per GenEval category behind the tokenizer's ceiling
 # Fields that fix the tokenizer's architecture and input; a cached vq.pt must agree on them.
 VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels")
 # What a dense checkpoint must share with this run to be converted by it.
@@ -244,7 +245,8 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
             raise UserError(f"{files.vq} holds a tokenizer with {name}={was}, but this run asks "
                             f"for {now}; use another --out")
         vq.load_state_dict(payload["vq"])
-        print(f"reusing the image tokenizer in {files.vq}: {payload['report']}")
+        print(f"reusing the image tokenizer in {files.vq}: "
+              f"{describe_tokenizer(payload['report'])}")
         return ImageTokenizer(vq, cfg.vq), payload["report"]
     if cfg.vq.vq_steps == 0:
         raise UserError(f"--vq-steps 0 but {files.vq} does not exist; train a tokenizer first")
@@ -258,22 +260,38 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
 
 def _keep_tokenizer(vq: VQModel, cfg: Config, files: RunFiles, device) -> dict:
     """Evaluate the tokenizer on held-out images and save it with its report as vq.pt."""
-    report = evaluate_tokenizer(vq, open_source(cfg, "heldout"), device)
+    report = evaluate_tokenizer(vq, cfg, device)
+    if rank_world()[0] == 0:
+        files.log_line({"stage": "vq", "report": report})
     checkpoint.save({"config": config.to_dict(cfg), "vq": vq.state_dict(), "report": report},
                     files.vq)
-    print(f"image tokenizer: held-out PSNR {report['psnr']:.2f} dB, codebook perplexity "
-          f"{report['perplexity']:.1f} of {cfg.vq.vq_codes}, {report['used_fraction']:.0%} used")
+    print(f"image tokenizer: {describe_tokenizer(report)}")
     return report
 
 
 @torch.no_grad()
-def evaluate_tokenizer(vq: VQModel, source, device, n: int = VQ_EVAL_IMAGES) -> dict:
+def evaluate_tokenizer(vq: VQModel, cfg: Config, device, n: int = VQ_EVAL_IMAGES) -> dict:
+    """Held-out PSNR and codebook usage on `n` images, and the GenEval-style ceiling: the
+    checker on reconstructions of the evaluation prompts' real images."""
     vq.eval()
-    x = batch_images(source, 0, n).to(device)
+    x = batch_images(open_source(cfg, "heldout"), 0, n).to(device)
     codes = vq.encode(x)
     recon = vq.decode(codes)
+    ceiling = tokenizer_ceiling(ImageTokenizer(vq, cfg.vq), cfg.data.image_size, CEILING_PROMPTS)
     return {"psnr": round(psnr(recon, x), 3), "images": n,
-            **{k: round(float(v), 4) for k, v in codebook_stats(codes, vq.cfg.vq_codes).items()}}
+            **{k: round(float(v), 4) for k, v in codebook_stats(codes, vq.cfg.vq_codes).items()},
+            "ceiling": round(ceiling["overall"], 4),
+            "ceiling_per_category": {k: round(v, 4) for k, v in ceiling["per_category"].items()}}
+
+
+def describe_tokenizer(report: dict) -> str:
+    line = (f"held-out PSNR {report['psnr']:.2f} dB, codebook perplexity "
+            f"{report['perplexity']:.1f}, {report['used_fraction']:.0%} of codes used")
+    if "ceiling" in report:  # tokenizers saved before the ceiling was measured lack it
+        worst = min(report["ceiling_per_category"].items(), key=lambda kv: kv[1])
+        line += (f"; GenEval ceiling {report['ceiling']:.1%} (lowest: {worst[0]} "
+                 f"{worst[1]:.0%})")
+    return line
 
 
 # --- stage 2: the dense model ---------------------------------------------------------------
@@ -447,6 +465,6 @@ def peak_memory_mb() -> float:
 
 def format_summary(s: dict) -> str:
     """evaluation.format_report plus the tokenizer, wall-time and memory lines of a run."""
-    return "\n".join([f"tokenizer  PSNR {s['vq']['psnr']:.2f} dB, perplexity "
-                      f"{s['vq']['perplexity']:.1f}"] + ([format_report(s)] if "mmu" in s else [])
+    return "\n".join([f"tokenizer  {describe_tokenizer(s['vq'])}"]
+                     + ([format_report(s)] if "mmu" in s else [])
                      + [f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"])

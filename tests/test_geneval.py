@@ -44,3 +44,21 @@ def test_prompt_set_is_held_out_and_balanced():
     assert [p.category for p in prompts] == [c for c in CATEGORIES for _ in range(5)]
     assert all(w.category == p.category for p, w in zip(prompts, wrong_prompts(prompts)))
     assert all(split_of(f"shapes|{p.caption}") == "heldout" for p in prompts), "never trained on"
+
+
+def test_the_tokenizer_ceiling_scores_reconstructions_not_the_real_images():
+    """A perfect tokenizer's ceiling is the checker's score on real images; an untrained VQ
+    model's reconstructions (flat colour mush) pass almost nothing."""
+    import torch
+    from minimoe.config import make_config
+    from minimoe.evaluation import tokenizer_ceiling
+    from minimoe.geneval import ceiling
+    from minimoe.tokenizers import ImageTokenizer
+    from minimoe.vq import VQModel
+    real = validate_checker(32, per_category=10)["real"]
+    assert ceiling(lambda images: images, 32, 10)["overall"] == real
+    torch.manual_seed(0)
+    cfg = make_config()
+    poor = tokenizer_ceiling(ImageTokenizer(VQModel(cfg.vq), cfg.vq), 32, 10)
+    assert poor["overall"] < real - 0.5, poor
+    assert set(poor["per_category"]) == set(CATEGORIES) and poor["prompts"] == 60

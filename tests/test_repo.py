@@ -25,12 +25,20 @@ def test_the_cycle_finder_finds_a_cycle():
     assert import_graph.cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_import_inside_a_function_or_class():
+def test_no_import_hides_inside_a_function():
+    """A function-level import of the package would dodge a cycle; one of a slow third-party
+    module (torch's FSDP, imported only by the runs that shard) must say why on its line."""
     for path in (ROOT / "minimoe").rglob("*.py"):
+        lines = path.read_text().splitlines()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
-                assert not inner, f"{path.name}: import inside {node.name}"
+                for n in ast.walk(node):
+                    if isinstance(n, ast.ImportFrom):
+                        assert n.level == 0 and not (n.module or "").startswith("minimoe"), \
+                            f"{path.name}: {node.name} imports the package inside a function"
+                    if isinstance(n, (ast.Import, ast.ImportFrom)):
+                        assert "#" in lines[n.lineno - 1], \
+                            f"{path.name}:{n.lineno}: a function-level import without its reason"
 
 
 def markdown_files() -> list[Path]:
@@ -54,7 +62,7 @@ def test_every_relative_link_in_the_docs_resolves_inside_the_repository():
 
 
 def test_nothing_refers_to_files_outside_the_repository():
-    pattern = re.compile(r"\.\./shared|DESIGN section")
+    pattern = re.compile(r"\.\./shared|DESIGN" + " section")  # split: this line must pass
     for path in ROOT.rglob("*"):
         if path.is_file() and path.suffix in {".py", ".md", ".cpp", ".h", ".cu", ".sh"} \
                 and ".git" not in path.parts:
