@@ -80,22 +80,21 @@ def train(args) -> dict:
     print(config.describe(cfg))
     print(f"run folder: {files.root}   device: {device}")
 
-    # Stage 1: the image tokenizer (trained once per run folder, then reused); under torchrun
-    # rank 0 makes it and the other ranks load it.
+    # Stage 1: the tokenizers, text merges and the VQ image tokenizer (made once per run
+    # folder, then reused); under torchrun rank 0 makes them and the other ranks load them.
     if not info.is_main:
         dist.barrier()
-    image_tok, vq_report = run.tokenizer_stage(cfg, files, device, progress,
-                                               init_vq=init["vq"] if init else None)
+    image_tok, vocab, vq_report = run.tokenizer_stage(cfg, files, device, progress, init)
     if info.is_main:
         dist.barrier()
     summary = {"vq": vq_report}
 
     # Stage 2: the dense model on a mix of T2I, MMU and LM batches (skipped once in stage 3).
     if stage == "moe":
-        model, vocab, optimizer = run.resume_moe(cfg, payload, device, ep)
+        model, optimizer = run.resume_moe(cfg, payload, device, ep)
     else:
-        model, vocab = run.dense_stage(cfg, files, image_tok, device, payload, args.init,
-                                       progress)
+        model = run.dense_stage(cfg, files, image_tok, vocab, device, payload, args.init,
+                                progress)
         start_step, optimizer = 0, None
 
     # Stage 3: dense FFNs -> experts, then MoE training; its data continues after stage 2's.

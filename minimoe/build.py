@@ -25,8 +25,10 @@ def moe_spec(cfg: Config) -> MoESpec | None:
 
 
 def build_model(cfg: Config, device: torch.device | str = "cpu") -> tuple[Transformer, Vocab]:
-    """The (freshly initialised) transformer of `cfg` on `device`, and its vocabulary."""
-    vocab = Vocab(cfg.vq.vq_codes)
+    """The (freshly initialised) transformer of `cfg` on `device`, and the ids of its
+    vocabulary (without BPE merges: those are learnt in the tokenizer stage and change how
+    text is cut, not any id or shape)."""
+    vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
     spec = moe_spec(cfg)
     layers = tuple(moe_layer_ids(cfg.moe.moe_layers, cfg.model.n_layers)) if spec else ()
     model = Transformer(cfg.model, vocab.size, vocab.pad, vocab.image_offset, spec, layers,

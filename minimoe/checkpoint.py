@@ -13,6 +13,8 @@ import torch
 
 from . import atomic, faults
 from .cli import UserError
+from .config import Config
+from .tokenizers import Vocab
 
 FORMAT = "minimoe-checkpoint"  # marks files written by `save`, so foreign .pt files are refused
 VERSION = 2  # the layout of the payload and of its state dicts that this code reads
@@ -48,3 +50,9 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, this code "
                               f"reads version {VERSION}; retrain or use a matching minimoe")
     return payload
+
+
+def vocab_of(payload: dict, cfg: Config) -> Vocab:
+    """The joint vocabulary a checkpoint or vq.pt was made with (its BPE merges, if any)."""
+    return Vocab(cfg.vq.vq_codes, cfg.data.text_vocab,
+                 tuple(tuple(m) for m in payload.get("merges", ())))

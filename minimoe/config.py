@@ -20,6 +20,7 @@ class DataConfig:
     domains: str = "shapes,glyphs,patterns"  # built-in domains to mix, comma separated
     image_size: int = 32  # images are square, this many pixels a side
     text_len: int = 64  # token slots for the text block of a sequence (specials included)
+    text_vocab: int = 256  # text ids: 256 bytes, and above 256 BPE merges of the training texts
 
 
 @dataclass
@@ -229,6 +230,8 @@ def validate(cfg: Config) -> None:
                          f"of even size (rotary embeddings rotate pairs)")
     if d.text_len < 8:
         raise ValueError(f"--text-len {d.text_len} is too short; use at least 8")
+    if d.text_vocab < 256:
+        raise ValueError(f"--text-vocab {d.text_vocab}: text needs at least the 256 byte ids")
     if not (d.data == "builtin" or d.data.startswith("folder:")):
         raise ValueError(f"--data {d.data!r}: use 'builtin' or 'folder:PATH'")
     counts = dict(vq_steps=v.vq_steps, dense_steps=cfg.train.dense_steps,

@@ -154,7 +154,8 @@ def load(path: str | Path | None, device) -> tuple[Config, Session, ImageTokeniz
     cfg = config.from_dict(payload["config"])
     if payload.get("stage") == "dense":  # a MoE run still in (or just past) its dense stage
         cfg = config.dense_version(cfg)
-    model, vocab = build_model(cfg, device)
+    model, _ = build_model(cfg, device)
+    vocab = checkpoint.vocab_of(payload, cfg)
     vq = VQModel(cfg.vq).to(device)
     try:
         model.load_state_dict(payload["model"])

@@ -25,7 +25,6 @@ from torch.utils.checkpoint import checkpoint
 from .config import ModelConfig
 from .moe import TORCH, Backend, MoE, MoESpec, Routing, TokenInfo
 from .sequences import attention_mask, positions
-from .tokenizers import IMAGE_OFFSET
 
 INIT_STD = 0.02  # GPT-2 style initialisation of embeddings and matrices
 
@@ -143,7 +142,7 @@ class Transformer(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
-                 image_offset: int = IMAGE_OFFSET, moe: MoESpec | None = None,
+                 image_offset: int, moe: MoESpec | None = None,
                  moe_layers: tuple[int, ...] = (), backend: Backend = TORCH,
                  activation_checkpointing: bool = False):
         super().__init__()

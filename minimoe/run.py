@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config
+from . import bpe, checkpoint, config
+from .bpe import BYTES
 from .atomic import save_png, write_text
 from .batches import Batcher
 from .build import build_model
@@ -35,15 +36,18 @@ from .evaluation import collect_routing, format_report, heldout_losses, tokenize
 from .inference import RUNS_ROOT, Session, generate
 from .plots import image_grid, routing_heatmaps
 from .routing import RouterTraining, apply_schedule, describe_schedule, schedule
-from .tokenizers import ImageTokenizer, images_to_tensor
+from .sequences import question_text
+from .tokenizers import ImageTokenizer, TextTokenizer, Vocab, images_to_tensor
 from .trainer import TrainingError, fit, make_optimizer
 from .vq import VQModel, codebook_stats, psnr, train_vq
 
 STAGES = ("vq", "dense", "convert", "moe")  # in the order a run goes through them
 VQ_EVAL_IMAGES = 256  # held-out images for the tokenizer's PSNR and codebook usage
 CEILING_PROMPTS = 20  # evaluation prompts per GenEval category behind the tokenizer's ceiling
-# Fields that fix the tokenizer's architecture and input; a cached vq.pt must agree on them.
-VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels")
+# Fields that fix the tokenizers' architecture and input; a cached vq.pt must agree on them.
+VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels",
+               "text_vocab")
+TEXT_SAMPLES = 3000  # training samples whose texts the BPE merges are learnt from
 # What a dense checkpoint must share with this run to be converted by it.
 DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len") + VQ_IDENTITY
 GRID_PROMPTS = ("a large red circle", "a small blue square left of a large yellow triangle",
@@ -145,10 +149,11 @@ def flag(name: str) -> str:
 
 
 def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, step: int,
-                    image_tok: ImageTokenizer, path: Path | None = None, ep=None,
+                    image_tok: ImageTokenizer, vocab: Vocab, path: Path | None = None, ep=None,
                     skipped: int = 0) -> None:
-    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer, tokenizer and the
-    count of skipped non-finite steps. Weights that are not all finite are never written.
+    """The run's ckpt.pt (or `path`): config, stage, step, model, optimizer, both tokenizers
+    and the count of skipped non-finite steps. Weights that are not all finite are never
+    written.
 
     Under expert parallelism (`ep`) or FSDP every rank must call this: the shards are gathered
     so that the checkpoint holds the whole model; rank 0 writes it."""
@@ -167,19 +172,21 @@ def save_checkpoint(files: RunFiles, cfg: Config, model, optimizer, stage: str, 
                             f"kept); lower --lr and resume with --resume")
     checkpoint.save({"config": config.to_dict(cfg), "stage": stage, "step": step,
                      "model": model_state, "optimizer": optimizer_state,
-                     "vq": image_tok.vq.state_dict(), "skipped": skipped}, path or files.ckpt)
+                     "vq": image_tok.vq.state_dict(), "merges": [list(m) for m in vocab.merges],
+                     "skipped": skipped}, path or files.ckpt)
 
 
 @dataclass
 class RunWriter(RunFiles):
     """The run folder as trainer.fit writes into it: its log, and checkpoints of `cfg`'s model
-    with the run's tokenizer."""
+    with the run's tokenizers."""
     cfg: Config
     image_tok: ImageTokenizer
+    vocab: Vocab
 
     def save(self, model, optimizer, stage: str, step: int, ep=None, skipped: int = 0) -> None:
-        save_checkpoint(self, self.cfg, model, optimizer, stage, step, self.image_tok, ep=ep,
-                        skipped=skipped)
+        save_checkpoint(self, self.cfg, model, optimizer, stage, step, self.image_tok,
+                        self.vocab, ep=ep, skipped=skipped)
 
 
 def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict | None]:
@@ -226,16 +233,45 @@ def batch_images(source, first: int, n: int) -> torch.Tensor:
     return images_to_tensor([source[first + i].image for i in range(n)])
 
 
+def sample_texts(sample) -> list[str]:
+    """Every text a batch encodes for one sample (batches.Batcher): the caption, and each
+    question as the prompt before its answer, the answer, and both as one text."""
+    texts = [sample.caption]
+    for q, a in sample.qa or [("", sample.caption)]:
+        texts += [question_text(q), a, question_text(q) + a]
+    return texts
+
+
+def learn_vocab(cfg: Config) -> Vocab:
+    """The run's joint vocabulary: with --text-vocab above 256, BPE merges learnt from the
+    texts of the first TEXT_SAMPLES training samples."""
+    vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
+    if cfg.data.text_vocab == BYTES:
+        return vocab
+    source = open_source(cfg, "train")
+    texts = [t for i in range(TEXT_SAMPLES) for t in sample_texts(source[i])]
+    vocab = Vocab(vocab.codes, vocab.text, tuple(bpe.train(texts, cfg.data.text_vocab)))
+    text = TextTokenizer(vocab)
+    longest = max(len(text.encode(t)) for t in texts)
+    if longest > cfg.data.text_len - 3:  # [t2i] [sot] caption [eot]
+        raise UserError(f"--text-len {cfg.data.text_len}: the training texts need up to "
+                        f"{longest} tokens plus 3 specials; raise --text-len")
+    print(f"text tokenizer: {len(vocab.merges)} BPE merges, texts of up to {longest} tokens")
+    return vocab
+
+
 def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
-                    init_vq: dict | None = None):
-    """Stage 1: train the VQ tokenizer, or reuse the run folder's vq.pt, or take `init_vq`
-    (the tokenizer of an --init dense checkpoint, which that model's codes belong to).
-    Returns (ImageTokenizer, report with held-out PSNR and codebook usage)."""
+                    init: dict | None = None):
+    """Stage 1: learn the text merges and train the VQ tokenizer, or reuse the run folder's
+    vq.pt, or take the tokenizers of `init` (an --init dense checkpoint, whose codes and text
+    ids belong to them). Returns (ImageTokenizer, Vocab, report with held-out PSNR, codebook
+    usage and the GenEval ceiling)."""
     vq = VQModel(cfg.vq).to(device)
-    if init_vq is not None:
-        vq.load_state_dict(init_vq)
-        print("image tokenizer taken from --init")
-        return ImageTokenizer(vq, cfg.vq), _keep_tokenizer(vq, cfg, files, device)
+    if init is not None:
+        vq.load_state_dict(init["vq"])
+        vocab = checkpoint.vocab_of(init, cfg)
+        print("tokenizers taken from --init")
+        return ImageTokenizer(vq, cfg.vq), vocab, _keep_tokenizer(vq, vocab, cfg, files, device)
     if files.vq.exists():
         payload = checkpoint.load(files.vq)
         differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
@@ -245,26 +281,27 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
             raise UserError(f"{files.vq} holds a tokenizer with {name}={was}, but this run asks "
                             f"for {now}; use another --out")
         vq.load_state_dict(payload["vq"])
-        print(f"reusing the image tokenizer in {files.vq}: "
-              f"{describe_tokenizer(payload['report'])}")
-        return ImageTokenizer(vq, cfg.vq), payload["report"]
+        print(f"reusing the tokenizers in {files.vq}: {describe_tokenizer(payload['report'])}")
+        return ImageTokenizer(vq, cfg.vq), checkpoint.vocab_of(payload, cfg), payload["report"]
     if cfg.vq.vq_steps == 0:
         raise UserError(f"--vq-steps 0 but {files.vq} does not exist; train a tokenizer first")
+    vocab = learn_vocab(cfg)
     torch.manual_seed(cfg.train.seed)
     source = open_source(cfg, "train")
     B = cfg.vq.vq_batch
     train_vq(vq, lambda step: batch_images(source, step * B, B), cfg.vq, device=device,
              progress=progress, log=lambda rec: files.log_line({"stage": "vq", **rec}))
-    return ImageTokenizer(vq, cfg.vq), _keep_tokenizer(vq, cfg, files, device)
+    return ImageTokenizer(vq, cfg.vq), vocab, _keep_tokenizer(vq, vocab, cfg, files, device)
 
 
-def _keep_tokenizer(vq: VQModel, cfg: Config, files: RunFiles, device) -> dict:
-    """Evaluate the tokenizer on held-out images and save it with its report as vq.pt."""
+def _keep_tokenizer(vq: VQModel, vocab: Vocab, cfg: Config, files: RunFiles, device) -> dict:
+    """Evaluate the image tokenizer on held-out images and save both tokenizers with the
+    report as vq.pt."""
     report = evaluate_tokenizer(vq, cfg, device)
     if rank_world()[0] == 0:
         files.log_line({"stage": "vq", "report": report})
-    checkpoint.save({"config": config.to_dict(cfg), "vq": vq.state_dict(), "report": report},
-                    files.vq)
+    checkpoint.save({"config": config.to_dict(cfg), "vq": vq.state_dict(), "report": report,
+                     "merges": [list(m) for m in vocab.merges]}, files.vq)
     print(f"image tokenizer: {describe_tokenizer(report)}")
     return report
 
@@ -326,13 +363,13 @@ def load_dense(path: Path, cfg: Config) -> dict:
     return payload
 
 
-def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict | None,
-                init: str | None, progress: bool):
+def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
+                payload: dict | None, init: str | None, progress: bool):
     """The trained dense model, from (first that applies): --init, the run folder's dense.pt,
     or training (resumed from `payload` if it is a dense-stage checkpoint). A MoE run keeps
     the result as dense.pt."""
     torch.manual_seed(cfg.train.seed)
-    model, vocab = build_model(config.dense_version(cfg), device)
+    model, _ = build_model(config.dense_version(cfg), device)
     source = Path(init) if init else files.dense if files.dense.exists() and payload is None \
         else None
     if source is not None:
@@ -341,7 +378,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
         if source != files.dense and rank_world()[0] == 0:
             checkpoint.save(reused, files.dense)
         print(f"reusing the dense model in {source} (step {reused['step']})")
-        return model, vocab
+        return model
     start = 0
     if payload is not None:
         model.load_state_dict(payload["model"])
@@ -350,7 +387,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
     optimizer = shard_for_training(model, cfg, payload)
     print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
     rank, world = rank_world()
-    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok), "dense",
+    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab), "dense",
         cfg.train.dense_steps,
         Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
         device, start_step=start, optimizer=optimizer,
@@ -358,7 +395,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, device, payload: dict |
         skipped=payload.get("skipped", 0) if payload else 0)
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
-    return unshard(model, config.dense_version(cfg), device), vocab
+    return unshard(model, config.dense_version(cfg), device)
 
 
 # --- stage 3: conversion and MoE training ---------------------------------------------------
@@ -395,10 +432,10 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
     --moe-steps 0 just save the converted model (as step 0)."""
     print(describe_schedule(cfg))
     if cfg.train.moe_steps == 0:
-        save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "moe", 0, image_tok,
-                        ep=ep)
+        RunWriter(files.root, cfg, image_tok, vocab).save(model, make_optimizer(model, cfg),
+                                                          "moe", 0, ep=ep)
         return
-    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok), "moe",
+    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab), "moe",
         cfg.train.moe_steps,
         batcher, device, start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
@@ -428,10 +465,10 @@ def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None)
 
 def resume_moe(cfg: Config, payload: dict, device, ep=None):
     """The MoE and its optimizer from a checkpoint, sharded as this run shards."""
-    model, vocab = build_model(cfg, device)
+    model, _ = build_model(cfg, device)
     model.load_state_dict(payload["model"])
     print(f"resuming moe at step {payload['step']}")
-    return model, vocab, shard_for_training(model, cfg, payload, ep)
+    return model, shard_for_training(model, cfg, payload, ep)
 
 
 def unshard(model, cfg: Config, device, ep=None):

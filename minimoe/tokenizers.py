@@ -1,11 +1,12 @@
 """Tokenizers and the joint vocabulary (docs/design.md, sections 5-6).
 
-Joint vocabulary, in id order:
+Joint vocabulary, in id order, for T text ids (--text-vocab, 256 or more):
 
-    0..255                    UTF-8 bytes (text is byte-level: every string round-trips)
-    256..262                  special tokens (SPECIALS below)
-    263..263+codes-1          image codes (the VQ codebook, offset by IMAGE_OFFSET)
-    263+codes                 [MASK], always the last id
+    0..255                    UTF-8 bytes (every string round-trips)
+    256..T-1                  BPE merges learnt from the run's training texts (bpe.py), if T > 256
+    T..T+6                    special tokens (SPECIALS below)
+    T+7..T+7+codes-1          image codes (the VQ codebook, offset by `image_offset`)
+    T+7+codes                 [MASK], always the last id
 
 Over-long text is *rejected* with a ValueError that gives both lengths, never truncated: a cut
 could split a multi-byte character, and silently shortening a prompt changes what it asks for.
@@ -18,30 +19,61 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .bpe import BPE, BYTES
 from .config import VQConfig
 from .vq import VQModel
 
-BYTES = 256  # byte-level text: ids 0..255 are the byte values
 SPECIALS = ("[pad]", "[t2i]", "[mmu]", "[sot]", "[eot]", "[soi]", "[eoi]")
-IMAGE_OFFSET = BYTES + len(SPECIALS)  # first image code id in the joint vocabulary
 
 
 @dataclass(frozen=True)
 class Vocab:
-    """Ids of the joint vocabulary for a codebook of `codes` image codes."""
+    """Ids of the joint vocabulary: `text` text ids (bytes, then the BPE `merges`), the
+    specials, `codes` image codes and [MASK]. Every id depends on the sizes alone, so a
+    model's shapes follow from its config; the merges only change how text is cut."""
     codes: int
-    pad: int = BYTES + 0
-    t2i: int = BYTES + 1
-    mmu: int = BYTES + 2
-    sot: int = BYTES + 3
-    eot: int = BYTES + 4
-    soi: int = BYTES + 5
-    eoi: int = BYTES + 6
-    image_offset: int = IMAGE_OFFSET
+    text: int = BYTES
+    merges: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        if self.text < BYTES + len(self.merges):
+            raise ValueError(f"{len(self.merges)} BPE merges do not fit in {self.text} text ids")
+
+    @property
+    def pad(self) -> int:
+        return self.text + SPECIALS.index("[pad]")
+
+    @property
+    def t2i(self) -> int:
+        return self.text + SPECIALS.index("[t2i]")
+
+    @property
+    def mmu(self) -> int:
+        return self.text + SPECIALS.index("[mmu]")
+
+    @property
+    def sot(self) -> int:
+        return self.text + SPECIALS.index("[sot]")
+
+    @property
+    def eot(self) -> int:
+        return self.text + SPECIALS.index("[eot]")
+
+    @property
+    def soi(self) -> int:
+        return self.text + SPECIALS.index("[soi]")
+
+    @property
+    def eoi(self) -> int:
+        return self.text + SPECIALS.index("[eoi]")
+
+    @property
+    def image_offset(self) -> int:
+        return self.text + len(SPECIALS)
 
     @property
     def mask(self) -> int:
-        return IMAGE_OFFSET + self.codes
+        return self.image_offset + self.codes
 
     @property
     def size(self) -> int:
@@ -49,26 +81,31 @@ class Vocab:
 
 
 class TextTokenizer:
-    """Byte-level UTF-8 text <-> ids. Special tokens are never produced by `encode`."""
+    """UTF-8 text <-> ids: bytes, merged by the vocabulary's BPE merges when it has any.
+    Special tokens are never produced by `encode`."""
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
+        self.bpe = BPE(vocab.merges) if vocab.merges else None
+        self.unit = "tokens" if self.bpe else "UTF-8 bytes"
 
     def encode(self, text: str, max_len: int | None = None) -> list[int]:
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         try:
-            ids = list(text.encode("utf-8"))
+            raw = text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: what Python makes of non-UTF-8 argv bytes
             raise ValueError("text is not valid UTF-8; pass UTF-8 encoded text") from None
+        ids = self.bpe.encode(text) if self.bpe else list(raw)
         if max_len is not None and len(ids) > max_len:
-            raise ValueError(f"text is {len(ids)} UTF-8 bytes long but at most {max_len} fit; "
+            raise ValueError(f"text is {len(ids)} {self.unit} long but at most {max_len} fit; "
                              f"shorten it")
         return ids
 
     def decode(self, ids) -> str:
-        """Bytes back to text; special/image ids are dropped, invalid UTF-8 becomes U+FFFD."""
-        raw = bytes(int(i) for i in ids if 0 <= int(i) < BYTES)
+        """Text back from ids; special/image ids are dropped, invalid UTF-8 becomes U+FFFD."""
+        text_ids = [int(i) for i in ids if 0 <= int(i) < BYTES + len(self.vocab.merges)]
+        raw = self.bpe.decode_bytes(text_ids) if self.bpe else bytes(text_ids)
         return raw.decode("utf-8", errors="replace")
 
 

@@ -33,7 +33,7 @@ def micro_curve(tmp_path) -> list[dict]:
     torch.manual_seed(cfg.train.seed)
     model, vocab = build_model(cfg)
     source = BuiltinData(cfg.data.image_size, cfg.data.domains, "train", seed=0)
-    records = fit(model, cfg, RunWriter(tmp_path, cfg, tok), "dense", STEPS,
+    records = fit(model, cfg, RunWriter(tmp_path, cfg, tok, vocab), "dense", STEPS,
                   Batcher(cfg, source, vocab, tok), torch.device("cpu"), progress=False)
     return [{k: r[k] for k in ("step", "loss", "t2i", "mmu", "lm")} for r in records]
 

@@ -17,7 +17,7 @@ import torch
 
 from minimoe import atomic, checkpoint, routing
 from minimoe.moe import Routing, TokenInfo
-from minimoe.run import RunFiles, read_losses, save_checkpoint
+from minimoe.run import RunFiles, read_losses
 from minimoe.trainer import TrainingError, fit, make_optimizer
 from conftest import micro_config
 from test_trainer import setup
@@ -203,7 +203,7 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path):
     with torch.no_grad():
         next(model.parameters())[0] = float("inf")
     with pytest.raises(TrainingError, match="not finite, so no checkpoint was written"):
-        save_checkpoint(files, cfg, model, make_optimizer(model, cfg), "dense", 2, tok)
+        files.save(model, make_optimizer(model, cfg), "dense", 2)
     assert checkpoint.load(files.ckpt)["step"] == 1
 
 

@@ -117,7 +117,7 @@ def _moe_run(tmp_path, cfg):
     torch.manual_seed(0)
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
     model, vocab = build_model(cfg)
-    files = RunWriter(tmp_path, cfg, tok)
+    files = RunWriter(tmp_path, cfg, tok, vocab)
     tmp_path.mkdir(exist_ok=True)
     return model, Batcher(cfg, BuiltinData(16, ("shapes", "glyphs"), "train", 0), vocab, tok), \
         tok, files

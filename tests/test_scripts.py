@@ -45,7 +45,7 @@ def test_train_writes_every_artifact(run_dir):
 def test_resume_extends_a_finished_run_and_reuses_the_tokenizer(run_dir, capsys):
     train.main(MICRO + ["--out", str(run_dir), "--resume", "--dense-steps", "8"])
     out = capsys.readouterr().out
-    assert "reusing the image tokenizer" in out and "resuming dense at step 6" in out
+    assert "reusing the tokenizers" in out and "resuming dense at step 6" in out
     steps = [json.loads(l)["step"] for l in (run_dir / "log.jsonl").read_text().splitlines()
              if '"dense"' in l]
     assert steps[-2:] == [7, 8]
@@ -222,3 +222,27 @@ def test_eval_uses_inception_features_from_a_local_file(run_dir, tmp_path):
     (report,) = reports.values()
     assert report["fid"]["features"].startswith("Inception pool3")
     assert report["fid"]["fid"] >= 0 and not (tmp_path / "e" / "feature_net.pt").exists()
+
+
+def test_a_bpe_run_keeps_its_merges_through_checkpoints_and_sampling(tmp_path, capsys):
+    """--text-vocab 512: merges learnt in stage 1, saved in vq.pt and every checkpoint, reused
+    on resume, and used by sample.py to read prompts and write answers."""
+    from minimoe import checkpoint
+    from minimoe.tokenizers import TextTokenizer
+    out = tmp_path / "bpe"
+    bpe_flags = ["--text-vocab", "512", "--text-len", "24"]
+    train.main(MICRO + bpe_flags + ["--out", str(out)])
+    merges = checkpoint.load(out / "vq.pt")["merges"]
+    assert 0 < len(merges) <= 512 - 256
+    assert checkpoint.load(out / "ckpt.pt")["merges"] == merges
+    train.main(MICRO + bpe_flags + ["--out", str(out), "--resume", "--dense-steps", "7"])
+    assert checkpoint.load(out / "ckpt.pt")["merges"] == merges
+    _, session, _ = sample.inference.load(out / "ckpt.pt", "cpu")
+    assert isinstance(session.text, TextTokenizer) and session.text.bpe is not None
+    assert len(session.text.encode("a large red circle")) == 4
+    grid = tmp_path / "g.png"
+    sample.main(["--ckpt", str(out / "ckpt.pt"), "--prompt", "a large red circle", "--n", "1",
+                 "--steps", "2", "--out", str(grid)])
+    answer = sample.main(["--ckpt", str(out / "ckpt.pt"), "--image", str(grid), "--question",
+                          "what colour is the circle?"])
+    assert isinstance(answer, str)

@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from minimoe.config import VQConfig
-from minimoe.tokenizers import (IMAGE_OFFSET, ImageTokenizer, TextTokenizer, Vocab,
-                                images_to_tensor, tensor_to_images)
+from minimoe import bpe
+from minimoe.tokenizers import (ImageTokenizer, TextTokenizer, Vocab, images_to_tensor,
+                                tensor_to_images)
 from minimoe.vq import VQModel
 
 TEXT = TextTokenizer(Vocab(256))
@@ -20,11 +21,44 @@ def test_text_round_trip(s):
     assert TEXT.decode(ids) == s
 
 
-def test_vocab_layout_has_mask_last_and_disjoint_ranges():
-    v = Vocab(100)
+@pytest.mark.parametrize("text", [256, 512])
+def test_vocab_layout_has_mask_last_and_disjoint_ranges(text):
+    v = Vocab(100, text)
     specials = [v.pad, v.t2i, v.mmu, v.sot, v.eot, v.soi, v.eoi]
-    assert len(set(specials)) == 7 and all(256 <= s < IMAGE_OFFSET for s in specials)
-    assert v.mask == IMAGE_OFFSET + 100 == v.size - 1
+    assert len(set(specials)) == 7 and all(text <= s < v.image_offset for s in specials)
+    assert v.image_offset == text + 7 and v.mask == v.image_offset + 100 == v.size - 1
+
+
+TEXTS = ["a small red circle left of a large blue square", "what colour is the square? red",
+         "the letter w in red on yellow", "two red circles and an orange square"] * 5
+
+
+def test_bpe_merges_words_and_every_string_still_round_trips():
+    merges = bpe.train(TEXTS, 400)
+    text = TextTokenizer(Vocab(16, 400, tuple(merges)))
+    assert len(text.encode("a small red circle")) == 4, "a frequent word is one token"
+    for s in TEXTS[:4] + ["", "héllo  wörld!!", "数字 7", "emoji 🟥🔵", "tab\tnew\nline",
+                          "unseen words zebra", "\x00nul", "  two  spaces "]:
+        ids = text.encode(s)
+        assert all(0 <= i < 400 for i in ids) and text.decode(ids) == s, s
+    assert bpe.train(TEXTS, 400) == merges, "training is deterministic"
+    assert bpe.train(TEXTS, 260) == merges[:4], "a smaller vocabulary keeps the first merges"
+
+
+def test_bpe_encoding_applies_merges_in_the_order_they_were_learnt():
+    merges = bpe.train(["abab abab"] * 3, 300)
+    enc = bpe.BPE(merges)
+    ids = enc.encode("abab")
+    assert len(ids) == 1 and enc.decode_bytes(ids) == b"abab"
+    assert enc.encode("ba") == [ord("b"), ord("a")], "merges never cross into unseen pairs"
+
+
+def test_an_over_long_text_is_measured_in_tokens_with_bpe():
+    text = TextTokenizer(Vocab(16, 400, tuple(bpe.train(TEXTS, 400))))
+    with pytest.raises(ValueError, match="text is 4 tokens long but at most 3 fit"):
+        text.encode("a small red circle", max_len=3)
+    with pytest.raises(ValueError, match="do not fit in 300 text ids"):
+        Vocab(16, 300, tuple(bpe.train(TEXTS, 400)))
 
 
 def test_over_long_text_is_rejected_not_truncated():

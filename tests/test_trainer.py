@@ -23,7 +23,7 @@ def setup(cfg, tmp_path):
     torch.manual_seed(cfg.train.seed)
     model, vocab = build_model(cfg)
     source = BuiltinData(cfg.data.image_size, ("shapes",), "train", seed=0)
-    return model, Batcher(cfg, source, vocab, tok), tok, RunWriter(tmp_path, cfg, tok)
+    return model, Batcher(cfg, source, vocab, tok), tok, RunWriter(tmp_path, cfg, tok, vocab)
 
 
 def test_batches_are_deterministic_per_step_and_hold_every_task(tmp_path):
