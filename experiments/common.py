@@ -259,10 +259,11 @@ def evaluated(s: Setting, name: str, seed: int) -> Path:
     return s.docs / "runs" / f"eval-{name}" / f"seed{seed}.json"
 
 
-def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run]) -> dict:
-    """eval.py on the runs' checkpoints (cached in WORK/eval-NAME/seed{S}, archived in
-    DOCS/runs); the FID feature net is trained once in WORK and shared, so every seed's FID
-    uses the same features."""
+def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run],
+             flags: tuple[str, ...] = ()) -> dict:
+    """eval.py (with `flags`, e.g. the validation draw) on the runs' checkpoints (cached in
+    WORK/eval-NAME/seed{S}, archived in DOCS/runs); the FID feature net is trained once in
+    WORK and shared, so every seed's FID uses the same features."""
     archived = evaluated(s, name, seed)
     if archived.exists():
         return json.loads(archived.read_text())
@@ -276,7 +277,7 @@ def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run]) -> dict:
         for r in runs.values():
             cmd += ["--ckpt", str(r.folder / "ckpt.pt")]
         with open(out / "eval.txt", "w") as f:
-            if subprocess.run(cmd + (SMOKE_EVAL if s.smoke else []), stdout=f,
+            if subprocess.run(cmd + list(flags) + (SMOKE_EVAL if s.smoke else []), stdout=f,
                               stderr=subprocess.STDOUT).returncode:
                 sys.exit(f"eval.py failed; see {out / 'eval.txt'}")
         if not shared.exists():

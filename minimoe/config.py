@@ -33,6 +33,7 @@ class VQConfig:
     vq_batch: int = 32  # images per VQ step
     vq_lr: float = 3e-3  # AdamW learning rate of the encoder/decoder
     vq_beta: float = 0.25  # commitment loss weight
+    vq_edge_weight: float = 0.0  # weight of the image-gradient (edge) term of the recon loss
     vq_decay: float = 0.95  # EMA decay of the codebook statistics
     vq_dead_after: int = 50  # a code unused for this many steps is restarted from an encoder output
 
@@ -239,7 +240,8 @@ def validate(cfg: Config) -> None:
                   batch_mmu=cfg.train.batch_mmu, batch_lm=cfg.train.batch_lm,
                   capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
                   anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
-                  max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature)
+                  max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature,
+                  vq_edge_weight=v.vq_edge_weight)
     for name, value in counts.items():
         if not value >= 0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")

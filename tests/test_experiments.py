@@ -14,6 +14,10 @@ pytestmark = pytest.mark.slow  # the experiment scripts end to end: most tests h
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
+from quality import RECIPE, SAMPLER, TOKENIZER  # noqa: E402  (needs the path above)
+
+from minimoe.evaluation import VALIDATION_SEED  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
@@ -150,3 +154,20 @@ def test_a_run_killed_after_a_checkpoint_is_resumed_not_restarted(tmp_path, monk
     moe_steps = [r["step"] for r in run.log() if r.get("stage") == "moe" and "loss" in r]
     assert moe_steps == sorted(set(moe_steps)) and moe_steps[-1] == 4, moe_steps
     assert "--resume" in common.continued(run)
+
+
+def test_quality(dirs):
+    """The quality ablation fills every table, measures every number on the validation draw
+    (never the evaluation's), and a tokenizer's ceiling is a fraction of its prompts."""
+    _, data, table = smoke("quality", dirs)
+    assert set(data["tokenizer"]) == set(TOKENIZER) and set(data["recipe"]) == set(RECIPE)
+    assert set(data["sampler"]) == set(SAMPLER)
+    for rows in data["tokenizer"].values():
+        assert all(0 <= r["ceiling"] <= 1 and r["wall_s"] > 0 for r in rows)
+    assert all(r["wall_s"] > 0 for r in data["recipe"].values())
+    work, docs = dirs
+    evals = list((work / "smoke").glob("eval-quality-*/seed0/metrics.json"))
+    assert len(evals) == len({(run, tuple(f)) for run, f in RECIPE.values()} |
+                             {("after", tuple(f)) for f in SAMPLER.values()})
+    assert all(json.loads(e.read_text())["settings"]["draw"] == VALIDATION_SEED for e in evals)
+    assert "## Sampler settings" in table and (docs / "quality_samples.png").exists()

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from minimoe.config import VQConfig
-from minimoe.vq import VQModel, codebook_stats, psnr, train_vq
+from minimoe.vq import VQModel, codebook_stats, image_gradients, psnr, reconstruction_loss, train_vq
 
 PALETTE = [(230, 40, 40), (40, 200, 60), (50, 90, 230), (240, 220, 40), (230, 120, 30),
            (170, 60, 210)]  # red, green, blue, yellow, orange, purple
@@ -267,3 +267,20 @@ def test_training_is_deterministic():
     _, first = train_small(40)
     _, second = train_small(40)
     assert [h["loss"] for h in first] == [h["loss"] for h in second]
+
+
+def test_edge_term_prices_a_blurred_edge_and_not_a_uniform_shift():
+    """The image-gradient term is zero for a perfect reconstruction, adds nothing for an error
+    that is the same at every pixel (its gradients match), and makes a blurred square cost more
+    than MSE alone says: the property that keeps corners and thin arms."""
+    x = torch.zeros(1, 3, 16, 16)
+    x[..., 4:12, 4:12] = 1.0
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    assert reconstruction_loss(x, x, 1.0) == 0
+    shifted = x + 0.1
+    assert torch.allclose(reconstruction_loss(shifted, x, 1.0), reconstruction_loss(shifted, x, 0.0))
+    mse = reconstruction_loss(blurred, x, 0.0)
+    assert reconstruction_loss(blurred, x, 1.0) > mse * 1.2
+    dx, dy = image_gradients(x)
+    assert dx.shape == (1, 3, 16, 15) and dy.shape == (1, 3, 15, 16)
+    assert dx.abs().sum() == dy.abs().sum() == 2 * 3 * 8  # the square's two sides, 3 channels

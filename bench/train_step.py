@@ -1,0 +1,91 @@
+"""Time one training step of the tiny preset (real batches: forward, backward, AdamW) under
+each precision and compilation mode, and with a shorter text block, against eager float32 in
+the same run.
+
+    python bench/train_step.py                     # tiny preset, 2 threads, dense model
+    python bench/train_step.py --moe taylor        # the MoE model (random experts: speed only)
+    python bench/train_step.py --steps 30 --modes eager,bf16
+
+Prints a table: milliseconds a step (median of --steps after --warmup), tokens/s and the ratio
+to the first mode. Compile time is reported separately: it is paid once per run.
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minimoe.batches import Batcher  # noqa: E402
+from minimoe.build import build_model  # noqa: E402
+from minimoe.config import make_config  # noqa: E402
+from minimoe.data import open_source  # noqa: E402
+from minimoe.losses import task_losses, total_loss  # noqa: E402
+from minimoe.run import learn_vocab  # noqa: E402
+from minimoe.tokenizers import ImageTokenizer  # noqa: E402
+from minimoe.trainer import make_optimizer  # noqa: E402
+from minimoe.vq import VQModel  # noqa: E402
+
+MODES = ("eager", "bf16", "compile", "compile-bf16")
+
+
+def time_mode(cfg, mode: str, steps: int, warmup: int) -> tuple[float, float, int]:
+    torch.manual_seed(0)
+    model, _ = build_model(cfg)
+    vocab = learn_vocab(cfg)  # BPE merges when --text-vocab > 256
+    tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
+    batcher = Batcher(cfg, open_source(cfg, "train"), vocab, tok)
+    batches = [batcher(i) for i in range(warmup + steps)]
+    optimizer = make_optimizer(model, cfg)
+    forward = torch.compile(model) if mode.startswith("compile") else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.endswith("bf16"))
+    times, compile_s = [], 0.0
+    model.train()
+    for i, b in enumerate(batches):
+        t0 = time.perf_counter()
+        with autocast:
+            out = forward(b.tokens_BL, b.groups_BL, domain_B=b.domain_B)
+            loss = total_loss(task_losses(out.logits_BLV, b), cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        dt = time.perf_counter() - t0
+        if i == 0:
+            compile_s = dt
+        if i >= warmup:
+            times.append(dt)
+    return statistics.median(times), compile_s, b.tokens_BL.numel()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--moe", default="none")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--text-lens", default="64,24", help="text block sizes to time")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows, base = [], None
+    for text_len in (int(x) for x in args.text_lens.split(",")):
+        extra = {} if text_len == 64 else {"text_vocab": 512}
+        cfg = make_config(moe=args.moe, text_len=text_len, **extra)
+        for mode in args.modes.split(","):
+            ms, first, tokens = time_mode(cfg, mode, args.steps, args.warmup)
+            base = base or ms
+            rows.append(f"| {text_len} | {mode} | {1000 * ms:.0f} | {tokens / ms:,.0f} | "
+                        f"{base / ms:.2f}x | {first:.1f} |")
+    print(f"# tiny preset, --moe {args.moe}, {args.threads} threads, torch {torch.__version__}; "
+          f"median of {args.steps} steps")
+    print("| text_len | mode | ms a step | tokens/s | vs first row | first step s |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

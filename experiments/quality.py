@@ -1,0 +1,204 @@
+"""Quality levers: what the tokenizer, the training recipe and the sampler each buy the tiny
+model, all measured on the validation draw.
+
+    python experiments/quality.py --jobs 2         # seed 0, tiny preset, CPU: about 75 min
+    python experiments/quality.py --seeds 0,1,2    # the tokenizer levers over three seeds
+    python experiments/quality.py --smoke          # a micro run of everything (CI)
+
+Every number comes from the validation draw (evaluation.VALIDATION_SEED: other prompts and
+other held-out images than the evaluation's fixed draw), so choosing defaults by these tables
+does not tune on the reported numbers. Three tables:
+1. tokenizer: stage 1 alone per lever and seed. The ceiling is the GenEval-style checker on
+   the VQ reconstructions of TOKENIZER_PROMPTS real images per category: no model drawing
+   through that decoder can score more.
+2. recipe: a dense run (train.py --moe none: stages 1 and 2) per lever, evaluated by eval.py:
+   ceiling, GenEval per category, MMU per question type, FID and the run's wall time.
+3. sampler: the `after` recipe's model under each sampler setting.
+The recipe rows run on seed 0 only (the first of --seeds); the tokenizer rows on every seed.
+Writes docs/experiments/quality.{md,json} and quality_samples.png (the same validation prompts
+drawn by the `before` and `after` models).
+"""
+import argparse
+import json
+import os
+import shutil
+import time
+
+import torch
+from common import Run, cell, evaluate, parse, run_all, table, write
+
+from minimoe import config, evaluation, geneval, inference
+from minimoe.plots import image_grid
+from minimoe.run import RunFiles, tokenizer_stage
+
+TOKENIZER_PROMPTS = 40  # real images per GenEval category behind each tokenizer ceiling
+SAMPLE_PROMPTS = 12  # validation prompts in the before/after picture
+
+BEFORE = ["--vq-codes", "256", "--vq-edge-weight", "0"]  # the tokenizer of the first release
+AFTER = ["--vq-codes", "1024", "--vq-edge-weight", "1"]
+
+TOKENIZER = {
+    "256 codes, MSE": BEFORE,
+    "256 codes, MSE + edge term": ["--vq-codes", "256", "--vq-edge-weight", "1"],
+    "1024 codes, MSE": ["--vq-codes", "1024", "--vq-edge-weight", "0"],
+    "1024 codes, MSE + edge term": AFTER,
+    "1024 codes, edge term, 16x16 grid": AFTER + ["--vq-downsample", "2"],
+}
+OLD_SAMPLER = ["--steps", "8", "--guidance", "2", "--choice-temperature", "4.5"]
+NEW_SAMPLER = ["--steps", "8", "--guidance", "5", "--choice-temperature", "4.5"]
+RUNS = {  # the dense runs: train.py flags
+    "before": BEFORE,
+    "edge": ["--vq-codes", "256", "--vq-edge-weight", "1"],
+    "after": AFTER,
+    "after-bpe": AFTER + ["--text-vocab", "512", "--text-len", "24"],
+}
+RECIPE = {  # table row: (run, eval.py sampler flags)
+    "before": ("before", OLD_SAMPLER),
+    "before, tuned sampler": ("before", NEW_SAMPLER),
+    "256 codes, edge term": ("edge", NEW_SAMPLER),
+    "after: 1024 codes, edge term": ("after", NEW_SAMPLER),
+    "after + 512 BPE text ids, 24-token text block": ("after-bpe", NEW_SAMPLER),
+}
+SAMPLER = {  # eval.py flags on the `after` model
+    "8 steps, guidance 2, temperature 4.5": OLD_SAMPLER,
+    "8 steps, guidance 5, temperature 4.5": NEW_SAMPLER,
+    "8 steps, guidance 8, temperature 4.5": ["--steps", "8", "--guidance", "8",
+                                             "--choice-temperature", "4.5"],
+    "8 steps, guidance 5, temperature 1": ["--steps", "8", "--guidance", "5",
+                                           "--choice-temperature", "1"],
+    "16 steps, guidance 5, temperature 4.5": ["--steps", "16", "--guidance", "5",
+                                              "--choice-temperature", "4.5"],
+}
+VALIDATION = ["--draw", "validation"]
+SHORT = {"single_object": "single", "two_objects": "two", "counting": "count",
+         "colours": "colours", "position": "position", "attribute_binding": "binding"}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def tokenizer_row(s, name: str, flags: list[str], seed: int) -> dict:
+    """Stage 1 alone (in this process, all cores) and its ceiling on the validation draw;
+    archived in DOCS/runs/quality-tokenizer."""
+    archived = s.docs / "runs" / "quality-tokenizer" / f"{slug(name)}-seed{seed}.json"
+    if archived.exists():
+        return json.loads(archived.read_text())
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    cfg = config.from_args(parser.parse_args(s.flags() + flags + ["--seed", str(seed)]))
+    folder = s.work / "tokenizer" / slug(name) / f"seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)  # a reused vq.pt would not time the training
+    folder.mkdir(parents=True)
+    t0 = time.time()
+    image_tok, _, report = tokenizer_stage(cfg, RunFiles(folder), "cpu", progress=False)
+    wall = time.time() - t0
+    per_category = 2 if s.smoke else TOKENIZER_PROMPTS
+    ceiling = evaluation.tokenizer_ceiling(image_tok, cfg.data.image_size, per_category,
+                                           evaluation.VALIDATION_SEED)
+    row = {"ceiling": ceiling["overall"], "per_category": ceiling["per_category"],
+           "psnr": report["psnr"], "used_fraction": report["used_fraction"], "wall_s": wall}
+    archived.parent.mkdir(parents=True, exist_ok=True)
+    archived.write_text(json.dumps(row, indent=2))
+    print(f"  tokenizer {name}, seed {seed}: ceiling {row['ceiling']:.1%}, "
+          f"PSNR {row['psnr']:.2f}, {wall:.0f} s", flush=True)
+    return row
+
+
+def recipe_run(s, name: str, flags: list[str], seed: int) -> Run:
+    folder = s.work / "quality" / name / f"seed{seed}"
+    return Run(folder, s.flags() + flags + ["--seed", str(seed), "--eval-n", "0", "--out",
+                                            str(folder)],
+               s.docs / "runs" / "quality" / name / f"seed{seed}")
+
+
+def evaluated(s, run: str, runs: dict, sampler: list[str], seed: int) -> dict:
+    """eval.py on the validation draw with `sampler`, cached per (run, sampler)."""
+    name = f"quality-{run}-{slug(' '.join(sampler))}"
+    return evaluate(s, name, seed, {run: runs[run]}, tuple(VALIDATION + sampler))[run]
+
+
+def model_columns(report: dict) -> list[float]:
+    g, mmu = report["geneval"], report["mmu"]
+    per_type = mmu["per_type"]
+    return ([g["ceiling"]["overall"], g["overall"]]
+            + [g["per_category"][c] for c in geneval.CATEGORIES]
+            + [mmu["accuracy"]] + [per_type.get(t, {}).get("accuracy") for t in MMU_TYPES]
+            + [report["fid"]["fid"]])
+
+
+MMU_TYPES = ("colour", "shape", "count", "position")
+MODEL_HEADER = (["ceiling %", "GenEval %"] + [f"{SHORT[c]} %" for c in geneval.CATEGORIES]
+                + ["MMU %"] + [f"MMU {t} %" for t in MMU_TYPES] + ["FID"])
+
+
+def model_cells(values: list[float]) -> list[str]:
+    return [cell([v], percent=i < len(values) - 1) for i, v in enumerate(values)]
+
+
+def samples_picture(before: Run, after: Run):
+    """The same validation prompts drawn by both models (each with its sampler), one sample
+    each, with the checker's verdicts."""
+    loaded = [(name, inference.load(r.folder / "ckpt.pt", "cpu"), sampler) for name, r, sampler
+              in (("before", before, OLD_SAMPLER), ("after", after, NEW_SAMPLER))]
+    prompts = geneval.prompt_set(loaded[0][1][0].data.image_size, 2, evaluation.VALIDATION_SEED)
+    prompts = prompts[::max(1, len(prompts) // SAMPLE_PROMPTS)][:SAMPLE_PROMPTS]
+    images, labels = [], []
+    for name, (_, session, image_tok), sampler in loaded:
+        drawn = inference.generate(session, image_tok, [p.caption for p in prompts], seed=0,
+                                   steps=int(sampler[1]), guidance=float(sampler[3]),
+                                   choice_temperature=float(sampler[5]))
+        verdicts = geneval.score(prompts, [[im] for im in drawn])["verdicts"]
+        images += drawn
+        labels += [f"{name} {'PASS' if ok[0] else 'FAIL'}: {p.caption}"
+                   for p, ok in zip(prompts, verdicts)]
+    return image_grid(images, labels, cols=max(1, len(prompts) // 2))
+
+
+def main() -> None:
+    s = parse(__doc__)
+    torch.set_num_threads(os.cpu_count() or 1)
+    data = {"tokenizer": {}, "recipe": {}, "sampler": {}}
+    seed = s.seeds[0]
+    runs = {name: recipe_run(s, name, flags, seed) for name, flags in RUNS.items()}
+    run_all(list(runs.values()), s.jobs)
+    rows = []
+    for name, (run, sampler) in RECIPE.items():
+        values = model_columns(evaluated(s, run, runs, sampler, seed))
+        wall = runs[run].summary()["wall_s"]
+        data["recipe"][name] = {"columns": values, "wall_s": wall}
+        rows.append([name] + model_cells(values) + [f"{wall / 60:.1f}"])
+    recipe_md = table(["recipe"] + MODEL_HEADER + [f"train min ({s.jobs} at once)"], rows)
+    print(recipe_md)
+
+    rows = []
+    for name, sampler in SAMPLER.items():
+        data["sampler"][name] = model_columns(evaluated(s, "after", runs, sampler, seed))
+        rows.append([name] + model_cells(data["sampler"][name]))
+    sampler_md = table(["sampler (after model)"] + MODEL_HEADER, rows)
+    print(sampler_md)
+
+    rows = []
+    for name, flags in TOKENIZER.items():
+        results = [tokenizer_row(s, name, flags, seed) for seed in s.seeds]
+        data["tokenizer"][name] = results
+        rows.append([name, cell([r["ceiling"] for r in results], percent=True)]
+                    + [cell([r["per_category"][c] for r in results], percent=True)
+                       for c in geneval.CATEGORIES]
+                    + [cell([r["psnr"] for r in results], digits=2),
+                       cell([r["wall_s"] for r in results], digits=0)])
+    tokenizer_md = table(["tokenizer", "ceiling %"] + [f"{SHORT[c]} %" for c in
+                                                       geneval.CATEGORIES]
+                         + ["PSNR dB", "VQ s"], rows)
+    print(tokenizer_md)
+
+    pictures = {"samples": samples_picture(runs["before"], runs["after"])}
+    write(s, "quality", "## Tokenizer levers (stage 1 alone; ceiling = the checker on VQ "
+          f"reconstructions of real images, validation draw; mean ± sd over seeds)\n\n"
+          f"{tokenizer_md}\n\n## Recipe levers (dense model at the end of stage 2, seed "
+          f"{seed}, validation draw)\n\n{recipe_md}\n\n## Sampler settings (the `after` "
+          f"model, validation draw)\n\n{sampler_md}", data, pictures)
+
+
+if __name__ == "__main__":
+    main()
