@@ -4,6 +4,9 @@ each time. Prints the largest loss difference over every logged step (0.0 on CPU
 
     python bench/resume_check.py                       # tiny preset, taylor, about 7 minutes
     python bench/resume_check.py --moe random --dense-steps 100 --moe-steps 60
+    python bench/resume_check.py --preset small          # on a GPU (bf16 autocast)
+
+Flags it does not know go to train.py unchanged.
 
 The tests (tests/test_reliability.py) do the same on a micro model; this runs the preset's
 real widths, the Taylor conversion included.
@@ -41,17 +44,18 @@ def losses(out: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny", help="tiny (CPU) or small (one GPU)")
     p.add_argument("--moe", default="taylor")
     p.add_argument("--vq-steps", type=int, default=300)
     p.add_argument("--dense-steps", type=int, default=200)
     p.add_argument("--moe-steps", type=int, default=120)
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--out", default="out/resume-check")
-    args = p.parse_args()
-    flags = ["--moe", args.moe, "--vq-steps", str(args.vq_steps), "--dense-steps",
-             str(args.dense_steps), "--moe-steps", str(args.moe_steps), "--ckpt-every",
-             str(args.ckpt_every), "--log-every", "1", "--sample-every", "0", "--eval-n", "0",
-             "--no-progress"]
+    args, extra = p.parse_known_args()  # the rest goes to train.py (e.g. --d-model 32)
+    flags = ["--preset", args.preset, "--moe", args.moe, "--vq-steps", str(args.vq_steps),
+             "--dense-steps", str(args.dense_steps), "--moe-steps", str(args.moe_steps),
+             "--ckpt-every", str(args.ckpt_every), "--log-every", "1", "--sample-every", "0",
+             "--eval-n", "0", "--no-progress", *extra]
     # Kill points, each reached by one stage only: the write of the dense stage's last
     # checkpoint before its end (past every MoE step), then, after resuming from the dense
     # checkpoint before it, a MoE step between two MoE checkpoints.
@@ -81,7 +85,7 @@ def main() -> None:
         sys.exit(f"the runs logged different steps ({len(a)} vs {len(b)})")
     diff = max(abs(a[k][n] - b[k][n]) for k in a for n in LOSSES if n in a[k])
     print(f"| run | kills | logged steps | max abs loss difference | wall |\n|---|---|---|---|---|\n"
-          f"| {args.moe}, tiny preset | dense: mid-write of step {save_at}; moe: after step "
+          f"| {args.moe}, {args.preset} preset | dense: mid-write of step {save_at}; moe: after step "
           f"{step_at} | {len(a)} | {diff} | {time.time() - t0:.0f} s |")
 
 

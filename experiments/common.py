@@ -40,6 +40,10 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channe
          "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "4", "--moe-steps", "4",
          "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
+# The study's archived runs (DOCS/runs) were trained with the first tokenizer (256 codes, MSE
+# alone) and sampled at guidance 2; pinned, so that a tiny run trained now is comparable with
+# them.
+STUDY = ["--vq-codes", "256", "--vq-edge-weight", "0", "--guidance", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 
@@ -62,7 +66,8 @@ class Setting:
 
     def flags(self) -> list[str]:
         preset = [] if self.preset == "tiny" else ["--preset", self.preset]
-        return preset + (SMOKE if self.smoke else [])
+        study = STUDY if self.preset == "tiny" else []  # the small preset has no archive yet
+        return preset + study + (SMOKE if self.smoke else [])
 
 
 def parse(doc: str) -> Setting:

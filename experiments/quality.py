@@ -1,8 +1,7 @@
 """Quality levers: what the tokenizer, the training recipe and the sampler each buy the tiny
 model, all measured on the validation draw.
 
-    python experiments/quality.py --jobs 2         # seed 0, tiny preset, CPU: about 75 min
-    python experiments/quality.py --seeds 0,1,2    # the tokenizer levers over three seeds
+    python experiments/quality.py --jobs 2         # tiny preset, CPU: about 100 min
     python experiments/quality.py --smoke          # a micro run of everything (CI)
 
 Every number comes from the validation draw (evaluation.VALIDATION_SEED: other prompts and
@@ -14,7 +13,7 @@ does not tune on the reported numbers. Three tables:
 2. recipe: a dense run (train.py --moe none: stages 1 and 2) per lever, evaluated by eval.py:
    ceiling, GenEval per category, MMU per question type, FID and the run's wall time.
 3. sampler: the `after` recipe's model under each sampler setting.
-The recipe rows run on seed 0 only (the first of --seeds); the tokenizer rows on every seed.
+The tokenizer rows run on every seed of --seeds (0,1,2); the recipe rows on the first only.
 Writes docs/experiments/quality.{md,json} and quality_samples.png (the same validation prompts
 drawn by the `before` and `after` models).
 """
@@ -42,15 +41,15 @@ TOKENIZER = {
     "256 codes, MSE + edge term": ["--vq-codes", "256", "--vq-edge-weight", "1"],
     "1024 codes, MSE": ["--vq-codes", "1024", "--vq-edge-weight", "0"],
     "1024 codes, MSE + edge term": AFTER,
-    "1024 codes, edge term, 16x16 grid": AFTER + ["--vq-downsample", "2"],
 }
 OLD_SAMPLER = ["--steps", "8", "--guidance", "2", "--choice-temperature", "4.5"]
 NEW_SAMPLER = ["--steps", "8", "--guidance", "5", "--choice-temperature", "4.5"]
+BPE = ["--text-vocab", "512", "--text-len", "24"]  # 512 text ids: merges of the training texts
 RUNS = {  # the dense runs: train.py flags
     "before": BEFORE,
     "edge": ["--vq-codes", "256", "--vq-edge-weight", "1"],
     "after": AFTER,
-    "after-bpe": AFTER + ["--text-vocab", "512", "--text-len", "24"],
+    "after-bpe": AFTER + BPE,
 }
 RECIPE = {  # table row: (run, eval.py sampler flags)
     "before": ("before", OLD_SAMPLER),
@@ -67,6 +66,10 @@ SAMPLER = {  # eval.py flags on the `after` model
     "8 steps, guidance 5, temperature 1": ["--steps", "8", "--guidance", "5",
                                            "--choice-temperature", "1"],
     "16 steps, guidance 5, temperature 4.5": ["--steps", "16", "--guidance", "5",
+                                              "--choice-temperature", "4.5"],
+    "8 steps, guidance 12, temperature 4.5": ["--steps", "8", "--guidance", "12",
+                                              "--choice-temperature", "4.5"],
+    "16 steps, guidance 8, temperature 4.5": ["--steps", "16", "--guidance", "8",
                                               "--choice-temperature", "4.5"],
 }
 VALIDATION = ["--draw", "validation"]

@@ -26,14 +26,14 @@ class DataConfig:
 @dataclass
 class VQConfig:
     vq_downsample: int = 4  # image pixels per code along a side (a power of two)
-    vq_codes: int = 256  # codebook size
+    vq_codes: int = 1024  # codebook size
     vq_dim: int = 32  # code vector size
     vq_channels: int = 96  # conv width at the code grid (halved per doubling of resolution)
     vq_steps: int = 1800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
     vq_batch: int = 32  # images per VQ step
     vq_lr: float = 3e-3  # AdamW learning rate of the encoder/decoder
     vq_beta: float = 0.25  # commitment loss weight
-    vq_edge_weight: float = 0.0  # weight of the image-gradient (edge) term of the recon loss
+    vq_edge_weight: float = 1.0  # weight of the image-gradient (edge) term of the recon loss
     vq_decay: float = 0.95  # EMA decay of the codebook statistics
     vq_dead_after: int = 50  # a code unused for this many steps is restarted from an encoder output
 

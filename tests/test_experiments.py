@@ -106,14 +106,16 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("argv, work, docs, flags, steps", [
-    ([], "out/experiments", "docs/experiments", [], (2000, 600)),
+    ([], "out/experiments", "docs/experiments",
+     ["--vq-codes", "256", "--vq-edge-weight", "0", "--guidance", "2"], (2000, 600)),
     (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
 ])
 def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, argv, work, docs,
                                                                 flags, steps):
-    """Runs of another preset never mix with the tiny ones, and dense-continued trains as
-    many extra steps as that preset's MoE stage."""
+    """Runs of another preset never mix with the tiny ones, tiny runs keep the tokenizer and
+    sampler of the archived study runs, and dense-continued trains as many extra steps as
+    that preset's MoE stage."""
     import common
     monkeypatch.setattr(sys, "argv", ["x"] + argv)
     s = common.parse("doc")
