@@ -56,12 +56,12 @@ if [ "$DRY" = 1 ]; then
   SIZE="--image-size 16 --vq-codes 16 --vq-dim 8 --vq-channels 16 --d-model 32 --n-layers 2
         --n-heads 2 --d-ffn 64 --batch-t2i 4 --batch-mmu 4 --batch-lm 2 --taylor-batches 2"
   TRAIN_STEPS="--vq-steps 20 --dense-steps 20 --moe-steps 10"
-  RESUME_STEPS="--vq-steps 10 --dense-steps 130 --moe-steps 80 --ckpt-every 50"
+  RESUME_STEPS="--vq-steps 10 --dense-steps 180 --moe-steps 80 --ckpt-every 50"
   export CUDA_VISIBLE_DEVICES=""
 else
   SIZE=""
   TRAIN_STEPS="--vq-steps 300 --dense-steps 300 --moe-steps 200"
-  RESUME_STEPS="--vq-steps 100 --dense-steps 130 --moe-steps 80 --ckpt-every 50"
+  RESUME_STEPS="--vq-steps 60 --dense-steps 180 --moe-steps 80 --ckpt-every 50"
   export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 fi
 

@@ -3,7 +3,7 @@ SIGKILL (half-way through a dense checkpoint write, then mid-step in the MoE sta
 each time. Prints the largest loss difference over every logged step (0.0 on CPU).
 
     python bench/resume_check.py                       # tiny preset, taylor, about 7 minutes
-    python bench/resume_check.py --moe random --dense-steps 100 --moe-steps 60
+    python bench/resume_check.py --moe random --dense-steps 180 --moe-steps 80
     python bench/resume_check.py --preset small          # on a GPU (bf16 autocast)
 
 Flags it does not know go to train.py unchanged.
@@ -42,6 +42,20 @@ def losses(out: Path) -> dict:
         sys.exit(str(e))
 
 
+def kill_points(dense_steps: int, moe_steps: int, every: int) -> tuple[int, int]:
+    """The two kill points, each reached by one stage only: the write of the dense stage's
+    last checkpoint before its end (past every MoE step), then, after resuming from the dense
+    checkpoint before it, a MoE step between two MoE checkpoints."""
+    save_at = every * ((dense_steps - 1) // every)
+    step_at = every + every // 2 + 1
+    if not (save_at > moe_steps and step_at <= min(moe_steps, save_at - every)):
+        raise ValueError(
+            f"the kill points (dense checkpoint write at step {save_at}, MoE step {step_at}) "
+            f"must be reached by one stage only: pick --moe-steps >= {step_at} and "
+            f"--dense-steps > max(--moe-steps, {step_at + every - 1}) + --ckpt-every")
+    return save_at, step_at
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny", help="tiny (CPU) or small (one GPU)")
@@ -56,15 +70,10 @@ def main() -> None:
              "--dense-steps", str(args.dense_steps), "--moe-steps", str(args.moe_steps),
              "--ckpt-every", str(args.ckpt_every), "--log-every", "1", "--sample-every", "0",
              "--eval-n", "0", "--no-progress", *extra]
-    # Kill points, each reached by one stage only: the write of the dense stage's last
-    # checkpoint before its end (past every MoE step), then, after resuming from the dense
-    # checkpoint before it, a MoE step between two MoE checkpoints.
-    every = args.ckpt_every
-    save_at = every * ((args.dense_steps - 1) // every)
-    step_at = every + every // 2 + 1
-    if not (save_at > args.moe_steps and step_at <= min(args.moe_steps, save_at - every)):
-        sys.exit("pick --dense-steps > --moe-steps + --ckpt-every and --moe-steps >= 1.5 "
-                 "--ckpt-every, so that each kill point is reached by one stage only")
+    try:
+        save_at, step_at = kill_points(args.dense_steps, args.moe_steps, args.ckpt_every)
+    except ValueError as e:
+        sys.exit(str(e))
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
