@@ -308,13 +308,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def cell(values: list[float], percent: bool = False, digits: int = 3,
          signed: bool = False) -> str:
-    """'mean ± sd' of a table cell (`signed`: a difference, shown with its sign)."""
+    """'mean ± sd' of a table cell, the value alone when there is one (`signed`: a
+    difference, shown with its sign)."""
     m, sd = mean_std(values)
     if m != m:
         return "-"
     if percent:
         m, sd, digits = 100 * m, 100 * sd, 1
-    return f"{m:{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
+    value = f"{m:{'+' if signed else ''}.{digits}f}"
+    return value if sum(v is not None and v == v for v in values) == 1 else \
+        f"{value} ± {sd:.{digits}f}"
 
 
 def bar_stats(values: dict[str, dict[str, list]], percent: set[str]) -> tuple[dict, dict]:
@@ -332,14 +335,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write(s: Setting, name: str, markdown: str, data: dict, pictures: dict) -> None:
-    """docs/experiments/NAME.md (the table and picture links), NAME.json, NAME_*.png."""
+    """docs/experiments/NAME.md (the table and picture links), NAME.json, NAME_*.png (a
+    picture given as None keeps the file drawn by an earlier run)."""
     links = "\n".join(f"![{key}]({name}_{key}.png)" for key in pictures)
     seeds = ", ".join(map(str, s.seeds))
     atomic.write_text(s.docs / f"{name}.md", f"{markdown}\n\nSeeds: {seeds}"
                       f"{' (smoke setting)' if s.smoke else ''}.\n\n{links}\n")
     atomic.write_text(s.docs / f"{name}.json", json.dumps(data, indent=2))
     for key, image in pictures.items():
-        atomic.save_png(image, s.docs / f"{name}_{key}.png")
+        if image is not None:
+            atomic.save_png(image, s.docs / f"{name}_{key}.png")
     print(f"wrote {s.docs / (name + '.md')}, {name}.json and {len(pictures)} pictures")
 
 

@@ -73,6 +73,7 @@ SAMPLER = {  # eval.py flags on the `after` model
                                               "--choice-temperature", "4.5"],
 }
 VALIDATION = ["--draw", "validation"]
+MMU_TYPES = ("colour", "shape", "count", "position")
 SHORT = {"single_object": "single", "two_objects": "two", "counting": "count",
          "colours": "colours", "position": "position", "attribute_binding": "binding"}
 
@@ -130,13 +131,13 @@ def model_columns(report: dict) -> list[float]:
             + [report["fid"]["fid"]])
 
 
-MMU_TYPES = ("colour", "shape", "count", "position")
 MODEL_HEADER = (["ceiling %", "GenEval %"] + [f"{SHORT[c]} %" for c in geneval.CATEGORIES]
                 + ["MMU %"] + [f"MMU {t} %" for t in MMU_TYPES] + ["FID"])
 
 
 def model_cells(values: list[float]) -> list[str]:
-    return [cell([v], percent=i < len(values) - 1) for i, v in enumerate(values)]
+    """One seed's columns: percentages, then the FID."""
+    return [cell([v], percent=True) for v in values[:-1]] + [cell(values[-1:], digits=1)]
 
 
 def samples_picture(before: Run, after: Run):
@@ -171,7 +172,7 @@ def main() -> None:
         wall = runs[run].summary()["wall_s"]
         data["recipe"][name] = {"columns": values, "wall_s": wall}
         rows.append([name] + model_cells(values) + [f"{wall / 60:.1f}"])
-    recipe_md = table(["recipe"] + MODEL_HEADER + [f"train min ({s.jobs} at once)"], rows)
+    recipe_md = table(["recipe"] + MODEL_HEADER + ["train min"], rows)
     print(recipe_md)
 
     rows = []
@@ -195,11 +196,14 @@ def main() -> None:
                          + ["PSNR dB", "VQ s"], rows)
     print(tokenizer_md)
 
-    pictures = {"samples": samples_picture(runs["before"], runs["after"])}
+    # the picture needs both checkpoints; from the archive alone the committed one stays
+    drawn = runs["before"].trained and runs["after"].trained
+    pictures = {"samples": samples_picture(runs["before"], runs["after"]) if drawn else None}
     write(s, "quality", "## Tokenizer levers (stage 1 alone; ceiling = the checker on VQ "
           f"reconstructions of real images, validation draw; mean ± sd over seeds)\n\n"
           f"{tokenizer_md}\n\n## Recipe levers (dense model at the end of stage 2, seed "
-          f"{seed}, validation draw)\n\n{recipe_md}\n\n## Sampler settings (the `after` "
+          f"{seed}, validation draw; train min: the run's wall time, with as many runs at once as "
+          f"--jobs gave when it was trained)\n\n{recipe_md}\n\n## Sampler settings (the `after` "
           f"model, validation draw)\n\n{sampler_md}", data, pictures)
 
 

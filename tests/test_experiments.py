@@ -173,3 +173,18 @@ def test_quality(dirs):
                              {("after", tuple(f)) for f in SAMPLER.values()})
     assert all(json.loads(e.read_text())["settings"]["draw"] == VALIDATION_SEED for e in evals)
     assert "## Sampler settings" in table and (docs / "quality_samples.png").exists()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows and not [r for r in rows if "±" in r]  # one seed: values alone, no spread of 0
+
+
+def test_quality_rebuilds_from_the_archive_and_keeps_its_picture(dirs):
+    """Without the work folder's checkpoints nothing is trained again, the table comes out
+    the same and the committed before/after picture stays linked."""
+    import shutil
+    work, docs = dirs
+    before = (docs / "quality.md").read_text()
+    picture = (docs / "quality_samples.png").read_bytes()
+    shutil.rmtree(work)
+    out, _, table = smoke("quality", dirs)
+    assert not [line for line in out.splitlines() if line.strip().startswith("[")], out
+    assert table == before and (docs / "quality_samples.png").read_bytes() == picture
