@@ -334,15 +334,17 @@ def describe_tokenizer(report: dict) -> str:
 # --- stage 2: the dense model ---------------------------------------------------------------
 
 class GridWriter:
-    """Writes samples/step_NNNNNN.png: two samples for each of GRID_PROMPTS."""
+    """Writes samples/STAGE_NNNNNN.png (the stage in the name, since a MoE run's two stages
+    share the folder and their step counts): two samples for each of GRID_PROMPTS."""
 
-    def __init__(self, model, vocab, image_tok, folder: Path, cfg: Config):
-        self.session, self.image_tok, self.folder = Session(cfg, model, vocab), image_tok, folder
+    def __init__(self, stage: str, model, vocab, image_tok, folder: Path, cfg: Config):
+        self.session, self.image_tok = Session(cfg, model, vocab), image_tok
+        self.stage, self.folder = stage, folder
 
     def __call__(self, step: int) -> Path:
         prompts = [p for p in GRID_PROMPTS if len(p.encode()) <= self.session.max_caption] * 2
         images = generate(self.session, self.image_tok, prompts, seed=step)
-        path = self.folder / f"step_{step:06d}.png"
+        path = self.folder / f"{self.stage}_{step:06d}.png"
         save_png(image_grid(images, [p or "(empty caption)" for p in prompts],
                             cols=len(prompts) // 2), path)
         return path
@@ -391,7 +393,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
         cfg.train.dense_steps,
         Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
         device, start_step=start, optimizer=optimizer,
-        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
+        on_sample=GridWriter("dense", model, vocab, image_tok, files.samples, cfg), progress=progress,
         skipped=payload.get("skipped", 0) if payload else 0)
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
@@ -438,8 +440,8 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
     fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab), "moe",
         cfg.train.moe_steps,
         batcher, device, start_step=start_step, optimizer=optimizer,
-        on_sample=GridWriter(model, vocab, image_tok, files.samples, cfg), progress=progress,
-        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
+        on_sample=GridWriter("moe", model, vocab, image_tok, files.samples, cfg),
+        progress=progress, router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
 
 
 def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):

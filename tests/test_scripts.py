@@ -34,7 +34,7 @@ def fails(capsys, fn, argv, match):
 
 
 def test_train_writes_every_artifact(run_dir):
-    for name in ("vq.pt", "ckpt.pt", "log.jsonl", "summary.json", "samples/step_000006.png"):
+    for name in ("vq.pt", "ckpt.pt", "log.jsonl", "summary.json", "samples/dense_000006.png"):
         assert (run_dir / name).exists(), name
     log = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"vq", "dense"}
@@ -100,6 +100,14 @@ def test_sample_extrapolates_from_a_kept_half(run_dir, tmp_path):
 
 # --- MoE runs ------------------------------------------------------------------------------
 MOE = ["--num-experts", "4", "--text-experts", "2", "--moe-steps", "4", "--taylor-batches", "2"]
+
+
+def test_the_two_stages_of_a_moe_run_keep_their_own_sample_grids(tmp_path):
+    """Both stages reach step 6: the MoE stage's grid must not overwrite the dense one's."""
+    out = tmp_path / "moe"
+    train.main(MICRO + MOE[:-4] + ["--moe-steps", "6", "--moe", "random", "--out", str(out)])
+    grids = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert grids == ["dense_000006.png", "moe_000006.png"], grids
 
 
 @pytest.mark.parametrize("method", ["scratch", "naive", "random", "taylor"])
