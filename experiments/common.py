@@ -295,9 +295,14 @@ def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run],
     return result
 
 
+def present(values: list[float]) -> list[float]:
+    """The values that were measured (not None, not NaN)."""
+    return [v for v in values if v is not None and v == v]
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
-    values = [v for v in values if v is not None and v == v]
+    values = present(values)
     if not values:
         return float("nan"), float("nan")
     m = sum(values) / len(values)
@@ -316,8 +321,7 @@ def cell(values: list[float], percent: bool = False, digits: int = 3,
     if percent:
         m, sd, digits = 100 * m, 100 * sd, 1
     value = f"{m:{'+' if signed else ''}.{digits}f}"
-    return value if sum(v is not None and v == v for v in values) == 1 else \
-        f"{value} ± {sd:.{digits}f}"
+    return value if len(present(values)) == 1 else f"{value} ± {sd:.{digits}f}"
 
 
 def bar_stats(values: dict[str, dict[str, list]], percent: set[str]) -> tuple[dict, dict]:

@@ -393,8 +393,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
         cfg.train.dense_steps,
         Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
         device, start_step=start, optimizer=optimizer,
-        on_sample=GridWriter("dense", model, vocab, image_tok, files.samples, cfg), progress=progress,
-        skipped=payload.get("skipped", 0) if payload else 0)
+        on_sample=GridWriter("dense", model, vocab, image_tok, files.samples, cfg),
+        progress=progress, skipped=payload.get("skipped", 0) if payload else 0)
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
     return unshard(model, config.dense_version(cfg), device)
@@ -441,7 +441,8 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
         cfg.train.moe_steps,
         batcher, device, start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter("moe", model, vocab, image_tok, files.samples, cfg),
-        progress=progress, router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
+        progress=progress, router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep,
+        skipped=skipped)
 
 
 def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):

@@ -1,6 +1,5 @@
 """bench/gpu_check.sh: its arguments, its step list and time budget, and its summary table
 (read from a made-up output folder); the whole dry run is a slow test."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -10,6 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import resume_check  # noqa: E402  (needs the path above)
+
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 STEPS = ["info", "build", "tests", "bench", "train", "resume"]
 
@@ -66,29 +68,21 @@ def test_summary_reports_each_step_as_it_ended(tmp_path):
     assert "no CUDA benchmark rows" in out
 
 
-def resume_check():
-    spec = importlib.util.spec_from_file_location("resume_check", ROOT / "bench" / "resume_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_resume_steps_of_the_check_and_the_examples_reach_both_kill_points():
     """The step counts gpu_check.sh and resume_check.py's own examples pass satisfy the rule
     that each kill point is reached by one stage only; the rule itself refuses counts where
     the dense kill point comes before a MoE step, or the MoE one after the last MoE step."""
-    module = resume_check()
     uses = re.findall(r"--dense-steps (\d+) --moe-steps (\d+) --ckpt-every (\d+)",
                       SCRIPT.read_text())
     uses += [(d, m, "50") for d, m in re.findall(r"--dense-steps (\d+) --moe-steps (\d+)",
-                                                 module.__doc__)]
+                                                 resume_check.__doc__)]
     assert len(uses) == 3
     for dense, moe, every in uses:
-        save_at, step_at = module.kill_points(int(dense), int(moe), int(every))
+        save_at, step_at = resume_check.kill_points(int(dense), int(moe), int(every))
         assert int(moe) < save_at < int(dense) and step_at <= int(moe)
     for dense, moe in [(130, 80), (100, 60), (300, 60)]:
         with pytest.raises(ValueError, match="one stage only"):
-            module.kill_points(dense, moe, 50)
+            resume_check.kill_points(dense, moe, 50)
 
 
 @pytest.mark.slow
