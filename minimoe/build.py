@@ -4,10 +4,12 @@ this is the one place that reads them off a `Config`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import Config, expert_hidden, moe_layer_ids
-from .model import Transformer
+from .model import INIT_STD, Transformer
 from .moe import MoESpec
 from .ops import backend
 from .tokenizers import Vocab
@@ -31,6 +33,26 @@ def build_model(cfg: Config, device: torch.device | str = "cpu") -> tuple[Transf
     vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
     spec = moe_spec(cfg)
     layers = tuple(moe_layer_ids(cfg.moe.moe_layers, cfg.model.n_layers)) if spec else ()
-    model = Transformer(cfg.model, vocab.size, vocab.pad, vocab.image_offset, spec, layers,
-                        backend(cfg.moe.moe_backend), cfg.train.activation_checkpointing)
+    model = Transformer(cfg.model, vocab.size, vocab.pad, vocab.image_offset, cfg.image_tokens,
+                        spec, layers, backend(cfg.moe.moe_backend),
+                        cfg.train.activation_checkpointing)
     return model.to(device), vocab
+
+
+@torch.no_grad()
+def init_code_embeddings(model: Transformer, vocab: Vocab, codebook_KD: torch.Tensor,
+                         seed: int) -> None:
+    """Start each image code's input embedding and output row as a fixed random projection of
+    its VQ vector (standardised per dimension, scaled to the usual init std).
+
+    A random projection keeps distances (Johnson-Lindenstrauss), so codes that look alike
+    start alike: the model begins knowing which of the many codes are, say, red edges,
+    instead of learning each code's meaning from its own few occurrences."""
+    K, D = codebook_KD.shape
+    e_KD = codebook_KD.float().cpu()
+    e_KD = (e_KD - e_KD.mean(0)) / e_KD.std(0).clamp_min(1e-6)
+    width = model.embed.weight.shape[1]
+    proj_DW = torch.randn(D, width, generator=torch.Generator().manual_seed(seed)) / math.sqrt(D)
+    rows = slice(vocab.image_offset, vocab.image_offset + K)
+    for table in (model.embed.weight, model.head.weight):
+        table[rows] = (e_KD @ proj_DW * INIT_STD).to(table)

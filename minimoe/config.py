@@ -46,6 +46,8 @@ class ModelConfig:
     d_ffn: int = 512  # hidden neurons of the dense FFN
     rope_base: float = 10000.0  # rotary embedding base
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
+    code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
+    image_pos: str = "none"  # an image code's grid slot: none (rotary only) | learned (a vector)
 
 
 @dataclass
@@ -165,7 +167,8 @@ UPCYCLED = ("scratch", "naive")  # experts as wide as the dense FFN; the others 
 CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "anneal_shape": ("linear", "exponential", "cosine"),
            "router_prior": ("none", "modality", "domain"),
-           "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip")}
+           "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
+           "image_pos": ("none", "learned"), "code_init": ("random", "codebook")}
 
 
 def moe_layer_ids(spec: str, n_layers: int) -> list[int]:

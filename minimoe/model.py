@@ -53,6 +53,12 @@ class KVCache:
         return self.tokens_BL, self.groups_BL
 
 
+def image_slots(tokens_BL: torch.Tensor, image_offset: int) -> torch.Tensor:
+    """Index of each position in its row's image grid (0 at the first code; [MASK] counts as a
+    code); meaningless at non-image positions. A row holds at most one image."""
+    return (tokens_BL >= image_offset).long().cumsum(1) - 1
+
+
 def rotary(positions_BL: torch.Tensor, head_dim: int, base: float):
     """cos, sin [B, 1, L, head_dim/2] for rotating channel pairs (i, i + head_dim/2)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions_BL.device) / head_dim)
@@ -142,13 +148,15 @@ class Transformer(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
-                 image_offset: int, moe: MoESpec | None = None,
+                 image_offset: int, image_tokens: int = 0, moe: MoESpec | None = None,
                  moe_layers: tuple[int, ...] = (), backend: Backend = TORCH,
                  activation_checkpointing: bool = False):
         super().__init__()
         self.cfg, self.pad_id, self.image_offset = cfg, pad_id, image_offset
         self.activation_checkpointing = activation_checkpointing
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        self.image_pos = (nn.Embedding(image_tokens, cfg.d_model)
+                          if cfg.image_pos == "learned" and image_tokens else None)
         self.blocks = nn.ModuleList(
             Block(cfg, moe if i in moe_layers else None, backend) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
@@ -182,6 +190,10 @@ class Transformer(nn.Module):
                          (tokens_BL != self.pad_id).flatten(),
                          None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
+        if self.image_pos is not None:
+            slots_BL = image_slots(all_tokens, self.image_offset)[:, -L:]
+            slot_BLD = self.image_pos(slots_BL.clamp(0, self.image_pos.num_embeddings - 1))
+            x_BLD = x_BLD + torch.where(info.image_T.view(-1, L, 1), slot_BLD, 0.0)
         routing = []
         recompute = self.activation_checkpointing and self.training and cache is None
         for i, block in enumerate(self.blocks):

@@ -24,7 +24,7 @@ from . import bpe, checkpoint, config
 from .bpe import BYTES
 from .atomic import save_png, write_text
 from .batches import Batcher
-from .build import build_model
+from .build import build_model, init_code_embeddings
 from .cli import UserError
 from .config import Config
 from .convert import convert_model
@@ -372,6 +372,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
     the result as dense.pt."""
     torch.manual_seed(cfg.train.seed)
     model, _ = build_model(config.dense_version(cfg), device)
+    if cfg.model.code_init == "codebook":  # loaded weights below replace it where they exist
+        init_code_embeddings(model, vocab, image_tok.vq.codebook_KD, cfg.train.seed)
     source = Path(init) if init else files.dense if files.dense.exists() and payload is None \
         else None
     if source is not None:

@@ -448,3 +448,24 @@ def test_load_source(folder):
     for spec in ("imagenet", "folder:", "Builtin", ""):
         with pytest.raises(ValueError, match="'builtin' or 'folder:PATH'"):
             load_source(spec, SIZE, "train")
+
+
+def test_folder_rows_naming_files_outside_the_folder_are_refused(tmp_path):
+    """A row whose file is absolute or climbs out with '..' is a bad row (reported, skipped),
+    even when the file it points at exists; a subfolder inside the dataset is fine."""
+    data_dir = tmp_path / "data"
+    (data_dir / "sub").mkdir(parents=True)
+    outside = tmp_path / "secret.png"
+    for path in (outside, data_dir / "sub" / "ok.png"):
+        Image.new("RGB", (8, 8)).save(path)
+    rows = [{"file": str(outside), "caption": "absolute"},
+            {"file": "../secret.png", "caption": "climbs out"},
+            {"file": "sub/../../secret.png", "caption": "climbs out later"},
+            {"file": "sub/ok.png", "caption": "inside"}]
+    (data_dir / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        data = FolderData(str(data_dir), image_size=8, split=split_of("folder|sub/ok.png"))
+    messages = _messages(record)
+    assert len(messages) == 3 and all("inside the data folder" in m for m in messages)
+    assert [r.caption for r in data.rows] == ["inside"]

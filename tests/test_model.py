@@ -91,3 +91,76 @@ def test_activation_checkpointing_gives_the_same_losses_and_gradients():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(*grads))
+
+
+def test_learned_image_slots_mark_each_grid_position_and_keep_the_cache_exact():
+    """With --image-pos learned, slots count from the first code in T2I and MMU rows alike,
+    one slot's vector reaches the logits, and the KV cache still equals a full forward."""
+    from conftest import micro_config
+    from minimoe.build import build_model
+    from minimoe.model import image_slots
+    cfg = micro_config(image_pos="learned")
+    torch.manual_seed(0)
+    model, v = build_model(cfg)
+    model.eval()
+    n = cfg.image_tokens
+    t2i = t2i_row([104], [v.mask] * n, v, cfg.data.text_len)[0]
+    mmu = mmu_prefix([v.image_offset] * n, [104], v)[0]
+    for row, first in ((t2i, cfg.data.text_len + 1), (mmu, 2)):
+        slots = image_slots(torch.tensor([row]), v.image_offset)[0]
+        assert slots[first:first + n].tolist() == list(range(n))
+    groups = torch.tensor([mmu_prefix([v.image_offset] * n, [104], v)[1]])
+    with torch.no_grad():
+        model.image_pos.weight.zero_()
+        base = model(torch.tensor([mmu]), groups)
+        model.image_pos.weight[3].fill_(1.0)  # only the fourth slot moves
+        moved = model(torch.tensor([mmu]), groups)
+    assert not torch.allclose(base.logits_BLV, moved.logits_BLV)
+    test_kv_cache_decoding_equals_full_forward(cfg, (model, v))
+
+
+def test_codebook_init_gives_alike_codes_alike_embeddings():
+    """Codes with equal VQ vectors start with equal input and output rows, codes far apart
+    start far apart, and text rows are untouched."""
+    from conftest import micro_config
+    from minimoe.build import build_model, init_code_embeddings
+    from minimoe.model import INIT_STD
+    cfg = micro_config(code_init="codebook")
+    torch.manual_seed(0)
+    model, v = build_model(cfg)
+    text_before = model.embed.weight[:v.image_offset].clone()
+    codebook = torch.randn(v.codes, cfg.vq.vq_dim)
+    codebook[1] = codebook[0]
+    codebook[2] = -codebook[0]
+    init_code_embeddings(model, v, codebook, seed=0)
+    for table in (model.embed.weight, model.head.weight):
+        rows = table[v.image_offset:v.image_offset + v.codes]
+        assert torch.allclose(rows[0], rows[1])
+        assert (rows[0] - rows[2]).norm() > (rows[0] - rows[1]).norm() + 1e-3
+        assert 0.5 * INIT_STD < rows.std() < 2 * INIT_STD
+    assert torch.equal(model.embed.weight[:v.image_offset], text_before)
+
+
+def test_the_dense_stage_starts_from_the_codebook_only_when_asked(tmp_path):
+    """dense_stage applies --code-init codebook to the fresh model (0 steps: the weights it
+    returns are the initial ones) and leaves --code-init random alone."""
+    from conftest import micro_config
+    from minimoe.build import build_model, init_code_embeddings
+    from minimoe.run import RunFiles, dense_stage
+    from minimoe.tokenizers import ImageTokenizer
+    from minimoe.vq import VQModel
+    rows = {}
+    for init in ("random", "codebook"):
+        cfg = micro_config(code_init=init, dense_steps=0)
+        tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
+        _, vocab = build_model(cfg)
+        model = dense_stage(cfg, RunFiles(tmp_path / init), tok, vocab, torch.device("cpu"),
+                            None, None, progress=False)
+        rows[init] = model.embed.weight[vocab.image_offset:vocab.image_offset + vocab.codes]
+        torch.manual_seed(cfg.train.seed)
+        expected, _ = build_model(cfg)
+        if init == "codebook":
+            init_code_embeddings(expected, vocab, tok.vq.codebook_KD, cfg.train.seed)
+        assert torch.equal(rows[init], expected.embed.weight[vocab.image_offset:
+                                                             vocab.image_offset + vocab.codes])
+    assert not torch.equal(rows["random"], rows["codebook"])

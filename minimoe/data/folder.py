@@ -55,6 +55,14 @@ def _parse_qa(value: object) -> list[tuple[str, str]]:
     return pairs
 
 
+def _inside(file: str) -> bool:
+    """Whether `file` names a path under the dataset's folder: relative and never climbing
+    out with '..'. (os.path.join would follow an absolute path or '../..' anywhere on disk.)"""
+    parts = file.replace("\\", "/").split("/")
+    return not (os.path.isabs(file) or file.startswith(("/", "\\")) or ".." in parts
+                or os.path.splitdrive(file)[0])
+
+
 def _parse_row(raw: bytes, folder: str, max_text_bytes: int) -> _Row:
     """One line of captions.jsonl; ValueError says what is wrong with it."""
     try:
@@ -72,6 +80,9 @@ def _parse_row(raw: bytes, folder: str, max_text_bytes: int) -> _Row:
         raise ValueError("'file' missing or not a string")
     if not isinstance(caption, str):
         raise ValueError(f"{file}: 'caption' missing or not a string")
+    if not _inside(file):
+        raise ValueError(f"{file}: 'file' must be a path inside the data folder (relative, "
+                         f"without '..')")
     if not os.path.isfile(os.path.join(folder, file)):
         raise ValueError(f"{file}: file not found")
     if not fits(caption, max_text_bytes):
