@@ -105,11 +105,11 @@ def test_learned_image_slots_mark_each_grid_position_and_keep_the_cache_exact():
     model.eval()
     n = cfg.image_tokens
     t2i = t2i_row([104], [v.mask] * n, v, cfg.data.text_len)[0]
-    mmu = mmu_prefix([v.image_offset] * n, [104], v)[0]
+    mmu, mmu_groups = mmu_prefix([v.image_offset] * n, [104], v)
     for row, first in ((t2i, cfg.data.text_len + 1), (mmu, 2)):
         slots = image_slots(torch.tensor([row]), v.image_offset)[0]
         assert slots[first:first + n].tolist() == list(range(n))
-    groups = torch.tensor([mmu_prefix([v.image_offset] * n, [104], v)[1]])
+    groups = torch.tensor([mmu_groups])
     with torch.no_grad():
         model.image_pos.weight.zero_()
         base = model(torch.tensor([mmu]), groups)

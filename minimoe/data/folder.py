@@ -59,8 +59,8 @@ def _inside(file: str) -> bool:
     """Whether `file` names a path under the dataset's folder: relative and never climbing
     out with '..'. (os.path.join would follow an absolute path or '../..' anywhere on disk.)"""
     parts = file.replace("\\", "/").split("/")
-    return not (os.path.isabs(file) or file.startswith(("/", "\\")) or ".." in parts
-                or os.path.splitdrive(file)[0])
+    # A leading separator (POSIX absolute) or a drive ("C:", Windows) both leave the folder.
+    return not (file.startswith(("/", "\\")) or os.path.splitdrive(file)[0] or ".." in parts)
 
 
 def _parse_row(raw: bytes, folder: str, max_text_bytes: int) -> _Row:
