@@ -99,7 +99,7 @@ def train(args) -> dict:
 
     # Stage 3: dense FFNs -> experts, then MoE training; its data continues after stage 2's.
     if cfg.moe.moe != "none":
-        batcher = Batcher(cfg, open_source(cfg, "train"), vocab, image_tok,
+        batcher = Batcher(cfg, open_source(cfg, "train", vocab.merges), vocab, image_tok,
                           offset=cfg.train.dense_steps * cfg.train.grad_accum, rank=info.rank,
                           world=info.world)
         if stage != "moe":

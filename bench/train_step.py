@@ -37,7 +37,7 @@ def time_mode(cfg, mode: str, steps: int, warmup: int) -> tuple[float, float, in
     model, _ = build_model(cfg)
     vocab = learn_vocab(cfg)  # BPE merges when --text-vocab > 256
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
-    batcher = Batcher(cfg, open_source(cfg, "train"), vocab, tok)
+    batcher = Batcher(cfg, open_source(cfg, "train", vocab.merges), vocab, tok)
     batches = [batcher(i) for i in range(warmup + steps)]
     optimizer = make_optimizer(model, cfg)
     forward = torch.compile(model) if mode.startswith("compile") else model

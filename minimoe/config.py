@@ -19,8 +19,8 @@ class DataConfig:
     data: str = "builtin"  # "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)
     domains: str = "shapes,glyphs,patterns"  # built-in domains to mix, comma separated
     image_size: int = 32  # images are square, this many pixels a side
-    text_len: int = 64  # token slots for the text block of a sequence (specials included)
-    text_vocab: int = 256  # text ids: 256 bytes, and above 256 BPE merges of the training texts
+    text_len: int = 24  # token slots for the text block of a sequence (specials included)
+    text_vocab: int = 512  # text ids: 256 bytes, and above 256 BPE merges of the training texts
 
 
 @dataclass
@@ -146,18 +146,19 @@ PRESETS: dict[str, dict] = {
     "tiny": {},
     # One GPU, about an hour: 64x64 images, 256 image tokens.
     "small": dict(
-        image_size=64, text_len=96, vq_codes=1024, vq_dim=64, vq_channels=128, vq_steps=5000,
-        vq_batch=128, d_model=512, n_layers=8, n_heads=8, d_ffn=2048, dense_steps=20000,
-        batch_t2i=48, batch_mmu=32, batch_lm=16, lr=6e-4, warmup=500, ckpt_every=1000,
-        sample_every=2000, log_every=50, sample_steps=16, moe_steps=5000, moe_lr=3e-4,
+        image_size=64, text_len=96, text_vocab=256, vq_codes=1024, vq_dim=64, vq_channels=128,
+        vq_steps=5000, vq_batch=128, d_model=512, n_layers=8, n_heads=8, d_ffn=2048,
+        dense_steps=20000, batch_t2i=48, batch_mmu=32, batch_lm=16, lr=6e-4, warmup=500,
+        ckpt_every=1000, sample_every=2000, log_every=50, sample_steps=16, moe_steps=5000,
+        moe_lr=3e-4,
     ),
     # Show-o scale: 24 layers, d_model 2048, 16x16 = 256 tokens from an 8192-code tokenizer.
     "full": dict(
-        image_size=256, text_len=128, vq_downsample=16, vq_codes=8192, vq_dim=64,
-        vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24, n_heads=32,
-        d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16, lr=2e-4,
-        warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100, sample_steps=18,
-        moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
+        image_size=256, text_len=128, text_vocab=256, vq_downsample=16, vq_codes=8192,
+        vq_dim=64, vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24,
+        n_heads=32, d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16,
+        lr=2e-4, warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100,
+        sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
     ),
 }
 

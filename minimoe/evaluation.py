@@ -96,7 +96,7 @@ def format_report(s: dict) -> str:
 # --- held-out losses and routing -------------------------------------------------------------
 
 def heldout_batches(cfg: Config, vocab, image_tok, n: int) -> list:
-    batcher = Batcher(cfg, open_source(cfg, "heldout"), vocab, image_tok)
+    batcher = Batcher(cfg, open_source(cfg, "heldout", vocab.merges), vocab, image_tok)
     return [batcher(i) for i in range(n)]
 
 

@@ -248,14 +248,16 @@ def learn_vocab(cfg: Config) -> Vocab:
     vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
     if cfg.data.text_vocab == BYTES:
         return vocab
-    source = open_source(cfg, "train")
+    source = open_source(cfg, "train", None)
     texts = [t for i in range(TEXT_SAMPLES) for t in sample_texts(source[i])]
     vocab = Vocab(vocab.codes, vocab.text, tuple(bpe.train(texts, cfg.data.text_vocab)))
     text = TextTokenizer(vocab)
     longest = max(len(text.encode(t)) for t in texts)
-    if longest > cfg.data.text_len - 3:  # [t2i] [sot] caption [eot]
+    # Built-in texts cannot be skipped, so they must fit; folder rows that do not are skipped
+    # with a warning each when the batches open the folder with these merges.
+    if cfg.data.data == "builtin" and longest > cfg.data.text_len - 4:
         raise UserError(f"--text-len {cfg.data.text_len}: the training texts need up to "
-                        f"{longest} tokens plus 3 specials; raise --text-len")
+                        f"{longest} tokens plus 4 slots for the specials; raise --text-len")
     print(f"text tokenizer: {len(vocab.merges)} BPE merges, texts of up to {longest} tokens")
     return vocab
 
@@ -287,7 +289,7 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
         raise UserError(f"--vq-steps 0 but {files.vq} does not exist; train a tokenizer first")
     vocab = learn_vocab(cfg)
     torch.manual_seed(cfg.train.seed)
-    source = open_source(cfg, "train")
+    source = open_source(cfg, "train", None)
     B = cfg.vq.vq_batch
     train_vq(vq, lambda step: batch_images(source, step * B, B), cfg.vq, device=device,
              progress=progress, log=lambda rec: files.log_line({"stage": "vq", **rec}))
@@ -311,7 +313,7 @@ def evaluate_tokenizer(vq: VQModel, cfg: Config, device, n: int = VQ_EVAL_IMAGES
     """Held-out PSNR and codebook usage on `n` images, and the GenEval-style ceiling: the
     checker on reconstructions of the evaluation prompts' real images."""
     vq.eval()
-    x = batch_images(open_source(cfg, "heldout"), 0, n).to(device)
+    x = batch_images(open_source(cfg, "heldout", None), 0, n).to(device)
     codes = vq.encode(x)
     recon = vq.decode(codes)
     ceiling = tokenizer_ceiling(ImageTokenizer(vq, cfg.vq), cfg.data.image_size, CEILING_PROMPTS)
@@ -393,7 +395,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
     rank, world = rank_world()
     fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab), "dense",
         cfg.train.dense_steps,
-        Batcher(cfg, open_source(cfg, "train"), vocab, image_tok, rank=rank, world=world),
+        Batcher(cfg, open_source(cfg, "train", vocab.merges), vocab, image_tok, rank=rank,
+                world=world),
         device, start_step=start, optimizer=optimizer,
         on_sample=GridWriter("dense", model, vocab, image_tok, files.samples, cfg),
         progress=progress, skipped=payload.get("skipped", 0) if payload else 0)

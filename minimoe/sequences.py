@@ -67,7 +67,7 @@ def t2i_row(caption: list[int], codes: list[int], vocab: Vocab, text_len: int):
     """
     text = [vocab.t2i, vocab.sot, *caption, vocab.eot]
     if len(text) > text_len:
-        raise ValueError(f"caption is {len(caption)} bytes; at most {text_len - 3} fit")
+        raise ValueError(f"caption is {len(caption)} text ids; at most {text_len - 3} fit")
     n_pad = text_len - len(text)
     tokens = [vocab.pad] * n_pad + text + [vocab.soi, *codes, vocab.eoi]
     image_group = len(tokens)  # above every text position: the image block sees all the text

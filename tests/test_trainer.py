@@ -141,12 +141,51 @@ def test_samples_without_questions_train_captioning_at_full_caption_length(tmp_p
         Image.new("RGB", (20, 20), "red").save(tmp_path / f"{i}.png")
         rows.append(json.dumps({"file": f"{i}.png", "caption": caption}))
     (tmp_path / "captions.jsonl").write_text("\n".join(rows))
-    source = open_source(cfg, "train")
+    source = open_source(cfg, "train", ())
     _, _, tok, _ = setup(cfg, tmp_path)
     batch = Batcher(cfg, source, Vocab(cfg.vq.vq_codes), tok)(0)
     assert batch.task_B.tolist() == [MMU] * 4
     labels = batch.labels_BL[0][batch.labels_BL[0] != IGNORE].tolist()
     assert bytes(labels[:-1]).decode() == caption and labels[-1] == Vocab(16).eot
+
+
+def test_folder_rows_are_limited_in_the_units_of_the_run_s_text_tokenizer(tmp_path):
+    """With BPE merges, --text-len counts tokens for folder data too: a caption far over
+    text_len bytes but within it in tokens is kept, trains, and round-trips through the
+    batch; one that is over in tokens is skipped with a warning naming tokens. Without merges
+    the same folder is limited in bytes."""
+    import json
+    from PIL import Image
+    from minimoe.data import DataWarning
+    from minimoe.run import learn_vocab
+    from minimoe.sequences import MMU
+    from minimoe.tokenizers import TextTokenizer
+    words = ["red circle", "blue square", "green cross", "small yellow triangle"]
+    rows = []
+    for i in range(60):
+        Image.new("RGB", (20, 20), "red").save(tmp_path / f"{i}.png")
+        caption = " and ".join(words[(i + k) % 4] for k in range(3))  # about 45 bytes
+        rows.append({"file": f"{i}.png", "caption": caption})
+    for i in range(5):  # the same words, but about 25 of them
+        rows[i]["caption"] = " and ".join(words * 2)
+    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = micro_config(data=f"folder:{tmp_path}", text_len=20, text_vocab=400, batch_t2i=0,
+                       batch_mmu=4, batch_lm=0)
+    with pytest.warns(DataWarning, match=r"caption is 2\d tokens, over the 16 that fit"):
+        vocab = learn_vocab(cfg)
+        source = open_source(cfg, "train", vocab.merges)
+    kept = {r.file for r in source.rows}
+    assert not kept & {f"{i}.png" for i in range(5)} and len(kept) >= 40
+    text = TextTokenizer(vocab)
+    assert all(len(r.caption.encode()) > cfg.data.text_len for r in source.rows)
+    _, _, tok, _ = setup(cfg, tmp_path)
+    batch = Batcher(cfg, source, vocab, tok)(0)
+    assert batch.task_B.tolist() == [MMU] * 4
+    labels = batch.labels_BL[0][batch.labels_BL[0] != IGNORE].tolist()
+    assert text.decode(labels[:-1]) in {r.caption for r in source.rows}
+    with pytest.warns(DataWarning, match="bytes, over the 16 that fit"):
+        with pytest.raises(ValueError, match="no usable rows"):
+            open_source(cfg, "train", ())  # bytes: not one caption fits in 16
 
 
 def test_gradient_accumulation_equals_one_step_on_the_combined_batch(tmp_path):

@@ -10,8 +10,9 @@ built-in source, `folder.py` the folder source.
 """
 from __future__ import annotations
 
+from ..bpe import BPE
 from ..config import Config
-from .base import COLOURS, MAX_TEXT_BYTES, SPLITS, Sample, split_of
+from .base import COLOURS, MAX_TEXT_BYTES, NO_TEXT_LIMIT, SPLITS, Sample, TextLimit, split_of
 from .builtin import DIGITS, DOMAINS, LETTERS, BuiltinData
 from .folder import DataWarning, FolderData, fit_image
 from .shapes import (NUMBER_WORDS, PLURALS, RELATION_MINOR_RATIO, SHAPES, SHAPES_BACKGROUND, SIZES,
@@ -20,25 +21,37 @@ from .shapes import (NUMBER_WORDS, PLURALS, RELATION_MINOR_RATIO, SHAPES, SHAPES
 
 def load_source(spec: str, image_size: int, split: str, seed: int = 0,
                 domains: tuple[str, ...] | str = DOMAINS,
-                max_text_bytes: int = MAX_TEXT_BYTES) -> BuiltinData | FolderData:
+                limit: TextLimit = TextLimit()) -> BuiltinData | FolderData:
     """--data: "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)."""
     if spec == "builtin":
         return BuiltinData(image_size, domains, split, seed)
     if spec.startswith("folder:") and spec[len("folder:"):]:
-        return FolderData(spec[len("folder:"):], image_size, split, seed, max_text_bytes)
+        return FolderData(spec[len("folder:"):], image_size, split, seed, limit)
     raise ValueError(f"data source {spec!r}: use 'builtin' or 'folder:PATH'")
 
 
-def open_source(cfg: Config, split: str) -> BuiltinData | FolderData:
-    """The data source of a run's config (--data, --domains, --image-size, --seed). Folder rows
-    must fit every layout: a caption, or "question answer", in text_len - 4 bytes."""
+def open_source(cfg: Config, split: str, merges) -> BuiltinData | FolderData:
+    """The data source of a run's config (--data, --domains, --image-size, --seed).
+
+    `merges` are the run's BPE merges (`Vocab.merges`; () for bytes): folder rows whose
+    caption, or "question answer", is over text_len - 4 units as they count them are skipped,
+    so every kept row fits every layout. None reads the rows whatever their texts, for readers
+    of images only and for learning the merges themselves."""
+    limit = NO_TEXT_LIMIT if merges is None else text_limit(cfg.data.text_len - 4, merges)
     return load_source(cfg.data.data, cfg.data.image_size, split, seed=cfg.train.seed,
-                       domains=tuple(cfg.data.domains.split(",")),
-                       max_text_bytes=cfg.data.text_len - 4)
+                       domains=tuple(cfg.data.domains.split(",")), limit=limit)
 
 
-__all__ = ["COLOURS", "DIGITS", "DOMAINS", "LETTERS", "MAX_TEXT_BYTES", "NUMBER_WORDS",
-           "PLURALS", "RELATION_MINOR_RATIO", "SHAPES", "SHAPES_BACKGROUND", "SIZES", "SPLITS",
-           "BuiltinData", "DataWarning", "FolderData", "Sample", "fit_image", "load_source",
-           "open_source", "random_shape_objects", "relation", "render_shapes", "shapes_caption",
-           "shapes_qa", "split_of"]
+def text_limit(most: int, merges) -> TextLimit:
+    """`most` UTF-8 bytes, or with BPE merges `most` tokens."""
+    if not merges:
+        return TextLimit(most)
+    bpe = BPE(merges)
+    return TextLimit(most, lambda text: len(bpe.encode(text)), "tokens")
+
+
+__all__ = ["COLOURS", "DIGITS", "DOMAINS", "LETTERS", "MAX_TEXT_BYTES", "NO_TEXT_LIMIT",
+           "NUMBER_WORDS", "PLURALS", "RELATION_MINOR_RATIO", "SHAPES", "SHAPES_BACKGROUND",
+           "SIZES", "SPLITS", "BuiltinData", "DataWarning", "FolderData", "Sample", "TextLimit",
+           "fit_image", "load_source", "open_source", "random_shape_objects", "relation",
+           "render_shapes", "shapes_caption", "shapes_qa", "split_of", "text_limit"]

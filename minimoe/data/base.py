@@ -1,16 +1,19 @@
 """What every data source yields: a `Sample`, the rule that splits samples into train and
-held-out, the text budget of the built-in data, and the palette its domains share.
+held-out, the text budgets of the built-in data and of a folder row (`TextLimit`), and the
+palette the built-in domains share.
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 SPLITS: tuple[str, ...] = ("train", "heldout")
-# Text budget: the tiny preset has 64 text slots, of which the specials ([t2i]/[mmu], [sot],
-# [eot]) take a few; captions and "question answer" are byte-tokenized, so count UTF-8 bytes.
+# Text budget of the built-in data: a caption or "question answer" fits 64 text slots as bytes
+# (the specials [t2i]/[mmu], [sot], [eot] take a few), so the data reads the same under
+# either text tokenizer (BPE needs far fewer slots: about 13 tokens at most).
 MAX_TEXT_BYTES = 60
 HELDOUT_FRACTION = 0.1  # share of keys (captions) that only ever appear in the held-out split
 
@@ -44,8 +47,29 @@ def split_of(key: str, heldout_fraction: float = HELDOUT_FRACTION) -> str:
     return "heldout" if unit < heldout_fraction else "train"
 
 
+def utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
 def fits(text: str, max_bytes: int = MAX_TEXT_BYTES) -> bool:
-    return len(text.encode("utf-8")) <= max_bytes
+    return utf8_len(text) <= max_bytes
+
+
+@dataclass(frozen=True)
+class TextLimit:
+    """The most text one caption or "question answer" of a row may hold, counted the way the
+    run's text tokenizer counts it: UTF-8 bytes, or tokens once BPE merges are learnt."""
+    most: int = MAX_TEXT_BYTES
+    length: Callable[[str], int] = utf8_len
+    unit: str = "bytes"
+
+    def over(self, text: str) -> str | None:
+        """None if `text` fits, else what is wrong ("70 bytes, over the 60 that fit")."""
+        n = self.length(text)
+        return f"{n} {self.unit}, over the {self.most} that fit" if n > self.most else None
+
+
+NO_TEXT_LIMIT = TextLimit(most=1 << 62)  # for readers of images only, or of every text
 
 
 def check_split(split: str) -> None:

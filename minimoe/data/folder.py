@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .base import MAX_TEXT_BYTES, Sample, check_split, fits, split_of
+from .base import Sample, TextLimit, check_split, split_of
 
 CAPTIONS_FILE = "captions.jsonl"
 FOLDER_ROW_FORMAT = ('{"file": "a.png", "caption": "...", "qa": [["question", "answer"], ...], '
@@ -63,7 +63,7 @@ def _inside(file: str) -> bool:
     return not (file.startswith(("/", "\\")) or os.path.splitdrive(file)[0] or ".." in parts)
 
 
-def _parse_row(raw: bytes, folder: str, max_text_bytes: int) -> _Row:
+def _parse_row(raw: bytes, folder: str, limit: TextLimit) -> _Row:
     """One line of captions.jsonl; ValueError says what is wrong with it."""
     try:
         text = raw.decode("utf-8")
@@ -85,16 +85,15 @@ def _parse_row(raw: bytes, folder: str, max_text_bytes: int) -> _Row:
                          f"without '..')")
     if not os.path.isfile(os.path.join(folder, file)):
         raise ValueError(f"{file}: file not found")
-    if not fits(caption, max_text_bytes):
-        raise ValueError(f"{file}: caption is {len(caption.encode('utf-8'))} bytes, "
-                         f"over max_text_bytes={max_text_bytes}")
+    if why := limit.over(caption):
+        raise ValueError(f"{file}: caption is {why}")
     try:
         qa = _parse_qa(row.get("qa", []))
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
     for q, a in qa:
-        if not fits(f"{q} {a}", max_text_bytes):
-            raise ValueError(f"{file}: qa {q!r} {a!r} is over max_text_bytes={max_text_bytes}")
+        if why := limit.over(f"{q} {a}"):
+            raise ValueError(f"{file}: qa {q!r} {a!r} is {why}")
     domain = row.get("domain", FOLDER_DOMAIN)
     if not isinstance(domain, str) or not domain:
         raise ValueError(f"{file}: 'domain' is not a non-empty string")
@@ -107,7 +106,8 @@ def fit_image(image: Image.Image, image_size: int) -> Image.Image:
 
 
 class FolderData:
-    """Images plus captions.jsonl. Rows are checked at init; images are decoded on access.
+    """Images plus captions.jsonl. Rows are checked at init (their texts against `limit`);
+    images are decoded on access.
 
     Sample i is row order[i % len] where order is a fixed shuffle by seed (so that a file list
     sorted by class does not turn into single-class batches). A row's split is
@@ -115,7 +115,7 @@ class FolderData:
     """
 
     def __init__(self, path: str, image_size: int = 32, split: str = "train", seed: int = 0,
-                 max_text_bytes: int = MAX_TEXT_BYTES):
+                 limit: TextLimit = TextLimit()):
         check_split(split)
         self.path, self.image_size, self.split = path, image_size, split
         captions = os.path.join(path, CAPTIONS_FILE)
@@ -132,7 +132,7 @@ class FolderData:
                 if not raw.strip():
                     continue
                 try:
-                    row = _parse_row(raw.strip(), path, max_text_bytes)
+                    row = _parse_row(raw.strip(), path, limit)
                 except ValueError as e:
                     _report(f"{captions} line {line_no}: {e}; skipped")
                     continue
