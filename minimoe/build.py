@@ -20,10 +20,12 @@ def moe_spec(cfg: Config) -> MoESpec | None:
     m = cfg.moe
     if m.moe == "none":
         return None
-    groups = {"none": 0, "modality": 2, "domain": len(cfg.domain_names) + 1}
+    prior_groups = {"none": 0, "modality": 2, "domain": len(cfg.domain_names) + 1}
+    routing_groups = ((m.text_experts, m.num_experts - m.text_experts)
+                      if m.router_groups == "modality" else ())
     return MoESpec(cfg.model.d_model, expert_hidden(cfg), m.num_experts, m.top_k, m.num_shared,
-                   m.router_bias, m.router_prior, groups[m.router_prior], m.capacity_factor,
-                   m.random_routing, m.router_sample)
+                   m.router_bias, m.router_prior, prior_groups[m.router_prior],
+                   m.capacity_factor, m.random_routing, m.router_sample, routing_groups)
 
 
 def build_model(cfg: Config, device: torch.device | str = "cpu") -> tuple[Transformer, Vocab]:
@@ -35,7 +37,8 @@ def build_model(cfg: Config, device: torch.device | str = "cpu") -> tuple[Transf
     layers = tuple(moe_layer_ids(cfg.moe.moe_layers, cfg.model.n_layers)) if spec else ()
     model = Transformer(cfg.model, vocab.size, vocab.pad, vocab.image_offset, cfg.image_tokens,
                         spec, layers, backend(cfg.moe.moe_backend),
-                        cfg.train.activation_checkpointing)
+                        cfg.train.activation_checkpointing,
+                        untie=spec is not None and cfg.moe.untie_attention == "modality")
     return model.to(device), vocab
 
 

@@ -53,11 +53,14 @@ class ModelConfig:
 @dataclass
 class MoEConfig:
     # What becomes a MoE and how (docs/design.md, section 8; formulas in moe.py and routing.py).
-    moe: str = "none"  # how FFNs become experts: none | scratch | naive | random | taylor
+    moe: str = "none"  # how FFNs become experts: none | scratch | naive | drop | random | taylor
     num_experts: int = 8  # routed experts per MoE layer
     top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch)
-    num_shared: int = 0  # always-active shared experts (not for naive)
-    text_experts: int = 4  # taylor: routed experts built from text-important neurons (rest: image)
+    num_shared: int = 0  # always-active shared experts (not for naive or drop)
+    text_experts: int = 4  # taylor: experts of text-important neurons; also the text group's size
+    router_groups: str = "none"  # none | modality: a token routes only among its modality's experts
+    drop_ratio: float = 0.5  # drop: share of each expert's neurons re-initialised (Drop-Upcycling)
+    untie_attention: str = "none"  # none | modality: text and image copies of attention and norms
     moe_layers: str = "all"  # which blocks become MoE: all | every_other | last:N
     expert_scale: float = 0.0  # multiplier of the routed output; 0: per method (see convert.py)
     naive_noise: float = 0.01  # naive: noise std relative to the dense weights' std
@@ -162,12 +165,13 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-MOE_METHODS = ("none", "scratch", "naive", "random", "taylor")
-UPCYCLED = ("scratch", "naive")  # experts as wide as the dense FFN; the others split its neurons
+MOE_METHODS = ("none", "scratch", "naive", "drop", "random", "taylor")
+UPCYCLED = ("scratch", "naive", "drop")  # experts as wide as the dense FFN; the others split it
 # Flags whose value is one of a fixed set (argparse lists them in --help and refuses others).
 CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "anneal_shape": ("linear", "exponential", "cosine"),
-           "router_prior": ("none", "modality", "domain"),
+           "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
+           "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
            "image_pos": ("none", "learned"), "code_init": ("random", "codebook")}
 
@@ -263,21 +267,33 @@ def validate(cfg: Config) -> None:
 def validate_moe(cfg: Config) -> None:
     m, d_ffn = cfg.moe, cfg.model.d_ffn
     if m.moe == "none":
+        for name in ("router_groups", "untie_attention"):
+            if getattr(m, name) != "none":
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(m, name)} changes the MoE "
+                                 f"stage; pick a --moe method")
         return
     moe_layer_ids(m.moe_layers, cfg.model.n_layers)
     if m.num_experts < 1 or not 1 <= m.top_k <= m.num_experts:
         raise ValueError(f"--top-k {m.top_k} must be between 1 and --num-experts {m.num_experts}")
     if m.num_shared < 0:
         raise ValueError(f"--num-shared {m.num_shared} must be >= 0")
-    if m.moe == "naive" and m.num_shared:
-        raise ValueError("naive upcycling copies the dense FFN into routed experts only; "
-                         "use --num-shared 0")
+    if m.moe in ("naive", "drop") and m.num_shared:
+        raise ValueError(f"--moe {m.moe} copies the dense FFN into routed experts only; "
+                         f"use --num-shared 0")
+    if not 0 <= m.drop_ratio <= 1:
+        raise ValueError(f"--drop-ratio {m.drop_ratio} must be between 0 and 1")
     if m.moe not in UPCYCLED and d_ffn % (m.num_experts + m.num_shared):
         raise ValueError(f"--d-ffn {d_ffn} does not split into --num-experts {m.num_experts} + "
                          f"--num-shared {m.num_shared} equal experts; pick counts that divide it")
-    if m.moe == "taylor" and not 1 <= m.text_experts < m.num_experts:
+    grouped = m.router_groups == "modality"
+    if (m.moe == "taylor" or grouped) and not 1 <= m.text_experts < m.num_experts:
         raise ValueError(f"--text-experts {m.text_experts} must leave at least one text and one "
                          f"image expert among --num-experts {m.num_experts}")
+    if grouped and min(m.text_experts, m.num_experts - m.text_experts) < m.top_k:
+        raise ValueError(f"--router-groups modality: the text group has {m.text_experts} and the "
+                         f"image group {m.num_experts - m.text_experts} experts, but each token "
+                         f"takes --top-k {m.top_k} of its own group's; lower --top-k or change "
+                         f"--text-experts")
     if m.random_routing and m.top_k != 2:
         raise ValueError("--random-routing True needs --top-k 2 (it drops the second expert)")
     if m.router_temp_start <= 0 or m.router_temp_end <= 0:

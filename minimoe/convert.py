@@ -4,7 +4,10 @@ Hidden neuron j of a dense FFN is row j of W1 and column j of W2 (see `model.FFN
 the neurons into groups and stacking each group as an expert keeps the parameter count; with
 every expert active at weight 1 the experts sum exactly to the dense FFN (tested).
 
-- `moe_from_dense`: one entry point for every `--moe` method (scratch, naive, random, taylor).
+- `moe_from_dense`: one entry point for every `--moe` method (scratch, naive, drop, random,
+  taylor).
+- `drop`: Drop-Upcycling (Nakamura et al. 2025): naive copies, then in each expert a different
+  random share `--drop-ratio` of the hidden neurons starts fresh, so the experts begin diverse.
 - `random_groups`: neurons split at random (the control).
 - `taylor_scores` + `taylor_groups`: neurons ranked by first-order Taylor importance
   |sum over tokens of a_j * dL/da_j| for text tasks (MMU + LM) and image tasks (T2I), grouped
@@ -22,6 +25,7 @@ from .losses import task_losses
 from .model import FFN
 from .moe import MoE, MoESpec
 from .sequences import Batch
+from .untie import tied_name
 
 TEXT_TASKS = ("mmu", "lm")  # whose loss gradients score a neuron's importance for text
 IMAGE_TASKS = ("t2i",)
@@ -114,17 +118,19 @@ def taylor_groups(score_text_H: torch.Tensor, score_image_H: torch.Tensor, n_tex
             "shared": cut(shared, t + i, n_shared)}
 
 
-METHODS = ("scratch", "naive", "random", "taylor")
+METHODS = ("scratch", "naive", "drop", "random", "taylor")
 PROBE_GAIN = 2.0  # router logit of a text expert at the text-token mean (and -2 at the image mean)
 
 
 def init_experts_(moe: MoE, ffn: FFN, method: str, generator: torch.Generator,
                   scores: tuple | None = None, text_experts: int | None = None,
-                  noise: float = 0.01) -> None:
+                  noise: float = 0.01, drop_ratio: float = 0.5) -> None:
     """Fill a MoE layer's experts from a trained dense FFN, in place.
 
     scratch: keep the fresh experts. naive: every routed expert a copy of the dense FFN plus
-    `noise` x (the dense weights' std) Gaussian noise (sparse upcycling). random / taylor: the
+    `noise` x (the dense weights' std) Gaussian noise (sparse upcycling). drop: every routed
+    expert a copy of the dense FFN except for round(drop_ratio * H) neurons drawn anew per
+    expert, which keep the layer's fresh initialisation (a fresh FFN's). random / taylor: the
     dense neurons split into num_experts + shared equal experts (same parameter count); taylor
     needs scores = (text scores [H], image scores [H]) and puts the `text_experts` most
     text-leaning groups first, then the image experts.
@@ -136,10 +142,18 @@ def init_experts_(moe: MoE, ffn: FFN, method: str, generator: torch.Generator,
     experts = moe.experts
     E, S = moe.num_experts, (moe.shared.w1.out_features // experts.w1_EDH.shape[2]
                              if moe.shared is not None else 0)
-    if method == "naive" and S:
-        raise ValueError("naive upcycling copies the dense FFN into routed experts only; "
-                         "use --num-shared 0")
+    if method in ("naive", "drop") and S:
+        raise ValueError(f"--moe {method} copies the dense FFN into routed experts only; "
+                         f"use --num-shared 0")
     if method == "scratch":
+        return
+    if method == "drop":
+        dropped = round(drop_ratio * H)
+        with torch.no_grad():
+            for e in range(E):
+                kept = torch.randperm(H, generator=generator)[dropped:]
+                experts.w1_EDH[e][:, kept] = w1_HD[kept].T
+                experts.w2_EHD[e][kept] = w2_DH[:, kept].T
         return
     if method == "naive":
         with torch.no_grad():
@@ -171,10 +185,10 @@ def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shar
     """A stand-alone MoE layer built from a dense FFN (init_experts_ on a layer of the size
     the method needs)."""
     H, D = ffn.w1.weight.shape
-    if method in METHODS and method not in ("scratch", "naive") and H % (num_experts + num_shared):
+    if method in METHODS and method not in UPCYCLED and H % (num_experts + num_shared):
         raise ValueError(f"--d-ffn {H} does not split into {num_experts + num_shared} equal "
                          f"experts")
-    width = H if method in ("scratch", "naive") else H // (num_experts + num_shared)
+    width = H if method in UPCYCLED else H // (num_experts + num_shared)
     moe = MoE(MoESpec(D, width, num_experts, top_k, num_shared), shared_ffn=FFN)
     init_experts_(moe, ffn, method, generator, scores)
     return moe
@@ -251,7 +265,7 @@ def prior_init_(moe: MoE, kind: str, strength: float, text_experts: int, num_dom
 def default_expert_scale(cfg: Config) -> float:
     """The routed output's multiplier when --expert-scale is 0.
 
-    Upcycled experts (scratch, naive) are each a whole FFN and the top-k weights sum to 1: 1.
+    Upcycled experts (scratch, naive, drop) are each a whole FFN and the top-k weights sum to 1: 1.
     Split experts (random, taylor) each hold a share of the dense neurons, and the dense FFN is
     the sum of all E routed experts (plus the shared ones); since the k weights sum to 1,
     E * sum_k w_k expert_k(x) estimates that sum without bias when the choice is uniform: E.
@@ -272,8 +286,12 @@ def convert_model(dense, cfg: Config, batches: list[Batch], generator: torch.Gen
     m = cfg.moe
     model, _ = build_model(cfg, next(dense.parameters()).device)
     moe_ids = [i for i, _ in model.moe_layers()]
-    keep = {k: v for k, v in dense.state_dict().items()
-            if not any(k.startswith(f"blocks.{i}.ffn.") for i in moe_ids)}
+    dense_state = dense.state_dict()
+    # Every weight but the MoE layers' FFNs is copied; an untied weight's two copies both
+    # start from the dense weight.
+    keep = {k: dense_state[tied_name(k)] for k in model.state_dict()
+            if tied_name(k) in dense_state
+            and not any(k.startswith(f"blocks.{i}.ffn.") for i in moe_ids)}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     assert not unexpected and all(k.split(".")[2] == "ffn" for k in missing), (missing, unexpected)
     scores = means = None
@@ -286,7 +304,8 @@ def convert_model(dense, cfg: Config, batches: list[Batch], generator: torch.Gen
     scale = default_expert_scale(cfg)
     for i, layer in model.moe_layers():
         init_experts_(layer, dense.blocks[i].ffn, m.moe, generator,
-                      scores[i] if scores else None, m.text_experts, m.naive_noise)
+                      scores[i] if scores else None, m.text_experts, m.naive_noise,
+                      m.drop_ratio)
         layer.expert_scale.fill_(scale)
         if means is not None:
             probe_router_init_(layer, *means[i], m.text_experts)

@@ -115,10 +115,12 @@ class RoutingStats:
         self.domain_LGE = torch.zeros(n, len(self.domains), E, dtype=torch.long)
         self.dropped_L = torch.zeros(n, dtype=torch.long)
         self.slots_L = torch.zeros(n, dtype=torch.long)
+        self.groups: tuple[int, ...] = ()  # experts per routing group, as the layers route
 
     @torch.no_grad()
     def add(self, routings: list[Routing | None]) -> None:
         for i, r in enumerate(x for x in routings if x is not None):
+            self.groups = r.groups
             valid_T = r.info.valid_T
             ids_TK = r.expert_ids_TK.cpu()
             K = ids_TK.shape[1]
@@ -140,24 +142,36 @@ class RoutingStats:
         domain NMI (for two groups the modality NMI is also the Jensen-Shannon divergence of
         the text and image expert distributions, in bits); pure experts (more than PURITY of
         their slots from one modality); load balance: max violation (max load / mean load - 1)
-        and load entropy / log E (1 = even); drop rate."""
+        and load entropy / log E (1 = even), both inside each routing group when the layers
+        have groups (the worst violation, the mean entropy); drop rate."""
         out = {}
         for i, layer in enumerate(self.layers):
             m, d = self.modality_LME[i].double(), self.domain_LGE[i].double()
             load = m.sum(0)
+            violation, entropy = _balance(load, self.groups or (self.E,))
             seen = [g for g in range(len(self.domains)) if d[g].sum() > 0]
             out[f"layer{layer}"] = {
                 "text": _shares(m[TEXT]), "image": _shares(m[IMAGE]),
                 "domains": {self.domains[g]: _shares(d[g]) for g in seen},
                 "modality_nmi": round(group_nmi(m), 4),
                 "domain_nmi": round(group_nmi(d[seen]), 4) if len(seen) > 1 else None,
-                "max_violation": round(float(load.max() / load.mean() - 1), 4)
-                if load.sum() else None,
-                "load_entropy": round(_entropy(load) / math.log(self.E), 4) if self.E > 1
-                and load.sum() else None,
+                "max_violation": violation, "load_entropy": entropy,
                 "pure_experts": int(((m.max(0).values > PURITY * load) & (load > 0)).sum()),
                 "drop_rate": round(int(self.dropped_L[i]) / max(1, int(self.slots_L[i])), 4)}
         return out
+
+
+def _balance(load_E: torch.Tensor, groups: tuple[int, ...]) -> tuple[float | None, float | None]:
+    """(max load / mean load - 1, load entropy / log n) within each group of experts: the
+    worst violation and the mean entropy over the groups that carry load."""
+    violations, entropies = [], []
+    for load in torch.split(load_E, list(groups)):
+        if load.sum():
+            violations.append(float(load.max() / load.mean() - 1))
+            if len(load) > 1:
+                entropies.append(_entropy(load) / math.log(len(load)))
+    return (round(max(violations), 4) if violations else None,
+            round(float(np.mean(entropies)), 4) if entropies else None)
 
 
 def _entropy(counts: torch.Tensor) -> float:

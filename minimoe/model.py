@@ -8,6 +8,9 @@ behind one seam, `make_ffn`: it returns a module mapping (x [B, L, D], TokenInfo
 (y [B, L, D], routing), where routing is None for the dense FFN and a `moe.Routing` for a MoE
 layer (what the balance losses and routing statistics read).
 
+With `untie=True` every block's attention projections and norms get a text and an image copy
+(`untie.py`, Mixture-of-Transformers); a position goes through its own modality's copies.
+
 The model knows only its sizes (`ModelConfig`) and, for MoE layers, one `moe.MoESpec` with the
 blocks it applies to; `build.py` makes both from a run's whole config. Single device;
 parallelism wraps this model from the outside (`dist.py`).
@@ -25,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import ModelConfig
 from .moe import TORCH, Backend, MoE, MoESpec, Routing, TokenInfo
 from .sequences import attention_mask, positions
+from .untie import PerModality, per_position, tied_name
 
 INIT_STD = 0.02  # GPT-2 style initialisation of embeddings and matrices
 
@@ -81,18 +85,25 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim)
         self.k_norm = nn.RMSNorm(self.head_dim)
 
-    def forward(self, x_BLD, cos, sin, mask_B1LS, cache: KVCache | None, layer: int):
+    def untie_(self) -> None:
+        for name in ("qkv", "proj", "q_norm", "k_norm"):
+            setattr(self, name, PerModality(getattr(self, name)))
+
+    def forward(self, x_BLD, cos, sin, mask_B1LS, cache: KVCache | None, layer: int,
+                image_BL: torch.Tensor):
         B, L, D = x_BLD.shape
-        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = apply_rotary(self.q_norm(q), cos, sin)
-        k = apply_rotary(self.k_norm(k), cos, sin)
+        qkv = per_position(self.qkv, x_BLD, image_BL).view(B, L, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.unbind(2)  # [B, L, heads, head_dim]
+        q = apply_rotary(per_position(self.q_norm, q, image_BL).transpose(1, 2), cos, sin)
+        k = apply_rotary(per_position(self.k_norm, k, image_BL).transpose(1, 2), cos, sin)
+        v = v.transpose(1, 2)
         if cache is not None:
             if cache.kv[layer] is not None:
                 k = torch.cat([cache.kv[layer][0], k], 2)
                 v = torch.cat([cache.kv[layer][1], v], 2)
             cache.kv[layer] = (k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1LS)
-        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+        return per_position(self.proj, y.transpose(1, 2).reshape(B, L, D), image_BL)
 
 
 class FFN(nn.Module):
@@ -119,18 +130,24 @@ def make_ffn(cfg: ModelConfig, moe: MoESpec | None, backend: Backend) -> nn.Modu
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, moe: MoESpec | None, backend: Backend):
+    def __init__(self, cfg: ModelConfig, moe: MoESpec | None, backend: Backend,
+                 untie: bool = False):
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model)
         self.ffn = make_ffn(cfg, moe, backend)
         self.dropout = nn.Dropout(cfg.dropout)
+        if untie:
+            self.attn.untie_()
+            self.attn_norm, self.ffn_norm = PerModality(self.attn_norm), PerModality(self.ffn_norm)
 
     def forward(self, x_BLD, cos, sin, mask_B1LS, cache, layer, info: TokenInfo):
-        x_BLD = x_BLD + self.dropout(self.attn(self.attn_norm(x_BLD), cos, sin, mask_B1LS,
-                                               cache, layer))
-        y_BLD, routing = self.ffn(self.ffn_norm(x_BLD), info)
+        image_BL = info.image_T.view(x_BLD.shape[:2])
+        h_BLD = per_position(self.attn_norm, x_BLD, image_BL)
+        x_BLD = x_BLD + self.dropout(self.attn(h_BLD, cos, sin, mask_B1LS, cache, layer,
+                                               image_BL))
+        y_BLD, routing = self.ffn(per_position(self.ffn_norm, x_BLD, image_BL), info)
         return x_BLD + self.dropout(y_BLD), routing
 
 
@@ -145,12 +162,13 @@ class Transformer(nn.Module):
         backend: who runs the MoE layers' permute / grouped matmul / unpermute.
         activation_checkpointing: keep only each block's input in training and recompute the
             block in backward (less memory, one more forward).
+        untie: a text and an image copy of every block's attention projections and norms.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
                  image_offset: int, image_tokens: int = 0, moe: MoESpec | None = None,
                  moe_layers: tuple[int, ...] = (), backend: Backend = TORCH,
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, untie: bool = False):
         super().__init__()
         self.cfg, self.pad_id, self.image_offset = cfg, pad_id, image_offset
         self.activation_checkpointing = activation_checkpointing
@@ -158,11 +176,13 @@ class Transformer(nn.Module):
         self.image_pos = (nn.Embedding(image_tokens, cfg.d_model)
                           if cfg.image_pos == "learned" and image_tokens else None)
         self.blocks = nn.ModuleList(
-            Block(cfg, moe if i in moe_layers else None, backend) for i in range(cfg.n_layers))
+            Block(cfg, moe if i in moe_layers else None, backend, untie)
+            for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():
+            name = tied_name(name)  # an untied copy follows its weight's rule
             if name.endswith("w1_EDH"):  # fresh experts start like a fresh dense FFN
                 nn.init.normal_(p, std=INIT_STD)
             # Scale the projections that write into the residual stream by depth (GPT-2).

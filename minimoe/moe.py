@@ -9,10 +9,16 @@ Shape legend (suffixes on tensor names):
 Router of one layer, for a token x (docs/design.md, "Mixture of experts"):
 
     logits = W x + b  (+ s(t) * prior[group of the token])     b: learnable bias (optional)
+    logits[e] = -inf for e outside the token's routing group    only with routing groups
     probs  = softmax(logits / tau(t))                          tau: annealed temperature
     chosen = top-k of (logits / tau(t) + selection_bias)        selection_bias: aux-loss-free
     weights = probs[chosen] / sum(probs[chosen])                 renormalised over the k
     y = expert_scale * sum_k weights_k * expert_k(x)  (+ shared experts(x))
+
+Routing groups (MoMa, Lin et al. 2024): with `groups = (n_text, n_image)` the experts are
+split into a text group (the first n_text) and an image group, and each token routes only
+inside its own modality's group. Masking the logits before the softmax, not the probabilities
+after it, keeps the k weights a softmax over the token's own group.
 
 Temperature does not change *which* experts win (top-k of logits / tau is top-k of logits)
 unless a selection bias is in play or training samples the choice (`router_sample`); it
@@ -62,6 +68,28 @@ class Routing:
     expert_ids_TK: torch.Tensor  # long: the chosen experts
     kept_TK: torch.Tensor  # bool: False where the slot was dropped (padding, capacity, random)
     info: TokenInfo
+    groups: tuple[int, ...] = ()  # experts per routing group (MoESpec.groups)
+
+    def group_parts(self) -> list[tuple[torch.Tensor, int, int]]:
+        return group_parts(self.info, self.groups, self.probs_TE.shape[1])
+
+
+def token_groups(info: TokenInfo, num_groups: int) -> torch.Tensor:
+    """Routing group of each token: 0 text, 1 image (one group: all 0)."""
+    return info.image_T.long().clamp(max=num_groups - 1)
+
+
+def group_parts(info: TokenInfo, groups: tuple[int, ...], num_experts: int
+                ) -> list[tuple[torch.Tensor, int, int]]:
+    """Per routing group: (its non-padding tokens [T] bool, its first expert, one past its last
+    expert), the units that capacity and balance are measured in. No groups: one group of
+    every token and every expert."""
+    if not groups:
+        return [(info.valid_T, 0, num_experts)]
+    token_group_T = token_groups(info, len(groups))
+    ends = torch.tensor(groups).cumsum(0).tolist()
+    return [(info.valid_T & (token_group_T == g), end - n, end)
+            for g, (n, end) in enumerate(zip(groups, ends))]
 
 
 # --- the four steps --------------------------------------------------------------------------
@@ -183,15 +211,17 @@ def capacity(num_tokens: int, top_k: int, num_experts: int, factor: float) -> in
 
 
 def within_capacity(expert_ids_TK: torch.Tensor, kept_TK: torch.Tensor, num_experts: int,
-                    limit: int) -> torch.Tensor:
-    """kept_TK, minus the slots beyond `limit` per expert. Priority as in GShard: every token's
-    first choice before any second choice, then token order."""
+                    limit: int | torch.Tensor) -> torch.Tensor:
+    """kept_TK, minus the slots beyond `limit` per expert (an int, or one per expert: [E]).
+    Priority as in GShard: every token's first choice before any second choice, then token
+    order."""
     T, K = expert_ids_TK.shape
     ids_N = expert_ids_TK.T.flatten()  # choice-major order = priority order
     live_N = kept_TK.T.flatten()
     onehot_NE = F.one_hot(ids_N, num_experts) * live_N[:, None]
     position_N = (onehot_NE.cumsum(0) * onehot_NE).sum(1) - 1  # rank among the expert's slots
-    return (live_N & (position_N < limit)).view(K, T).T
+    limit_N = limit[ids_N] if isinstance(limit, torch.Tensor) else limit
+    return (live_N & (position_N < limit_N)).view(K, T).T
 
 
 # --- the layer -------------------------------------------------------------------------------
@@ -211,6 +241,7 @@ class MoESpec:
     capacity_factor: float = 0.0  # expert capacity as a multiple of the even share (0: dropless)
     random_routing: bool = False  # top-2 only: keep the second expert with probability 2 g2
     sample: bool = False  # Gumbel top-k exploration at the current temperature
+    groups: tuple[int, ...] = ()  # experts per routing group: (text, image), or () for none
 
 
 class Experts(nn.Module):
@@ -253,6 +284,11 @@ class MoE(nn.Module):
             raise ValueError("a MoE layer with shared experts needs shared_ffn (the dense FFN "
                              "type, model.FFN)")
         E = spec.num_experts
+        if spec.groups and (sum(spec.groups) != E or min(spec.groups) < spec.top_k
+                            or len(spec.groups) > 2):
+            raise ValueError(f"routing groups {spec.groups}: one or two groups (text, image) "
+                             f"that share the {E} experts, each with at least top_k="
+                             f"{spec.top_k} of them")
         self.spec, self.num_experts, self.top_k, self.prior = spec, E, spec.top_k, spec.prior
         self.router = nn.Linear(spec.d_model, E, bias=spec.router_bias)
         self.experts = Experts(E, spec.d_model, spec.d_hidden, backend)
@@ -266,6 +302,9 @@ class MoE(nn.Module):
         self.register_buffer("prior_scale", torch.tensor(0.0))
         self.register_buffer("selection_bias_E", torch.zeros(E))
         self.register_buffer("expert_scale", torch.tensor(1.0))
+        if spec.groups:  # the routing group of each expert (derived from spec: not saved)
+            self.register_buffer("group_E", torch.repeat_interleave(
+                torch.arange(len(spec.groups)), torch.tensor(spec.groups)), persistent=False)
 
     def router_logits(self, x_TD: torch.Tensor, info: TokenInfo) -> torch.Tensor:
         logits_TE = self.router(x_TD)
@@ -273,7 +312,18 @@ class MoE(nn.Module):
             groups_T = info.domain_T if self.prior == "domain" else info.image_T.long()
             if groups_T is not None:
                 logits_TE = logits_TE + self.prior_scale * self.prior_GE[groups_T]
+        if self.spec.groups:
+            own_TE = self.group_E[None, :] == token_groups(info, len(self.spec.groups))[:, None]
+            logits_TE = logits_TE.masked_fill(~own_TE, float("-inf"))
         return logits_TE
+
+    def capacities(self, info: TokenInfo) -> torch.Tensor:
+        """Slots per expert [E]: capacity_factor times the even share of its routing group."""
+        limit_E = torch.empty(self.num_experts, dtype=torch.long)
+        for tokens_T, lo, hi in group_parts(info, self.spec.groups, self.num_experts):
+            limit_E[lo:hi] = capacity(int(tokens_T.sum()), self.top_k, hi - lo,
+                                      self.spec.capacity_factor)
+        return limit_E.to(info.valid_T.device)
 
     def forward(self, x_BLD: torch.Tensor, info: TokenInfo | None = None
                 ) -> tuple[torch.Tensor, Routing]:
@@ -287,13 +337,13 @@ class MoE(nn.Module):
         if train and spec.random_routing:
             weights_TK, kept_TK = random_second(weights_TK, kept_TK)
         if train and spec.capacity_factor > 0:
-            limit = capacity(int(info.valid_T.sum()), self.top_k, self.num_experts,
-                             spec.capacity_factor)
-            kept_TK = within_capacity(expert_ids_TK, kept_TK, self.num_experts, limit)
+            kept_TK = within_capacity(expert_ids_TK, kept_TK, self.num_experts,
+                                      self.capacities(info))
         y_TD = self.expert_scale * self.experts(x_TD, weights_TK, expert_ids_TK, kept_TK)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)[0]
-        return y_TD.view_as(x_BLD), Routing(logits_TE, probs_TE, expert_ids_TK, kept_TK, info)
+        return y_TD.view_as(x_BLD), Routing(logits_TE, probs_TE, expert_ids_TK, kept_TK, info,
+                                            spec.groups)
 
     def all_experts(self, x_TD: torch.Tensor) -> torch.Tensor:
         """Every routed expert at weight 1, plus the shared ones: for a layer split from a

@@ -16,7 +16,10 @@ where balance = E * sum_e f_e * P_e over the non-padding tokens (moe.balance_los
 experts, so the balance loss regulates the distribution that is actually used, and it equals 1
 exactly when that distribution is balanced. With --balance-scope modality it is computed on
 the text tokens and on the image tokens separately and averaged, so that the many image tokens
-cannot balance the load by pushing themselves into the text experts.
+cannot balance the load by pushing themselves into the text experts. A layer with routing
+groups (--router-groups modality) is balanced inside each group instead: the balance of the
+text tokens over the text experts and of the image tokens over the image experts, averaged;
+the aux-loss-free bias and the collapse warning also compare an expert with its own group.
 
 Router collapse: when one expert is among the choices of at least COLLAPSE_SHARE of a layer's
 tokens for COLLAPSE_STEPS optimizer steps in a row, training warns (console and log): the
@@ -35,7 +38,7 @@ import torch
 
 from .config import Config
 from .metrics import RoutingStats
-from .moe import Routing, balance_loss, z_loss
+from .moe import Routing, balance_loss, group_parts, z_loss
 from .schedules import anneal
 
 COLLAPSE_SHARE = 0.9  # one expert chosen by this share of a layer's tokens ...
@@ -82,37 +85,51 @@ def router_losses(routings: list[Routing | None], scope: str = "global") -> dict
     for r in routings:
         if r is None:
             continue
-        valid = r.info.valid_T
-        if scope == "modality":
-            parts = [valid & ~r.info.image_T, valid & r.info.image_T]
-            parts = [p for p in parts if p.any()]
+        valid, image, E = r.info.valid_T, r.info.image_T, r.probs_TE.shape[1]
+        if r.groups:
+            parts = r.group_parts()
+        elif scope == "modality":
+            parts = [(valid & ~image, 0, E), (valid & image, 0, E)]
         else:
-            parts = [valid]
-        balance.append(torch.stack([balance_loss(r.probs_TE[p], r.expert_ids_TK[p])
-                                    for p in parts]).mean())
+            parts = [(valid, 0, E)]
+        parts = [p for p in parts if p[0].any()] or parts[:1]
+        balance.append(torch.stack([balance_loss(r.probs_TE[t, lo:hi], r.expert_ids_TK[t] - lo)
+                                    for t, lo, hi in parts]).mean())
         z.append(z_loss(r.logits_TE[valid]))
     return {"balance": torch.stack(balance).mean(), "z": torch.stack(z).mean()}
 
 
 @torch.no_grad()
 def update_selection_bias(model, routings: list[Routing | None], rate: float) -> None:
-    """One aux-loss-free step: bias_e += rate * sign(mean load - load_e) per MoE layer."""
+    """One aux-loss-free step: bias_e += rate * sign(mean load - load_e) per MoE layer, the
+    mean taken over the expert's routing group."""
     for (_, layer), r in zip(model.moe_layers(), [r for r in routings if r is not None]):
         load_E = torch.bincount(r.expert_ids_TK[r.kept_TK], minlength=layer.num_experts).float()
         if torch.distributed.is_initialized():  # every rank moves the bias by the global load
             torch.distributed.all_reduce(load_E)
-        layer.selection_bias_E += rate * torch.sign(load_E.mean() - load_E)
+        mean_E = torch.empty_like(load_E)
+        for _, lo, hi in group_parts(r.info, r.groups, layer.num_experts):
+            mean_E[lo:hi] = load_E[lo:hi].mean()
+        layer.selection_bias_E += rate * torch.sign(mean_E - load_E)
 
 
 @torch.no_grad()
-def top_shares(routings: list[Routing | None], num_experts: int) -> list[float]:
+def top_shares(routings: list[Routing | None], num_experts: int) -> list[float | None]:
     """Per MoE layer: the share of its non-padding tokens whose top-k holds the most chosen
-    expert (a token picks an expert at most once, so this is the expert's slot count)."""
+    expert (a token picks an expert at most once, so this is the expert's slot count); with
+    routing groups, the largest such share within a group. Only groups of at least 2 * top_k
+    experts count, where an even router gives every expert at most half of the tokens; None
+    when there is no such group."""
     shares = []
     for r in (x for x in routings if x is not None):
-        ids = r.expert_ids_TK[r.info.valid_T]
-        load = torch.bincount(ids.flatten(), minlength=num_experts)
-        shares.append(float(load.max()) / max(1, ids.shape[0]))
+        K, found = r.expert_ids_TK.shape[1], []
+        for tokens_T, lo, hi in group_parts(r.info, r.groups, num_experts):
+            if 2 * K > hi - lo:
+                continue
+            ids = r.expert_ids_TK[tokens_T]
+            load = torch.bincount(ids.flatten(), minlength=num_experts)
+            found.append(float(load.max()) / max(1, ids.shape[0]))
+        shares.append(max(found) if found else None)
     return shares
 
 
@@ -148,7 +165,7 @@ class RouterTraining:
         self.stats.add(routings)
         warnings, m = [], self.cfg.moe
         for layer, share in zip(self.stats.layers, top_shares(routings, m.num_experts)):
-            collapsed = share >= COLLAPSE_SHARE and 2 * m.top_k <= m.num_experts
+            collapsed = share is not None and share >= COLLAPSE_SHARE
             self.collapsed[layer] = self.collapsed.get(layer, 0) + 1 if collapsed else 0
             if self.collapsed[layer] == COLLAPSE_STEPS:
                 warnings.append(f"router collapse in MoE layer {layer}: one expert has taken "

@@ -95,6 +95,36 @@ def test_naive_experts_are_noisy_copies_of_the_dense_ffn():
         "noise breaks the symmetry"
 
 
+def test_drop_upcycling_keeps_dense_neurons_and_refreshes_a_different_share_per_expert():
+    from minimoe.convert import init_experts_
+    from minimoe.moe import MoE, MoESpec
+    dense, _ = _dense()
+    torch.manual_seed(1)
+    moe = MoE(MoESpec(8, 24, num_experts=4, top_k=2))
+    fresh = [w.detach().clone() for w in (moe.experts.w1_EDH, moe.experts.w2_EHD)]
+    init_experts_(moe, dense, "drop", torch.Generator().manual_seed(0), drop_ratio=0.25)
+    w1_DH, w2_HD = dense.w1.weight.T, dense.w2.weight.T
+    refreshed = []
+    for e in range(4):
+        w1, w2 = moe.experts.w1_EDH[e], moe.experts.w2_EHD[e]
+        kept_H = (w1 == w1_DH).all(0)
+        assert torch.equal(kept_H, (w2 == w2_HD).all(1)), "a neuron is kept or dropped whole"
+        assert int((~kept_H).sum()) == 6, "round(0.25 * 24) neurons start fresh"
+        assert torch.equal(w1[:, ~kept_H], fresh[0][e][:, ~kept_H])
+        assert torch.equal(w2[~kept_H], fresh[1][e][~kept_H])
+        refreshed.append(frozenset((~kept_H).nonzero()[:, 0].tolist()))
+    assert len(set(refreshed)) == 4, "each expert refreshes its own neurons"
+
+
+def test_drop_with_ratio_zero_is_naive_upcycling_without_noise():
+    _, naive, batch, _ = _converted("naive", naive_noise=0.0)
+    _, drop, _, _ = _converted("drop", drop_ratio=0.0)
+    for (_, a), (_, b) in zip(naive.moe_layers(), drop.moe_layers()):
+        assert torch.equal(a.experts.w1_EDH, b.experts.w1_EDH)
+        assert torch.equal(a.experts.w2_EHD, b.experts.w2_EHD)
+        assert float(b.expert_scale) == 1.0
+
+
 def test_conversion_refuses_bad_requests():
     import pytest
     from minimoe.convert import moe_from_dense
@@ -106,8 +136,9 @@ def test_conversion_refuses_bad_requests():
         moe_from_dense(dense, "taylor", 4, 2, 0, g)
     with pytest.raises(ValueError, match="equal experts"):
         moe_from_dense(dense, "random", 5, 2, 0, g)
-    with pytest.raises(ValueError, match="--num-shared 0"):
-        moe_from_dense(dense, "naive", 4, 2, 1, g)
+    for method in ("naive", "drop"):
+        with pytest.raises(ValueError, match="--num-shared 0"):
+            moe_from_dense(dense, method, 4, 2, 1, g)
 
 
 def test_random_groups_partition_the_neurons():

@@ -1,0 +1,86 @@
+"""What a model costs: parameters a token uses, training FLOPs a token takes, and what a run's
+log measured (seconds a step, tokens a second).
+
+Per token, with d = d_model, L = seq_len (every row is that long), V the joint vocabulary,
+E routed experts of hidden size h, k chosen per token, S shared experts:
+
+    attention, per block     4 d^2 (q, k, v, out projections)  +  2 L d (scores, mix)
+    dense FFN, per block     2 d d_ffn
+    MoE layer                d E (router)  +  2 d h (k + S)
+    head                     d V
+
+are the multiply-adds of one forward (a multiply-add is 2 FLOPs); the backward costs two
+forwards (the gradients of the inputs and of the weights), so
+
+    training FLOPs / token = 3 * 2 * (sum of the multiply-adds above)
+
+Norms, activations, rotary, softmax and the optimizer are left out: they scale with d, not d^2,
+and are a few per cent at these widths. The attention term counts the full L x L score
+matrix that the masked attention kernel computes, not only the unmasked part. A padding
+position costs what any other position costs, except in a MoE layer, which routes padding to
+no expert.
+"""
+from __future__ import annotations
+
+from .config import Config, dense_version, expert_hidden, moe_layer_ids
+from .tokenizers import Vocab
+
+
+def multiply_adds_per_token(cfg: Config) -> dict[str, int]:
+    """One forward's multiply-adds a (non-padding) token costs, by part."""
+    d, L, m = cfg.model.d_model, cfg.seq_len, cfg.moe
+    n = cfg.model.n_layers
+    moe_ids = set(moe_layer_ids(m.moe_layers, n)) if m.moe != "none" else set()
+    ffn = 2 * d * cfg.model.d_ffn
+    moe = d * m.num_experts + 2 * d * expert_hidden(cfg) * (m.top_k + m.num_shared)
+    return {"attention": n * (4 * d * d + 2 * L * d),
+            "ffn": sum(moe if i in moe_ids else ffn for i in range(n)),
+            "head": d * Vocab(cfg.vq.vq_codes, cfg.data.text_vocab).size}
+
+
+def train_flops_per_token(cfg: Config) -> int:
+    return 6 * sum(multiply_adds_per_token(cfg).values())
+
+
+def active_params(model, cfg: Config) -> int:
+    """Parameters one token's forward reads: all of them except the routed experts a token is
+    not sent to (E - k per MoE layer), the other modality's copy of untied weights and the
+    embedding rows of other ids (V - 1)."""
+    m, d = cfg.moe, cfg.model.d_model
+    idle = sum(p.numel() for name, p in model.named_parameters() if ".image." in name)
+    if m.moe != "none":
+        per_expert = 2 * d * expert_hidden(cfg)
+        idle += len(moe_layer_ids(m.moe_layers, cfg.model.n_layers)) * (
+            m.num_experts - m.top_k) * per_expert
+    embed = model.embed.weight
+    return model.num_params() - idle - (embed.shape[0] - 1) * embed.shape[1]
+
+
+def stage_costs(log_records: list[dict], cfg: Config) -> dict[str, dict]:
+    """Per training stage of a run's log: steps, wall seconds, seconds a step, tokens a second
+    and the training FLOPs spent (tokens x FLOPs a token of that stage's model)."""
+    out = {}
+    for stage, flops in (("dense", train_flops_per_token(dense_version(cfg))),
+                         ("moe", train_flops_per_token(cfg))):
+        rows = [r for r in log_records if r.get("stage") == stage and "time_s" in r]
+        if not rows:
+            continue
+        last = rows[-1]
+        # time_s restarts on --resume: add up the last record of every uninterrupted stretch
+        ends = [a for a, b in zip(rows, rows[1:] + [None])
+                if b is None or b["time_s"] < a["time_s"]]
+        seconds = sum(r["time_s"] for r in ends)
+        steps = last["step"]
+        tokens = steps * cfg.seq_len * _rows_per_step(cfg)
+        out[stage] = {"steps": steps, "time_s": round(seconds, 1),
+                      "s_per_step": round(seconds / max(1, steps), 4),
+                      "tok_per_s": last.get("tok_per_s"), "train_flops": float(tokens * flops),
+                      "train_flops_per_token": flops}
+    return out
+
+
+def _rows_per_step(cfg: Config) -> int:
+    t = cfg.train
+    return (t.batch_t2i + t.batch_mmu + t.batch_lm) * t.grad_accum
+
+
