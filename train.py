@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from minimoe import atomic, cli, config, dist, evaluation, run
+from minimoe import atomic, cli, config, cost, dist, evaluation, run
 from minimoe.batches import Batcher
 from minimoe.data import open_source
 
@@ -122,6 +122,7 @@ def train(args) -> dict:
     # A quick check of both abilities on held-out data (the full evaluation is eval.py).
     if args.eval_n:
         summary.update(evaluation.quick_eval(model, vocab, image_tok, cfg, args.eval_n, progress))
+    summary["cost"] = cost.run_cost(model, cfg, files.log)
     summary.update(wall_s=round(time.time() - t_start, 1), peak_rss_mb=run.peak_memory_mb())
     atomic.write_text(files.root / "summary.json", json.dumps(summary, indent=2))
     print(run.format_summary(summary))

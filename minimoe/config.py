@@ -111,6 +111,7 @@ class TrainConfig:
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
+    heldout_every: int = 100  # steps between held-out loss checks in the log (0: never)
     sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
     guidance: float = 2.0  # classifier-free guidance scale of sampling
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
@@ -152,16 +153,16 @@ PRESETS: dict[str, dict] = {
         image_size=64, text_len=96, text_vocab=256, vq_codes=1024, vq_dim=64, vq_channels=128,
         vq_steps=5000, vq_batch=128, d_model=512, n_layers=8, n_heads=8, d_ffn=2048,
         dense_steps=20000, batch_t2i=48, batch_mmu=32, batch_lm=16, lr=6e-4, warmup=500,
-        ckpt_every=1000, sample_every=2000, log_every=50, sample_steps=16, moe_steps=5000,
-        moe_lr=3e-4,
+        ckpt_every=1000, sample_every=2000, heldout_every=1000, log_every=50, sample_steps=16,
+        moe_steps=5000, moe_lr=3e-4,
     ),
     # Show-o scale: 24 layers, d_model 2048, 16x16 = 256 tokens from an 8192-code tokenizer.
     "full": dict(
         image_size=256, text_len=128, text_vocab=256, vq_downsample=16, vq_codes=8192,
         vq_dim=64, vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24,
         n_heads=32, d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16,
-        lr=2e-4, warmup=2000, ckpt_every=2000, sample_every=5000, log_every=100,
-        sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
+        lr=2e-4, warmup=2000, ckpt_every=2000, sample_every=5000, heldout_every=5000,
+        log_every=100, sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
     ),
 }
 
@@ -249,7 +250,8 @@ def validate(cfg: Config) -> None:
                   capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
                   anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
                   max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature,
-                  vq_edge_weight=v.vq_edge_weight)
+                  vq_edge_weight=v.vq_edge_weight, sample_every=cfg.train.sample_every,
+                  heldout_every=cfg.train.heldout_every)
     for name, value in counts.items():
         if not value >= 0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")

@@ -22,6 +22,9 @@ no expert.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .config import Config, dense_version, expert_hidden, moe_layer_ids
 from .tokenizers import Vocab
 
@@ -72,7 +75,8 @@ def stage_costs(log_records: list[dict], cfg: Config) -> dict[str, dict]:
         seconds = sum(r["time_s"] for r in ends)
         steps = last["step"]
         tokens = steps * cfg.seq_len * _rows_per_step(cfg)
-        out[stage] = {"steps": steps, "time_s": round(seconds, 1),
+        out[stage] = {"steps": steps, "time_s": round(seconds, 2),
+                      "tokens_per_step": cfg.seq_len * _rows_per_step(cfg),
                       "s_per_step": round(seconds / max(1, steps), 4),
                       "tok_per_s": last.get("tok_per_s"), "train_flops": float(tokens * flops),
                       "train_flops_per_token": flops}
@@ -84,3 +88,21 @@ def _rows_per_step(cfg: Config) -> int:
     return (t.batch_t2i + t.batch_mmu + t.batch_lm) * t.grad_accum
 
 
+
+
+def run_cost(model, cfg: Config, log: Path) -> dict:
+    """What summary.json records of a run's cost: parameters, active parameters and training
+    FLOPs a token of the final model, and per stage what its log measured (stage_costs)."""
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return {"params": model.num_params(), "active_params": active_params(model, cfg),
+            "train_flops_per_token": train_flops_per_token(cfg),
+            "stages": stage_costs(records, cfg)}
+
+
+def format_cost(c: dict) -> str:
+    stages = "; ".join(f"{name} {s['steps']} steps at {s['s_per_step']:.3f} s a step, "
+                       f"{s['tok_per_s']} tokens/s, {s['train_flops'] / 1e12:.3g} TFLOPs"
+                       for name, s in c["stages"].items())
+    return (f"cost       {c['active_params'] / 1e6:.2f}M of {c['params'] / 1e6:.2f}M parameters "
+            f"active, {c['train_flops_per_token'] / 1e6:.2f} MFLOPs a training token"
+            + (f"; {stages}" if stages else ""))

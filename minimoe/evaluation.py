@@ -118,6 +118,19 @@ def heldout_losses(model, cfg: Config, vocab, image_tok, device) -> dict[str, fl
     return mean_losses(model, heldout_batches(cfg, vocab, image_tok, CONVERSION_BATCHES), device)
 
 
+class HeldoutCheck:
+    """heldout_losses of `model` as it trains (--heldout-every), its batches made once."""
+
+    def __init__(self, model, cfg: Config, vocab, image_tok, device):
+        self.model, self.device = model, device
+        self.make = lambda: heldout_batches(cfg, vocab, image_tok, CONVERSION_BATCHES)
+        self.batches = None
+
+    def __call__(self) -> dict[str, float]:
+        self.batches = self.batches or self.make()
+        return mean_losses(self.model, self.batches, self.device)
+
+
 @torch.no_grad()
 def collect_routing(model, cfg: Config, vocab, image_tok, device,
                     n_batches: int = ROUTING_BATCHES) -> dict:

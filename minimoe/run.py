@@ -28,11 +28,13 @@ from .build import build_model, init_code_embeddings
 from .cli import UserError
 from .config import Config
 from .convert import convert_model
+from .cost import format_cost
 from .data import open_source
 from .dist import (data_parallel, fsdp_, full_model_state, full_optimizer_state, is_fsdp,
                    load_fsdp_optimizer_state, parallelize_experts_, rank_world,
                    shard_optimizer_state)
-from .evaluation import collect_routing, format_report, heldout_losses, tokenizer_ceiling
+from .evaluation import (HeldoutCheck, collect_routing, format_report, heldout_losses,
+                         tokenizer_ceiling)
 from .inference import RUNS_ROOT, Session, generate
 from .plots import image_grid, routing_heatmaps
 from .routing import RouterTraining, apply_schedule, describe_schedule, schedule
@@ -399,7 +401,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
                 world=world),
         device, start_step=start, optimizer=optimizer,
         on_sample=GridWriter("dense", model, vocab, image_tok, files.samples, cfg),
-        progress=progress, skipped=payload.get("skipped", 0) if payload else 0)
+        on_heldout=HeldoutCheck(model, cfg, vocab, image_tok, device), progress=progress,
+        skipped=payload.get("skipped", 0) if payload else 0)
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
     return unshard(model, config.dense_version(cfg), device)
@@ -446,8 +449,8 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
         cfg.train.moe_steps,
         batcher, device, start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter("moe", model, vocab, image_tok, files.samples, cfg),
-        progress=progress, router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep,
-        skipped=skipped)
+        on_heldout=HeldoutCheck(model, cfg, vocab, image_tok, device), progress=progress,
+        router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
 
 
 def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):
@@ -512,4 +515,5 @@ def format_summary(s: dict) -> str:
     """evaluation.format_report plus the tokenizer, wall-time and memory lines of a run."""
     return "\n".join([f"tokenizer  {describe_tokenizer(s['vq'])}"]
                      + ([format_report(s)] if "mmu" in s else [])
+                     + ([format_cost(s["cost"])] if "cost" in s else [])
                      + [f"wall time  {s['wall_s']:.0f} s, peak memory {s['peak_rss_mb']:.0f} MB"])

@@ -101,9 +101,15 @@ def all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, data_parallel: bool)
     return not bool(bad)
 
 
+def due(every: int, done: int, steps: int) -> bool:
+    """Whether a periodic action (every `every` steps, 0: never) runs after step `done`; it
+    also runs after the last step."""
+    return every > 0 and (done % every == 0 or done == steps)
+
+
 def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Batcher,
         device: torch.device, start_step: int = 0, optimizer=None, on_sample=None,
-        progress: bool = True, router=None, peak_lr: float | None = None, ep=None,
+        on_heldout=None, progress: bool = True, router=None, peak_lr: float | None = None, ep=None,
         skipped: int = 0) -> list[dict]:
     """Train `model` for steps [start_step, steps), logging and saving through `writer`.
     Returns the logged records of this call.
@@ -118,6 +124,10 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     --on-nonfinite stop the run ends with TrainingError (the last checkpoint on disk stays the
     last good one), with skip its update is dropped and counted (`skipped`: the count so far,
     saved in checkpoints) until more than --max-skips were dropped.
+
+    Every --heldout-every steps rank 0 logs `on_heldout()` (held-out task losses) as a record
+    of its own. The time it and `on_sample` take is left out of time_s and tok_per_s, which
+    measure training alone.
     """
     t = cfg.train
     optimizer = optimizer or make_optimizer(model, cfg)
@@ -209,8 +219,14 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             release_freed_memory()
         if faults.fires("kill-step", done):
             faults.kill()
-        if main and on_sample and not sharded and t.sample_every and \
-                (done % t.sample_every == 0 or done == steps):
+        paused = time.time()
+        if main and on_sample and not sharded and due(t.sample_every, done, steps):
             on_sample(done)
-            model.train()
+        if main and on_heldout and not sharded and due(t.heldout_every, done, steps):
+            rec = {"stage": stage, "step": done,
+                   "heldout": {k: round(v, 5) for k, v in on_heldout().items()}}
+            records.append(rec)
+            writer.log_line(rec)
+        model.train()
+        t0 += time.time() - paused
     return records

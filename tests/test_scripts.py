@@ -39,7 +39,15 @@ def test_train_writes_every_artifact(run_dir):
     log = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"vq", "dense"}
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert {"vq", "mmu", "colours", "wall_s", "peak_rss_mb"} <= set(summary)
+    assert {"vq", "mmu", "colours", "wall_s", "peak_rss_mb", "cost"} <= set(summary)
+    assert [r["step"] for r in log if "heldout" in r] == [6], "the last step is always checked"
+    dense = summary["cost"]["stages"]["dense"]
+    assert list(summary["cost"]["stages"]) == ["dense"] and dense["steps"] == 6
+    # the trainer counts the tokens it saw; the cost module derives them from the config
+    assert dense["tok_per_s"] * dense["time_s"] == pytest.approx(
+        dense["steps"] * dense["tokens_per_step"], rel=0.05)
+    assert dense["train_flops"] == dense["steps"] * dense["tokens_per_step"] * \
+        dense["train_flops_per_token"]
 
 
 def test_resume_extends_a_finished_run_and_reuses_the_tokenizer(run_dir, capsys):
@@ -47,7 +55,7 @@ def test_resume_extends_a_finished_run_and_reuses_the_tokenizer(run_dir, capsys)
     out = capsys.readouterr().out
     assert "reusing the tokenizers" in out and "resuming dense at step 6" in out
     steps = [json.loads(l)["step"] for l in (run_dir / "log.jsonl").read_text().splitlines()
-             if '"dense"' in l]
+             if '"dense"' in l and '"loss"' in l]
     assert steps[-2:] == [7, 8]
 
 
@@ -110,7 +118,7 @@ def test_the_two_stages_of_a_moe_run_keep_their_own_sample_grids(tmp_path):
     assert grids == ["dense_000006.png", "moe_000006.png"], grids
 
 
-@pytest.mark.parametrize("method", ["scratch", "naive", "random", "taylor"])
+@pytest.mark.parametrize("method", ["scratch", "naive", "drop", "random", "taylor"])
 def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tmp_path, method):
     out = tmp_path / method
     summary = train.main(MICRO + MOE + ["--moe", method, "--init", str(run_dir / "ckpt.pt"),
@@ -122,7 +130,7 @@ def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tm
     assert set(summary["routing"]) == {"layer0", "layer1"}
     c = summary["conversion"]
     experts_and_rest = c["moe_params"] - c["router_params"]
-    if method in ("scratch", "naive"):
+    if method in ("scratch", "naive", "drop"):
         assert experts_and_rest > c["dense_params"], "upcycling multiplies the FFN parameters"
     else:
         assert experts_and_rest == c["dense_params"], "a split keeps the parameter count"
@@ -131,7 +139,11 @@ def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tm
     # the tokenizer's report (taken from --init, not trained), no dense steps, then the MoE
     assert stages[:2] == ["vq", "convert"] and "report" in log[0] and "dense" not in stages
     assert log[-1]["stage"] == "moe"
-    assert "tau" in log[-1] and "layer1" in log[-1]["routing"]
+    assert "tau" in log[-2] and "layer1" in log[-2]["routing"]
+    assert log[-1]["step"] == 4 and set(log[-1]["heldout"]) == set(summary["heldout_losses"])
+    cost = summary["cost"]
+    assert list(cost["stages"]) == ["moe"] and cost["stages"]["moe"]["steps"] == 4
+    assert cost["active_params"] < cost["params"], "a token leaves out the unchosen experts"
     grid = tmp_path / "g.png"
     sample.main(["--ckpt", str(out / "ckpt.pt"), "--prompt", "a red circle", "--n", "1",
                  "--steps", "2", "--out", str(grid)])

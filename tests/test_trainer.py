@@ -1,6 +1,8 @@
 """Training: loss goes down, resume continues with identical losses, NaN stops the run and
 keeps the last good checkpoint.  Run: pytest -q tests/test_trainer.py"""
 import copy
+import time
+
 import pytest
 import torch
 
@@ -92,6 +94,31 @@ def test_resume_from_checkpoint_gives_identical_losses(tmp_path):
     resumed = fit(model2, cfg, files, "dense", 16, batcher, cpu, start_step=8,
                   optimizer=opt, progress=False)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight[8:]]
+
+
+def test_heldout_checks_are_logged_at_their_steps_and_leave_training_unchanged(tmp_path):
+    """A held-out check runs the model in eval mode on other data between steps; training
+    must go on exactly as without it, and time_s must leave the check's own time out."""
+    from minimoe.evaluation import HeldoutCheck
+    cfg = micro_config(dense_steps=6, ckpt_every=100, heldout_every=4, log_every=1)
+    cpu = torch.device("cpu")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    model, batcher, tok, files = setup(cfg, tmp_path / "a")
+    plain = fit(model, cfg, files, "dense", 6, batcher, cpu, progress=False)
+    model, batcher, tok, files = setup(cfg, tmp_path / "b")
+    slow_check = HeldoutCheck(model, cfg, Vocab(cfg.vq.vq_codes, cfg.data.text_vocab), tok, cpu)
+
+    def check():
+        time.sleep(1.0)
+        return slow_check()
+    checked = fit(model, cfg, files, "dense", 6, batcher, cpu, on_heldout=check,
+                  progress=False)
+    held = [r for r in checked if "heldout" in r]
+    assert [r["step"] for r in held] == [4, 6], "every --heldout-every steps and at the end"
+    assert set(held[0]["heldout"]) == set(TASKS)
+    steps = [r for r in checked if "loss" in r]
+    assert [r["loss"] for r in steps] == [r["loss"] for r in plain]
+    assert steps[-1]["time_s"] < plain[-1]["time_s"] + 1.0, "the checks' time is not training"
 
 
 class _Stop(Exception):
