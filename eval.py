@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from minimoe import atomic, cli, evaluation, fid, geneval, inference
+from minimoe import atomic, cli, cost, evaluation, fid, geneval, inference
 
 
 def main(argv=None) -> dict:
@@ -96,6 +96,7 @@ def full(runs, args, out: Path) -> dict:
         name = ckpt.parent.name + ("" if ckpt.stem == "ckpt" else f"-{ckpt.stem}")
         name = name if name not in reports else str(ckpt).replace("/", "_")
         reports[name] = {"ckpt": str(ckpt), "preset": cfg.preset, "moe": cfg.moe.moe,
+                         "cost": cost.run_cost(session.model, cfg, ckpt.parent / "log.jsonl"),
                          **evaluation.evaluate(cfg, session, image_tok, settings, out / name,
                                                featurize, features)}
     evaluation.write(out, reports, {"settings": vars(settings), "checker": checker,

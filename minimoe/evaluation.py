@@ -253,6 +253,13 @@ def headline(report: dict) -> dict[str, float]:
         row["modality NMI"] = float(np.mean([x["modality_nmi"] for x in layers]))
         domain = [x["domain_nmi"] for x in layers if x["domain_nmi"] is not None]
         row["domain NMI"] = float(np.mean(domain)) if domain else float("nan")
+    if "cost" in report:  # what a token costs the final model, and what its training took
+        c = report["cost"]
+        row["active params (M)"] = c["active_params"] / 1e6
+        row["train MFLOPs a token"] = c["train_flops_per_token"] / 1e6
+        for stage, s in c["stages"].items():
+            row[f"{stage} s a step"] = s["s_per_step"]
+            row[f"{stage} tokens/s"] = s["tok_per_s"]
     return row
 
 
@@ -266,7 +273,8 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
         for r in runs:
             v = rows[r].get(m)
             cells.append("-" if v is None or v != v else
-                         f"{v:.1%}" if m.startswith(("GenEval", "MMU")) else f"{v:.3f}")
+                         f"{v:.1%}" if m.startswith(("GenEval", "MMU")) else
+                         f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -214,6 +214,12 @@ def test_full_eval_compares_a_dense_and_a_moe_run(run_dir, tmp_path, capsys, mon
     assert moe["fid"]["fid"] >= 0 and "layer0" in moe["routing"]
     table = (out / "metrics.md").read_text()
     assert "modality NMI" in table and "moe-random" in table
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in
+            table.splitlines()[2:]}
+    dense_active, moe_active = (float(v.strip(" |")) for v in rows["active params (M)"])
+    assert moe_active < saved["runs"]["moe-random"]["cost"]["params"] / 1e6
+    assert rows["dense s a step"][1].strip(" |") == "-", "the MoE run was converted (--init)"
+    assert rows["moe s a step"][0].strip(" |") == "-"
 
 
 def _torchscript(path, width):
