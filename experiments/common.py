@@ -39,11 +39,13 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channe
          "--vq-steps", "10", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
          "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "4", "--moe-steps", "4",
          "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
+         "--heldout-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
-# The study's archived runs (DOCS/runs) were trained with the first tokenizer (256 codes, MSE
-# alone) and sampled at guidance 2; pinned, so that a tiny run trained now is comparable with
-# them.
-STUDY = ["--vq-codes", "256", "--vq-edge-weight", "0", "--guidance", "2"]
+# The study's archived runs (DOCS/runs) were trained with the first tokenizers (256 codes, MSE
+# alone; byte text in 64 slots) and sampled at guidance 2; pinned, so that a tiny run trained
+# now is comparable with them.
+STUDY = ["--vq-codes", "256", "--vq-edge-weight", "0", "--text-vocab", "256", "--text-len", "64",
+         "--guidance", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 
@@ -119,10 +121,12 @@ class Run:
         return self.trained or (not self.local and (self.archive / "summary.json").exists())
 
     def keep(self) -> None:
-        """Archive what the tables read: the summary and the MoE stage's routing NMIs."""
+        """Archive what the tables read: the summary, the MoE stage's routing NMIs and the
+        held-out checks."""
         records = [{"stage": r["stage"], "step": r["step"], "routing": {
             layer: {k: x[k] for k in ("modality_nmi", "domain_nmi")}
             for layer, x in r["routing"].items()}} for r in self.routing_log()]
+        records += self.heldout_log()
         atomic.write_text(self.archive / "summary.json", (self.folder / "summary.json")
                           .read_text())
         atomic.write_text(self.archive / "routing.jsonl",
@@ -142,7 +146,7 @@ class Run:
         return json.loads((where / "summary.json").read_text())
 
     def log(self) -> list[dict]:
-        """The training log (from the archive: the MoE stage's routing records only)."""
+        """The training log (from the archive: its routing and held-out records only)."""
         if self.trained:
             return self._local_log()
         lines = (self.archive / "routing.jsonl").read_text().splitlines()
@@ -151,6 +155,10 @@ class Run:
     def routing_log(self) -> list[dict]:
         """The MoE stage's log lines that carry routing statistics, in step order."""
         return [r for r in self.log() if r.get("stage") == "moe" and "routing" in r]
+
+    def heldout_log(self) -> list[dict]:
+        """The held-out checks (--heldout-every) of both training stages, in log order."""
+        return [r for r in self.log() if "heldout" in r]
 
     def _local_log(self) -> list[dict]:
         return [json.loads(line) for line in (self.folder / "log.jsonl").read_text().splitlines()]

@@ -223,7 +223,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
         if main and on_sample and not sharded and due(t.sample_every, done, steps):
             on_sample(done)
         if main and on_heldout and not sharded and due(t.heldout_every, done, steps):
-            rec = {"stage": stage, "step": done,
+            rec = {"stage": stage, "step": done, "time_s": round(paused - t0, 2),
                    "heldout": {k: round(v, 5) for k, v in on_heldout().items()}}
             records.append(rec)
             writer.log_line(rec)

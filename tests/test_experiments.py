@@ -82,6 +82,29 @@ def test_specialisation_reuses_the_method_runs(dirs):
         assert abs(first[name] - sum(starts) / len(starts)) < 1e-9
 
 
+def test_grouping_compares_modality_splits_and_their_costs(dirs):
+    out, data, table = smoke("grouping", dirs)
+    trained = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
+    assert not any(t.endswith(("/taylor", "/random", "/naive")) for t in trained), \
+        "the method comparison's arms are reused"
+    arms = data["arms"]
+    assert set(arms) == {"dense-continued", "taylor", "taylor-grouped", "random",
+                         "random-grouped", "naive", "naive-grouped", "taylor-untied", "drop"}
+    for name in arms:
+        assert f"| {name} |" in table
+    one = {name: seeds["0"] if "0" in seeds else seeds[0] for name, seeds in arms.items()}
+    for name in ("taylor-grouped", "random-grouped", "naive-grouped"):
+        assert one[name]["modality_nmi"] == pytest.approx(1.0), "a grouped router never mixes"
+    assert one["taylor-untied"]["params"] > one["taylor"]["params"]
+    assert one["taylor-untied"]["active_params"] == one["taylor"]["active_params"], \
+        "a token uses one copy of each untied weight"
+    assert one["naive"]["flops_per_token"] > one["taylor"]["flops_per_token"], \
+        "an upcycled expert is as wide as the dense FFN; a split one is 1/E of it"
+    assert one["dense-continued"]["modality_nmi"] is None
+    for x in ("flops", "seconds"):
+        assert (dirs[1] / f"grouping_{x}.png").exists()
+
+
 def test_domains(dirs):
     _, data, table = smoke("domains", dirs)
     assert set(data) == {"taylor", "taylor-domain-prior", "random", "random-domain-prior"}
@@ -107,7 +130,8 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("argv, work, docs, flags, steps", [
     ([], "out/experiments", "docs/experiments",
-     ["--vq-codes", "256", "--vq-edge-weight", "0", "--guidance", "2"], (2000, 600)),
+     ["--vq-codes", "256", "--vq-edge-weight", "0", "--text-vocab", "256", "--text-len", "64",
+      "--guidance", "2"], (2000, 600)),
     (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
 ])
