@@ -1,4 +1,4 @@
-"""Experiment 5: hard modality splits (routing groups, untied attention), Drop-Upcycling, and
+"""Experiment 6: hard modality splits (routing groups, untied attention), Drop-Upcycling, and
 what each arm costs, at equal training steps.
 
     python experiments/grouping.py                # 3 seeds, tiny preset, CPU
@@ -104,11 +104,13 @@ def main() -> None:
             + [cell([v * f if v is not None else None for v in column(a, k)], digits=n)
                for _, k, f, n in costs]
             for a in arms]
-    md = ("## Modality splits and Drop-Upcycling at equal steps (mean ± sd over seeds)\n\n"
+    over = "seed " + str(s.seeds[0]) if len(s.seeds) == 1 else \
+        "mean ± sd over seeds " + ", ".join(map(str, s.seeds))
+    md = (f"## Modality splits and Drop-Upcycling at equal steps ({over})\n\n"
           + table(["arm"] + [q[0] for q in quality] + [c[0] for c in costs], rows))
     per = [(f"GenEval {c} %", f"geneval_{c}") for c in CATEGORIES] + \
           [(f"MMU {t} %", f"mmu_{t}") for t in MMU_TYPES]
-    md += ("\n\n## GenEval per category and MMU per answer type (mean ± sd over seeds)\n\n"
+    md += (f"\n\n## GenEval per category and MMU per answer type ({over})\n\n"
            + table(["arm"] + [p[0] for p in per],
                    [[a] + [cell(column(a, k), True) for _, k in per] for a in arms]))
 

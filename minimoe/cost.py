@@ -65,7 +65,8 @@ def stage_costs(log_records: list[dict], cfg: Config) -> dict[str, dict]:
     out = {}
     for stage, flops in (("dense", train_flops_per_token(dense_version(cfg))),
                          ("moe", train_flops_per_token(cfg))):
-        rows = [r for r in log_records if r.get("stage") == stage and "time_s" in r]
+        # training records only: a held-out record has a time_s but measures no throughput
+        rows = [r for r in log_records if r.get("stage") == stage and "tok_per_s" in r]
         if not rows:
             continue
         last = rows[-1]
@@ -86,8 +87,6 @@ def stage_costs(log_records: list[dict], cfg: Config) -> dict[str, dict]:
 def _rows_per_step(cfg: Config) -> int:
     t = cfg.train
     return (t.batch_t2i + t.batch_mmu + t.batch_lm) * t.grad_accum
-
-
 
 
 def run_cost(model, cfg: Config, log: Path) -> dict:

@@ -56,6 +56,31 @@ def test_methods(dirs):
         assert f"| {a} |" in table.split("before its first MoE step")[1]
 
 
+def test_grouping_compares_modality_splits_and_their_costs(dirs):
+    """Runs while the method comparison's checkpoints are still in the work folder: its
+    evaluation reads them (the archive alone keeps no checkpoints)."""
+    out, data, table = smoke("grouping", dirs)
+    trained = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
+    assert not any(t.endswith(("/taylor", "/random", "/naive")) for t in trained), \
+        "the method comparison's arms are reused"
+    arms = data["arms"]
+    assert set(arms) == {"dense-continued", "taylor", "taylor-grouped", "random",
+                         "random-grouped", "naive", "naive-grouped", "taylor-untied", "drop"}
+    for name in arms:
+        assert f"| {name} |" in table
+    one = {name: seeds["0"] if "0" in seeds else seeds[0] for name, seeds in arms.items()}
+    for name in ("taylor-grouped", "random-grouped", "naive-grouped"):
+        assert one[name]["modality_nmi"] == pytest.approx(1.0), "a grouped router never mixes"
+    assert one["taylor-untied"]["params"] > one["taylor"]["params"]
+    assert one["taylor-untied"]["active_params"] == one["taylor"]["active_params"], \
+        "a token uses one copy of each untied weight"
+    assert one["naive"]["flops_per_token"] > one["taylor"]["flops_per_token"], \
+        "an upcycled expert is as wide as the dense FFN; a split one is 1/E of it"
+    assert one["dense-continued"]["modality_nmi"] is None
+    for x in ("flops", "seconds"):
+        assert (dirs[1] / f"grouping_{x}.png").exists()
+
+
 def test_a_fresh_checkout_rebuilds_the_table_from_the_archive_without_training(dirs):
     """The work folder (checkpoints, not committed) is gone; docs/experiments/runs is not."""
     import shutil
@@ -80,29 +105,6 @@ def test_specialisation_reuses_the_method_runs(dirs):
     for name, d in data.items():  # one seed: the column is the layer mean of the curves' start
         starts = [ys[0] for _, ys in d["curves"].values()]
         assert abs(first[name] - sum(starts) / len(starts)) < 1e-9
-
-
-def test_grouping_compares_modality_splits_and_their_costs(dirs):
-    out, data, table = smoke("grouping", dirs)
-    trained = [line.split()[1] for line in out.splitlines() if line.strip().startswith("[")]
-    assert not any(t.endswith(("/taylor", "/random", "/naive")) for t in trained), \
-        "the method comparison's arms are reused"
-    arms = data["arms"]
-    assert set(arms) == {"dense-continued", "taylor", "taylor-grouped", "random",
-                         "random-grouped", "naive", "naive-grouped", "taylor-untied", "drop"}
-    for name in arms:
-        assert f"| {name} |" in table
-    one = {name: seeds["0"] if "0" in seeds else seeds[0] for name, seeds in arms.items()}
-    for name in ("taylor-grouped", "random-grouped", "naive-grouped"):
-        assert one[name]["modality_nmi"] == pytest.approx(1.0), "a grouped router never mixes"
-    assert one["taylor-untied"]["params"] > one["taylor"]["params"]
-    assert one["taylor-untied"]["active_params"] == one["taylor"]["active_params"], \
-        "a token uses one copy of each untied weight"
-    assert one["naive"]["flops_per_token"] > one["taylor"]["flops_per_token"], \
-        "an upcycled expert is as wide as the dense FFN; a split one is 1/E of it"
-    assert one["dense-continued"]["modality_nmi"] is None
-    for x in ("flops", "seconds"):
-        assert (dirs[1] / f"grouping_{x}.png").exists()
 
 
 def test_domains(dirs):
