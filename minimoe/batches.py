@@ -59,8 +59,11 @@ class Batcher:
                 b_t2i.tokens_BL, text_len + 1, cfg.image_tokens, v, gen)
 
         rows = []
-        for s, c in zip(mmu, codes[len(t2i):]):
-            q, a = self._pick_qa(s, gen)
+        # Captioning rows (Show-o trains understanding on captions too) supervise every word
+        # of the caption from the image, where a question supervises one answer.
+        captioning = torch.rand(len(mmu), generator=gen) < cfg.train.caption_share
+        for s, c, cap in zip(mmu, codes[len(t2i):], captioning):
+            q, a = ("", s.caption) if cap else self._pick_qa(s, gen)
             rows.append(mmu_row(c.tolist(), self.text.encode(question_text(q)),
                                 self.text.encode(a), v, seq_len))
         b_mmu = collate(rows, MMU, self.domain_ids(mmu)) if rows else None

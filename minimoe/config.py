@@ -29,6 +29,7 @@ class VQConfig:
     vq_codes: int = 1024  # codebook size
     vq_dim: int = 32  # code vector size
     vq_channels: int = 96  # conv width at the code grid (halved per doubling of resolution)
+    vq_encoder: str = "conv"  # conv (a code sees its neighbourhood) | patch (its own patch only)
     vq_steps: int = 1800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
     vq_batch: int = 32  # images per VQ step
     vq_lr: float = 3e-3  # AdamW learning rate of the encoder/decoder
@@ -47,7 +48,9 @@ class ModelConfig:
     rope_base: float = 10000.0  # rotary embedding base
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
-    image_pos: str = "none"  # an image code's grid slot: none (rotary only) | learned (a vector)
+    # an image code's grid slot: none (1-D rotary over the flattened grid) | learned (a vector
+    # per slot) | rotary2d (rotary by grid row and column)
+    image_pos: str = "none"
 
 
 @dataclass
@@ -108,6 +111,7 @@ class TrainConfig:
     w_mmu: float = 1.0  # loss weight of answer prediction
     w_lm: float = 0.1  # loss weight of text next-token prediction
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
+    caption_share: float = 0.0  # share of MMU rows that caption their image (the empty question)
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
@@ -174,7 +178,8 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
-           "image_pos": ("none", "learned"), "code_init": ("random", "codebook")}
+           "image_pos": ("none", "learned", "rotary2d"),
+           "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook")}
 
 
 def moe_layer_ids(spec: str, n_layers: int) -> list[int]:

@@ -63,10 +63,36 @@ def image_slots(tokens_BL: torch.Tensor, image_offset: int) -> torch.Tensor:
     return (tokens_BL >= image_offset).long().cumsum(1) - 1
 
 
-def rotary(positions_BL: torch.Tensor, head_dim: int, base: float):
-    """cos, sin [B, 1, L, head_dim/2] for rotating channel pairs (i, i + head_dim/2)."""
+def grid_positions(tokens_BL: torch.Tensor, positions_BL: torch.Tensor, image_offset: int,
+                   side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary positions (rows, columns) for 2-D rotary embeddings of an image grid.
+
+    A text position keeps its 1-D position in both. The image code in grid row r, column c
+    of an image whose first code sits at 1-D position p gets (p + r, p + c), so two codes
+    are (dr, dc) apart however the grid is flattened: the neighbour below is one row away,
+    not `side` positions, and the end of one row is not next to the start of the next.
+    """
+    image = tokens_BL >= image_offset
+    slot = image_slots(tokens_BL, image_offset)
+    first = positions_BL - slot  # the 1-D position of the image's first code
+    rows = torch.where(image, first + torch.div(slot, side, rounding_mode="floor"), positions_BL)
+    cols = torch.where(image, first + slot % side, positions_BL)
+    return rows, cols
+
+
+def rotary(positions_BL: torch.Tensor, head_dim: int, base: float,
+           columns_BL: torch.Tensor | None = None):
+    """cos, sin [B, 1, L, head_dim/2] for rotating channel pairs (i, i + head_dim/2).
+
+    With columns_BL (2-D rotary, as Qwen2-VL's M-RoPE), every other frequency turns with the
+    column instead of positions_BL (then the row), so both axes span every wavelength; where
+    the two agree (text) this is plain 1-D rotary."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions_BL.device) / head_dim)
-    angles = positions_BL[:, None, :, None].float() * inv_freq
+    pos = positions_BL[:, None, :, None].float().expand(-1, 1, -1, len(inv_freq))
+    if columns_BL is not None:
+        odd = torch.arange(len(inv_freq), device=positions_BL.device) % 2 == 1
+        pos = torch.where(odd, columns_BL[:, None, :, None].float(), pos)
+    angles = pos * inv_freq
     return angles.cos(), angles.sin()
 
 
@@ -175,6 +201,8 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.image_pos = (nn.Embedding(image_tokens, cfg.d_model)
                           if cfg.image_pos == "learned" and image_tokens else None)
+        # 2-D rotary needs the grid's side; 0 keeps every position 1-D
+        self.grid_side = math.isqrt(image_tokens) if cfg.image_pos == "rotary2d" else 0
         self.blocks = nn.ModuleList(
             Block(cfg, moe if i in moe_layers else None, backend, untie)
             for i in range(cfg.n_layers))
@@ -203,8 +231,13 @@ class Transformer(nn.Module):
         all_tokens, all_groups = (tokens_BL, groups_BL) if cache is None else \
             cache.extend(tokens_BL, groups_BL)
         L = tokens_BL.shape[1]
-        pos_BL = positions(all_tokens, self.pad_id)[:, -L:]
-        cos, sin = rotary(pos_BL, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
+        pos_BL, cols_BL = positions(all_tokens, self.pad_id), None
+        if self.grid_side:
+            pos_BL, cols_BL = grid_positions(all_tokens, pos_BL, self.image_offset,
+                                             self.grid_side)
+            cols_BL = cols_BL[:, -L:]
+        cos, sin = rotary(pos_BL[:, -L:], self.cfg.d_model // self.cfg.n_heads,
+                          self.cfg.rope_base, cols_BL)
         mask_B1LS = attention_mask(groups_BL, all_groups)
         info = TokenInfo((tokens_BL >= self.image_offset).flatten(),
                          (tokens_BL != self.pad_id).flatten(),

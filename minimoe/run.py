@@ -47,7 +47,7 @@ STAGES = ("vq", "dense", "convert", "moe")  # in the order a run goes through th
 VQ_EVAL_IMAGES = 256  # held-out images for the tokenizer's PSNR and codebook usage
 CEILING_PROMPTS = 20  # evaluation prompts per GenEval category behind the tokenizer's ceiling
 # Fields that fix the tokenizers' architecture and input; a cached vq.pt must agree on them.
-VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels",
+VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels", "vq_encoder",
                "text_vocab")
 TEXT_SAMPLES = 3000  # training samples whose texts the BPE merges are learnt from
 # What a dense checkpoint must share with this run to be converted by it.

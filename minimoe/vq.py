@@ -79,12 +79,28 @@ def _widths(cfg: VQConfig) -> list[int]:
 
 
 def _encoder(cfg: VQConfig) -> nn.Sequential:
+    if cfg.vq_encoder == "patch":
+        return _patch_encoder(cfg)
     w = _widths(cfg)
     layers: list[nn.Module] = [nn.Conv2d(3, w[0], 3, padding=1)]
     for i in range(len(w) - 1):
         layers += [ResBlock(w[i]), nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
     layers += [ResBlock(w[-1]), _norm(w[-1]), nn.SiLU(), nn.Conv2d(w[-1], cfg.vq_dim, 1)]
     return nn.Sequential(*layers)
+
+
+def _patch_encoder(cfg: VQConfig) -> nn.Sequential:
+    """Each code sees its own f x f patch and nothing else: a patch embedding (a conv with
+    kernel = stride = f) and an MLP per cell. Equal patches then get equal codes wherever they
+    are, so one meaning is one code, where a conv encoder's wide receptive field also writes
+    the neighbourhood into a code (a black patch beside a red edge and one in open background
+    become different codes). The decoder still reads the neighbours to draw the edges. No
+    GroupNorm here: its statistics run over the whole grid and would leak the neighbours back."""
+    C = cfg.vq_channels
+    return nn.Sequential(
+        nn.Conv2d(3, C, cfg.vq_downsample, stride=cfg.vq_downsample), nn.SiLU(),
+        nn.Conv2d(C, C, 1), nn.SiLU(), nn.Conv2d(C, C, 1), nn.SiLU(),
+        nn.Conv2d(C, cfg.vq_dim, 1))
 
 
 def _decoder(cfg: VQConfig) -> nn.Sequential:

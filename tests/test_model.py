@@ -119,6 +119,50 @@ def test_learned_image_slots_mark_each_grid_position_and_keep_the_cache_exact():
     test_kv_cache_decoding_equals_full_forward(cfg, (model, v))
 
 
+def test_grid_positions_give_image_codes_their_row_and_column_and_text_its_position():
+    """2-D rotary positions: the code at slot s of a side-4 grid starting at 1-D position p is
+    at (p + s // 4, p + s % 4); text before and after the image keeps its 1-D position in both."""
+    from minimoe.model import grid_positions
+    from minimoe.sequences import positions
+    off, side = 100, 4
+    tokens = torch.tensor([[1, 2, 3] + [off + 5] * side ** 2 + [4, 5]])
+    rows, cols = grid_positions(tokens, positions(tokens, pad=0), off, side)
+    slots = torch.arange(side ** 2)
+    assert rows[0, 3:3 + side ** 2].tolist() == (3 + slots // side).tolist()
+    assert cols[0, 3:3 + side ** 2].tolist() == (3 + slots % side).tolist()
+    assert rows[0, :3].tolist() == cols[0, :3].tolist() == [0, 1, 2]
+    assert rows[0, -2:].tolist() == cols[0, -2:].tolist() == [19, 20]
+
+
+def test_2d_rotary_scores_depend_on_row_and_column_offsets_only():
+    """q.k after 2-D rotary is the same for any two pairs of codes (dr, dc) apart, and differs
+    between the neighbour below and the next code in the flattened order."""
+    head = 8
+    q, k = torch.randn(head), torch.randn(head)
+
+    def dot(rq, cq, rk, ck):
+        c, s = rotary(torch.tensor([[rq, rk]]), head, 10000.0, torch.tensor([[cq, ck]]))
+        r = apply_rotary(torch.stack([q, k])[None, None], c, s)[0, 0]
+        return r[0] @ r[1]
+    assert torch.allclose(dot(3, 5, 1, 2), dot(10, 9, 8, 6), atol=1e-5)
+    assert not torch.allclose(dot(1, 0, 0, 0), dot(0, 1, 0, 0), atol=1e-3)
+    c1, s1 = rotary(torch.tensor([[0, 7, 9]]), head, 10000.0)  # equal rows and columns: 1-D
+    c2, s2 = rotary(torch.tensor([[0, 7, 9]]), head, 10000.0, torch.tensor([[0, 7, 9]]))
+    assert torch.equal(c1, c2) and torch.equal(s1, s2)
+
+
+def test_2d_rotary_model_keeps_the_cache_exact_and_padding_invariant():
+    from conftest import micro_config
+    from minimoe.build import build_model
+    cfg = micro_config(image_pos="rotary2d")
+    torch.manual_seed(0)
+    model, v = build_model(cfg)
+    model.eval()
+    assert model.grid_side ** 2 == cfg.image_tokens
+    test_kv_cache_decoding_equals_full_forward(cfg, (model, v))
+    test_left_padding_does_not_change_a_rows_logits(cfg, (model, v))
+
+
 def test_codebook_init_gives_alike_codes_alike_embeddings():
     """Codes with equal VQ vectors start with equal input and output rows, codes far apart
     start far apart, and text rows are untouched."""

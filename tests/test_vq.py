@@ -113,6 +113,23 @@ def test_shapes_and_dtypes(downsample, batch, height, width):
     assert 0 <= recon.min() and recon.max() <= 1
 
 
+@pytest.mark.parametrize("encoder", ["conv", "patch"])
+def test_a_patch_encoder_codes_a_patch_alone_and_a_conv_encoder_reads_its_neighbours(encoder):
+    """The same 4x4 patch pasted into two different images: the patch encoder gives it the same
+    vector (so the same code) in both, whatever surrounds it; the conv encoder does not."""
+    model = initialized_model(small_cfg(vq_encoder=encoder)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    patch = torch.rand(3, 4, 4)
+    x[0, :, 4:8, 8:12] = patch  # grid cell (1, 2) of image 0 ...
+    x[1, :, 12:16, 0:4] = patch  # ... and cell (3, 0) of image 1
+    z = encoder_vectors(model, x).view(2, 4, 4, -1)
+    same = torch.allclose(z[0, 1, 2], z[1, 3, 0], atol=1e-6)
+    assert same == (encoder == "patch")
+    if encoder == "patch":
+        codes = model.encode(x)
+        assert codes[0, 1, 2] == codes[1, 3, 0]
+
+
 def test_eval_forward_is_decode_of_encode_and_leaves_codebook_alone():
     """In eval mode forward's recon/codes are exactly decode(encode(x)), and no buffer moves."""
     model = initialized_model(small_cfg()).eval()
