@@ -51,7 +51,8 @@ VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels
                "text_vocab")
 TEXT_SAMPLES = 3000  # training samples whose texts the BPE merges are learnt from
 # What a dense checkpoint must share with this run to be converted by it.
-DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len") + VQ_IDENTITY
+DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len",
+                  "image_pos") + VQ_IDENTITY
 GRID_PROMPTS = ("a large red circle", "a small blue square left of a large yellow triangle",
                 "two green circles and a purple square", "the digit 3 in yellow on blue",
                 "narrow red and blue vertical stripes", "")

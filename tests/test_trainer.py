@@ -263,3 +263,26 @@ def test_fit_releases_freed_memory_every_few_steps(tmp_path, monkeypatch):
     model, batcher, _, files = setup(cfg, tmp_path)
     fit(model, cfg, files, "dense", 7, batcher, torch.device("cpu"), progress=False)
     assert len(calls) == 2  # after steps 3 and 6
+
+
+def test_caption_share_turns_that_share_of_mmu_rows_into_captioning(tmp_path):
+    """--caption-share 1: every MMU row answers the empty question with its sample's caption;
+    0: every row answers one of the sample's questions; 0.5: some of each."""
+    from minimoe.sequences import MMU
+    from minimoe.tokenizers import TextTokenizer
+    answers = {}
+    for share in (0.0, 0.5, 1.0):
+        cfg = micro_config(batch_t2i=0, batch_mmu=16, batch_lm=0, caption_share=share)
+        _, batcher, _, _ = setup(cfg, tmp_path)
+        text = TextTokenizer(batcher.vocab)
+        batch = batcher(0)
+        first = 0  # data position of step 0's first sample
+        captions = [batcher.source[first + i].caption for i in range(16)]
+        is_caption = []
+        for row, caption in zip(batch.labels_BL, captions):
+            assert batch.task_B.tolist() == [MMU] * 16
+            labels = row[row != IGNORE].tolist()[:-1]  # without [eot]
+            is_caption.append(text.decode(labels) == caption)
+        answers[share] = is_caption
+    assert not any(answers[0.0]) and all(answers[1.0])
+    assert 0 < sum(answers[0.5]) < 16
