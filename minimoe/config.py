@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 @dataclass
 class DataConfig:
     data: str = "builtin"  # "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)
-    domains: str = "shapes,glyphs,patterns"  # built-in domains to mix, comma separated
+    # built-in domains to mix, comma separated, each optionally with its turns in a round of
+    # the mix ("shapes:2,glyphs,patterns": half the samples are shapes)
+    domains: str = "shapes,glyphs,patterns"
     image_size: int = 32  # images are square, this many pixels a side
     text_len: int = 24  # token slots for the text block of a sequence (specials included)
     text_vocab: int = 512  # text ids: 256 bytes, and above 256 BPE merges of the training texts
@@ -139,7 +141,7 @@ class Config:
     @property
     def domain_names(self) -> list[str]:
         """Named data domains; rows of any other (folder) domain share one index after them."""
-        return self.data.domains.split(",")
+        return [d.partition(":")[0] for d in self.data.domains.split(",")]
 
     @property
     def seq_len(self) -> int:
@@ -264,6 +266,10 @@ def validate(cfg: Config) -> None:
                             choice_temperature=cfg.train.choice_temperature).items():
         if not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} {value} is not a finite number")
+    for name, value in dict(caption_dropout=cfg.train.caption_dropout,
+                            caption_share=cfg.train.caption_share).items():
+        if not 0 <= value <= 1:  # also refuses NaN
+            raise ValueError(f"--{name.replace('_', '-')} {value}: use a probability in [0, 1]")
     for name, value in dict(grad_accum=cfg.train.grad_accum,
                             sample_steps=cfg.train.sample_steps).items():
         if value < 1:

@@ -100,9 +100,25 @@ def test_domains_are_balanced_and_in_turn(train_samples):
     assert [two[i].domain for i in range(6)] == ["patterns", "glyphs"] * 3
 
 
+def test_domain_weights_take_turns_and_keep_each_domains_own_sequence():
+    """"shapes:2,glyphs" reads shapes, shapes, glyphs per round, and the k-th shapes sample is
+    the k-th of the unweighted mix: a weight changes how often a domain comes, not what."""
+    weighted = BuiltinData(SIZE, domains="shapes:2,glyphs")
+    plain = BuiltinData(SIZE, domains="shapes,glyphs")
+    assert [weighted[i].domain for i in range(6)] == ["shapes", "shapes", "glyphs"] * 2
+    shapes_w = [weighted[i].key for i in range(12) if weighted[i].domain == "shapes"]
+    shapes_p = [plain[i].key for i in range(16) if plain[i].domain == "shapes"]
+    assert shapes_w == shapes_p[:len(shapes_w)] and len(shapes_w) == 8
+    glyphs_w = [weighted[i].key for i in range(12) if weighted[i].domain == "glyphs"]
+    assert glyphs_w == [plain[i].key for i in range(16) if plain[i].domain == "glyphs"][:4]
+
+
 def test_bad_arguments_raise():
-    """Unknown domains, splits and tiny images are refused with a ValueError."""
+    """Unknown or repeated domains, weights that are not whole numbers >= 1, unknown splits and
+    tiny images are refused with a ValueError."""
     for kwargs in (dict(domains="shapes,faces"), dict(domains=""), dict(split="test"),
+                   dict(domains="shapes,shapes"), dict(domains="shapes:0"),
+                   dict(domains="shapes:1.5"), dict(domains="shapes:-1,glyphs"),
                    dict(image_size=8)):
         with pytest.raises(ValueError):
             BuiltinData(**kwargs)

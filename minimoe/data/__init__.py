@@ -39,7 +39,7 @@ def open_source(cfg: Config, split: str, merges) -> BuiltinData | FolderData:
     of images only and for learning the merges themselves."""
     limit = NO_TEXT_LIMIT if merges is None else text_limit(cfg.data.text_len - 4, merges)
     return load_source(cfg.data.data, cfg.data.image_size, split, seed=cfg.train.seed,
-                       domains=tuple(cfg.data.domains.split(",")), limit=limit)
+                       domains=cfg.data.domains, limit=limit)
 
 
 def text_limit(most: int, merges) -> TextLimit:

@@ -175,17 +175,27 @@ _DOMAIN_FUNCTIONS = {
 }
 
 
-def _parse_domains(domains: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
-    names = tuple(d.strip() for d in (domains.split(",") if isinstance(domains, str) else domains))
-    names = tuple(d for d in names if d)
-    unknown = [d for d in names if d not in DOMAINS]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"domains {domains!r}: give distinct names from {', '.join(DOMAINS)}")
-    return names
+def parse_domains(domains: tuple[str, ...] | list[str] | str) -> dict[str, int]:
+    """"shapes:2,glyphs,patterns" -> {"shapes": 2, "glyphs": 1, "patterns": 1}: each domain
+    with how many turns it takes in a round of the mix (1 unless given)."""
+    parts = [d.strip() for d in (domains.split(",") if isinstance(domains, str) else domains)]
+    weights = {}
+    for part in (p for p in parts if p):
+        name, _, weight = part.partition(":")
+        if name not in DOMAINS or name in weights or not (weight or "1").isdigit() \
+                or int(weight or "1") < 1:
+            weights = {}
+            break
+        weights[name] = int(weight or "1")
+    if not weights:
+        raise ValueError(f"--domains {domains!r}: give distinct names from {', '.join(DOMAINS)}, "
+                         f"each optionally with a whole weight >= 1 (shapes:2)")
+    return weights
 
 
 class BuiltinData:
-    """The generated domains, mixed in turn: sample i comes from domains[i % len(domains)].
+    """The generated domains, mixed in turn: a round takes each domain as many times as its
+    weight, in the order given ("shapes:2,glyphs" reads shapes, shapes, glyphs, shapes, ...).
 
     Indexable by any i >= 0 (there is no end); sample i is a pure function of (seed, split, i).
     """
@@ -198,13 +208,18 @@ class BuiltinData:
         if seed < 0:
             raise ValueError(f"seed {seed} must be >= 0")
         self.image_size, self.split, self.seed = image_size, split, seed
-        self.domains = _parse_domains(domains)
+        self.weights = parse_domains(domains)
+        self.domains = tuple(self.weights)
+        self.turns = [d for d, w in self.weights.items() for _ in range(w)]  # one round
 
     def __getitem__(self, i: int) -> Sample:
         if i < 0:
             raise IndexError(f"index {i} must be >= 0")
-        n = len(self.domains)
-        return self.domain_sample(self.domains[i % n], i // n)
+        rounds, turn = divmod(i, len(self.turns))
+        domain = self.turns[turn]
+        # the k-th sample of a domain is its k-th in the whole mix: rounds before, then turns
+        return self.domain_sample(domain, rounds * self.weights[domain]
+                                  + self.turns[:turn].count(domain))
 
     def domain_sample(self, domain: str, i: int) -> Sample:
         """Sample i of one domain; independent of which other domains are mixed in."""
