@@ -42,10 +42,12 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channe
          "--heldout-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
 # The study's archived runs (DOCS/runs) were trained with the first tokenizers (256 codes, MSE
-# alone; byte text in 64 slots) and sampled at guidance 2; pinned, so that a tiny run trained
-# now is comparable with them.
-STUDY = ["--vq-codes", "256", "--vq-edge-weight", "0", "--text-vocab", "256", "--text-len", "64",
-         "--guidance", "2"]
+# alone, a conv encoder; byte text in 64 slots), 1-D rotary, question-only MMU rows and an even
+# domain mix, and sampled at guidance 2; pinned, so that a tiny run trained now is comparable
+# with them.
+STUDY = ["--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab",
+         "256", "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
+         "shapes,glyphs,patterns", "--guidance", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 

@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 @dataclass
 class DataConfig:
     data: str = "builtin"  # "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)
-    # built-in domains to mix, comma separated, each optionally with its turns in a round of
-    # the mix ("shapes:2,glyphs,patterns": half the samples are shapes)
-    domains: str = "shapes,glyphs,patterns"
+    domains: str = "shapes:2,glyphs,patterns"  # built-in domains to mix; NAME:W takes W turns a round
     image_size: int = 32  # images are square, this many pixels a side
     text_len: int = 24  # token slots for the text block of a sequence (specials included)
     text_vocab: int = 512  # text ids: 256 bytes, and above 256 BPE merges of the training texts
@@ -31,7 +29,7 @@ class VQConfig:
     vq_codes: int = 1024  # codebook size
     vq_dim: int = 32  # code vector size
     vq_channels: int = 96  # conv width at the code grid (halved per doubling of resolution)
-    vq_encoder: str = "conv"  # conv (a code sees its neighbourhood) | patch (its own patch only)
+    vq_encoder: str = "patch"  # patch (a code sees its own patch only) | conv (its neighbourhood)
     vq_steps: int = 1800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
     vq_batch: int = 32  # images per VQ step
     vq_lr: float = 3e-3  # AdamW learning rate of the encoder/decoder
@@ -50,9 +48,7 @@ class ModelConfig:
     rope_base: float = 10000.0  # rotary embedding base
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
-    # an image code's grid slot: none (1-D rotary over the flattened grid) | learned (a vector
-    # per slot) | rotary2d (rotary by grid row and column)
-    image_pos: str = "none"
+    image_pos: str = "rotary2d"  # a code's grid slot: rotary2d (row, column) | none (1-D) | learned
 
 
 @dataclass
@@ -113,13 +109,13 @@ class TrainConfig:
     w_mmu: float = 1.0  # loss weight of answer prediction
     w_lm: float = 0.1  # loss weight of text next-token prediction
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
-    caption_share: float = 0.0  # share of MMU rows that caption their image (the empty question)
+    caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
     heldout_every: int = 100  # steps between held-out loss checks in the log (0: never)
     sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
-    guidance: float = 2.0  # classifier-free guidance scale of sampling
+    guidance: float = 5.0  # classifier-free guidance scale of sampling (tuned on validation)
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state (FSDP2)
