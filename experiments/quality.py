@@ -15,7 +15,7 @@ does not tune on the reported numbers. Three tables:
 3. sampler: the `after` recipe's model under each sampler setting.
 The tokenizer rows run on every seed of --seeds (0,1,2); the recipe rows on the first only.
 Writes docs/experiments/quality.{md,json} and quality_samples.png (the same validation prompts
-drawn by the `before` and `after` models).
+drawn by the `before` model and by today's defaults, `now`).
 """
 import argparse
 import json
@@ -36,20 +36,30 @@ SAMPLE_PROMPTS = 12  # validation prompts in the before/after picture
 BEFORE = ["--vq-codes", "256", "--vq-edge-weight", "0"]  # the tokenizer of the first release
 AFTER = ["--vq-codes", "1024", "--vq-edge-weight", "1"]
 
+PATCH = ["--vq-encoder", "patch"]  # a code sees its own 4x4 patch only
+
 TOKENIZER = {
     "256 codes, MSE": BEFORE,
     "256 codes, MSE + edge term": ["--vq-codes", "256", "--vq-edge-weight", "1"],
     "1024 codes, MSE": ["--vq-codes", "1024", "--vq-edge-weight", "0"],
     "1024 codes, MSE + edge term": AFTER,
+    "1024 codes, MSE + edge term, patch encoder": AFTER + PATCH,
 }
 OLD_SAMPLER = ["--steps", "8", "--guidance", "2", "--choice-temperature", "4.5"]
 NEW_SAMPLER = ["--steps", "8", "--guidance", "5", "--choice-temperature", "4.5"]
 BPE = ["--text-vocab", "512", "--text-len", "24"]  # 512 text ids: merges of the training texts
-RUNS = {  # the dense runs: train.py flags
+GRID = ["--image-pos", "rotary2d"]  # 2-D rotary: codes know their row and column offsets
+CAPTIONS = ["--caption-share", "0.5"]  # half the MMU rows caption their image
+SHAPES_TWICE = ["--domains", "shapes:2,glyphs,patterns"]  # shapes are half of every batch
+RUNS = {  # the dense runs: train.py flags (common.STUDY pins what they leave out)
     "before": BEFORE,
     "edge": ["--vq-codes", "256", "--vq-edge-weight", "1"],
     "after": AFTER,
     "after-bpe": AFTER + BPE,
+    "patch": AFTER + BPE + PATCH,
+    "patch-grid": AFTER + BPE + PATCH + GRID,
+    "patch-grid-captions": AFTER + BPE + PATCH + GRID + CAPTIONS,
+    "now": AFTER + BPE + PATCH + GRID + CAPTIONS + SHAPES_TWICE,  # today's defaults
 }
 RECIPE = {  # table row: (run, eval.py sampler flags)
     "before": ("before", OLD_SAMPLER),
@@ -57,6 +67,10 @@ RECIPE = {  # table row: (run, eval.py sampler flags)
     "256 codes, edge term": ("edge", NEW_SAMPLER),
     "after: 1024 codes, edge term": ("after", NEW_SAMPLER),
     "after + 512 BPE text ids, 24-token text block": ("after-bpe", NEW_SAMPLER),
+    "+ patch encoder": ("patch", NEW_SAMPLER),
+    "+ 2-D rotary": ("patch-grid", NEW_SAMPLER),
+    "+ half the MMU rows captioning": ("patch-grid-captions", NEW_SAMPLER),
+    "+ shapes twice a round (today's defaults)": ("now", NEW_SAMPLER),
 }
 SAMPLER = {  # eval.py flags on the `after` model
     "8 steps, guidance 2, temperature 4.5": OLD_SAMPLER,
@@ -140,11 +154,11 @@ def model_cells(values: list[float]) -> list[str]:
     return [cell([v], percent=True) for v in values[:-1]] + [cell(values[-1:], digits=1)]
 
 
-def samples_picture(before: Run, after: Run):
+def samples_picture(before: Run, now: Run):
     """The same validation prompts drawn by both models (each with its sampler), one sample
     each, with the checker's verdicts."""
     loaded = [(name, inference.load(r.folder / "ckpt.pt", "cpu"), sampler) for name, r, sampler
-              in (("before", before, OLD_SAMPLER), ("after", after, NEW_SAMPLER))]
+              in (("before", before, OLD_SAMPLER), ("now", now, NEW_SAMPLER))]
     prompts = geneval.prompt_set(loaded[0][1][0].data.image_size, 2, evaluation.VALIDATION_SEED)
     prompts = prompts[::max(1, len(prompts) // SAMPLE_PROMPTS)][:SAMPLE_PROMPTS]
     images, labels = [], []
@@ -197,8 +211,8 @@ def main() -> None:
     print(tokenizer_md)
 
     # the picture needs both checkpoints; from the archive alone the committed one stays
-    drawn = runs["before"].trained and runs["after"].trained
-    pictures = {"samples": samples_picture(runs["before"], runs["after"]) if drawn else None}
+    drawn = runs["before"].trained and runs["now"].trained
+    pictures = {"samples": samples_picture(runs["before"], runs["now"]) if drawn else None}
     write(s, "quality", "## Tokenizer levers (stage 1 alone; ceiling = the checker on VQ "
           f"reconstructions of real images, validation draw; mean ± sd over seeds)\n\n"
           f"{tokenizer_md}\n\n## Recipe levers (dense model at the end of stage 2, seed "

@@ -338,6 +338,12 @@ def describe_tokenizer(report: dict) -> str:
 
 # --- stage 2: the dense model ---------------------------------------------------------------
 
+def grid_prompts(session: Session) -> list[str]:
+    """The GRID_PROMPTS that fit the run's text block, counted in its text units (BPE tokens
+    or bytes)."""
+    return [p for p in GRID_PROMPTS if len(session.text.encode(p)) <= session.max_caption]
+
+
 class GridWriter:
     """Writes samples/STAGE_NNNNNN.png (the stage in the name, since a MoE run's two stages
     share the folder and their step counts): two samples for each of GRID_PROMPTS."""
@@ -347,7 +353,7 @@ class GridWriter:
         self.stage, self.folder = stage, folder
 
     def __call__(self, step: int) -> Path:
-        prompts = [p for p in GRID_PROMPTS if len(p.encode()) <= self.session.max_caption] * 2
+        prompts = grid_prompts(self.session) * 2
         images = generate(self.session, self.image_tok, prompts, seed=step)
         path = self.folder / f"{self.stage}_{step:06d}.png"
         save_png(image_grid(images, [p or "(empty caption)" for p in prompts],

@@ -214,3 +214,15 @@ def test_quality_rebuilds_from_the_archive_and_keeps_its_picture(dirs):
     out, _, table = smoke("quality", dirs)
     assert not [line for line in out.splitlines() if line.strip().startswith("[")], out
     assert table == before and (docs / "quality_samples.png").read_bytes() == picture
+
+
+def test_reading_compares_a_conv_reader_and_the_transformer(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "reading.py"), "--smoke",
+                        "--docs", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    curves = json.loads((tmp_path / "reading.json").read_text())
+    assert set(curves) == {"conv", "transformer"}
+    for curve in curves.values():
+        assert [p["examples"] for p in curve] == [0, 128, 256]
+        assert all(0 <= p["accuracy"] <= 1 for p in curve)
+    assert "| 256 |" in (tmp_path / "reading.md").read_text()

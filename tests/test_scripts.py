@@ -272,3 +272,16 @@ def test_a_bpe_run_keeps_its_merges_through_checkpoints_and_sampling(tmp_path, c
     answer = sample.main(["--ckpt", str(out / "ckpt.pt"), "--image", str(grid), "--question",
                           "what colour is the circle?"])
     assert isinstance(answer, str)
+
+
+def test_sample_grids_draw_every_prompt_that_fits_in_tokens():
+    """With the tiny preset's BPE text, every grid prompt fits its 21-token caption block,
+    though the longest is 51 bytes: prompts are measured in the run's text units."""
+    from minimoe.build import build_model
+    from minimoe.config import make_config
+    from minimoe.inference import Session
+    from minimoe.run import GRID_PROMPTS, grid_prompts, learn_vocab
+    cfg = make_config("tiny", d_model=32, n_layers=1, n_heads=2, d_ffn=64)
+    session = Session(cfg, build_model(cfg)[0], learn_vocab(cfg))
+    assert max(len(p.encode()) for p in GRID_PROMPTS) > session.max_caption
+    assert grid_prompts(session) == list(GRID_PROMPTS)
