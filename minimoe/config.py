@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 @dataclass
 class DataConfig:
     data: str = "builtin"  # "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)
-    domains: str = "shapes:2,glyphs,patterns"  # built-in domains to mix; NAME:W takes W turns a round
+    domains: str = "shapes:2,glyphs,patterns"  # built-in domains to mix; NAME:W: W turns a round
     image_size: int = 32  # images are square, this many pixels a side
     text_len: int = 24  # token slots for the text block of a sequence (specials included)
     text_vocab: int = 512  # text ids: 256 bytes, and above 256 BPE merges of the training texts
