@@ -44,8 +44,9 @@ def test_train_writes_every_artifact(run_dir):
     dense = summary["cost"]["stages"]["dense"]
     assert list(summary["cost"]["stages"]) == ["dense"] and dense["steps"] == 6
     # the trainer counts the tokens it saw; the cost module derives them from the config
+    # (time_s is logged to 0.01 s, which over a stage of a tenth of a second is 5 % alone)
     assert dense["tok_per_s"] * dense["time_s"] == pytest.approx(
-        dense["steps"] * dense["tokens_per_step"], rel=0.05)
+        dense["steps"] * dense["tokens_per_step"], rel=0.05, abs=0.006 * dense["tok_per_s"])
     assert dense["train_flops"] == dense["steps"] * dense["tokens_per_step"] * \
         dense["train_flops_per_token"]
 
