@@ -104,8 +104,8 @@ def _patch_encoder(cfg: VQConfig) -> nn.Sequential:
 
 
 def _decoder(cfg: VQConfig) -> nn.Sequential:
-    """The encoder mirrored; nearest upsampling + conv instead of transposed convs (no
-    checkerboard artefacts)."""
+    """The conv encoder mirrored (for either encoder); nearest upsampling + conv instead of
+    transposed convs (no checkerboard artefacts)."""
     w = _widths(cfg)
     layers: list[nn.Module] = [nn.Conv2d(cfg.vq_dim, w[-1], 3, padding=1), ResBlock(w[-1])]
     for i in reversed(range(len(w) - 1)):

@@ -178,18 +178,18 @@ _DOMAIN_FUNCTIONS = {
 def parse_domains(domains: tuple[str, ...] | list[str] | str) -> dict[str, int]:
     """"shapes:2,glyphs,patterns" -> {"shapes": 2, "glyphs": 1, "patterns": 1}: each domain
     with how many turns it takes in a round of the mix (1 unless given)."""
+    bad = ValueError(f"--domains {domains!r}: give distinct names from {', '.join(DOMAINS)}, "
+                     f"each optionally with a whole weight >= 1 (shapes:2)")
     parts = [d.strip() for d in (domains.split(",") if isinstance(domains, str) else domains)]
     weights = {}
     for part in (p for p in parts if p):
         name, _, weight = part.partition(":")
-        if name not in DOMAINS or name in weights or not (weight or "1").isdigit() \
-                or int(weight or "1") < 1:
-            weights = {}
-            break
-        weights[name] = int(weight or "1")
+        weight = weight or "1"
+        if name not in DOMAINS or name in weights or not weight.isdigit() or int(weight) < 1:
+            raise bad
+        weights[name] = int(weight)
     if not weights:
-        raise ValueError(f"--domains {domains!r}: give distinct names from {', '.join(DOMAINS)}, "
-                         f"each optionally with a whole weight >= 1 (shapes:2)")
+        raise bad
     return weights
 
 
