@@ -276,11 +276,10 @@ def test_caption_share_turns_that_share_of_mmu_rows_into_captioning(tmp_path):
         _, batcher, _, _ = setup(cfg, tmp_path)
         text = TextTokenizer(batcher.vocab)
         batch = batcher(0)
-        first = 0  # data position of step 0's first sample
-        captions = [batcher.source[first + i].caption for i in range(16)]
+        assert batch.task_B.tolist() == [MMU] * 16
+        captions = [batcher.source[i].caption for i in range(16)]  # step 0 reads samples 0-15
         is_caption = []
         for row, caption in zip(batch.labels_BL, captions):
-            assert batch.task_B.tolist() == [MMU] * 16
             labels = row[row != IGNORE].tolist()[:-1]  # without [eot]
             is_caption.append(text.decode(labels) == caption)
         answers[share] = is_caption
