@@ -118,6 +118,8 @@ class TrainConfig:
     guidance: float = 5.0  # classifier-free guidance scale of sampling (tuned on validation)
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
+    autocast: str = "auto"  # bf16 autocast of training steps: auto (on CUDA only) | bf16 | off
+    compile: bool = False  # torch.compile the training forward (tens of seconds up front a stage)
     fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state (FSDP2)
 
 
@@ -176,6 +178,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
+           "autocast": ("auto", "bf16", "off"),
            "image_pos": ("none", "learned", "rotary2d"),
            "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook")}
 

@@ -101,6 +101,12 @@ def all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, data_parallel: bool)
     return not bool(bad)
 
 
+def uses_bf16(autocast: str, device: torch.device) -> bool:
+    """--autocast: auto is bf16 on CUDA only (on the tiny preset's CPU it measured no faster,
+    bench/RESULTS.md), bf16 and off force it."""
+    return autocast == "bf16" or (autocast == "auto" and device.type == "cuda")
+
+
 def due(every: int, done: int, steps: int) -> bool:
     """Whether a periodic action (every `every` steps, 0: never) runs after step `done`; it
     also runs after the last step."""
@@ -138,7 +144,11 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     # Sharded weights (--ep or FSDP): checkpoints gather from every rank, and only all ranks
     # together can run the model (so no periodic sample grids).
     sharded = ep is not None or getattr(module, "fsdp", False)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=uses_bf16(t.autocast, device))
+    # The compiled forward shares the module's weights, so checkpoints and the optimizer are
+    # unchanged; only the training step runs through it.
+    forward = torch.compile(model) if t.compile else model
     records, seen_tokens, t0 = [], 0, time.time()
     bar = tqdm(range(start_step, steps), desc=stage, disable=not (progress and main),
                dynamic_ncols=True, initial=start_step, total=steps)
@@ -161,7 +171,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
                 else model.no_sync()
             with sync, autocast:
-                out = model(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
+                out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
                 part = task_losses(out.logits_BLV, batch, counts, world)
                 micro_loss = total_loss(part, cfg)
                 if router:

@@ -121,6 +121,7 @@ SCRIPT_ROWS = [
     ("train-negative-steps", "train", ["--dense-steps", "-1", "--out", "{tmp}/r"], None,
      "--dense-steps -1 must be >= 0"),
     ("train-nonfinite-policy", "train", ["--on-nonfinite", "ignore"], None, "invalid choice"),
+    ("train-autocast-fp16", "train", ["--autocast", "fp16"], None, "invalid choice"),
     ("train-negative-max-skips", "train", ["--max-skips", "-1", "--out", "{tmp}/r"], None,
      "--max-skips -1 must be >= 0"),
     ("train-caption-share-over-one", "train", ["--caption-share", "1.5"], None,

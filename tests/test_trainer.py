@@ -285,3 +285,46 @@ def test_caption_share_turns_that_share_of_mmu_rows_into_captioning(tmp_path):
         answers[share] = is_caption
     assert not any(answers[0.0]) and all(answers[1.0])
     assert 0 < sum(answers[0.5]) < 16
+
+
+def test_autocast_auto_is_bf16_on_cuda_only_and_the_flag_forces_it():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not trainer.uses_bf16("auto", cpu) and trainer.uses_bf16("auto", cuda)
+    assert trainer.uses_bf16("bf16", cpu) and not trainer.uses_bf16("off", cuda)
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(tmp_path):
+    """bf16 rounds the matmuls (about 3 significant digits), so its losses differ from fp32
+    but stay close; the weights and optimizer state stay fp32."""
+    losses = {}
+    for mode in ("off", "bf16"):
+        cfg = micro_config(dense_steps=6, ckpt_every=100, autocast=mode)
+        model, batcher, tok, files = setup(cfg, tmp_path / mode)
+        (tmp_path / mode).mkdir()
+        rec = fit(model, cfg, files, "dense", 6, batcher, torch.device("cpu"), progress=False)
+        losses[mode] = [r["loss"] for r in rec]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses["off"] != losses["bf16"]  # autocast did act on CPU
+    assert losses["bf16"] == pytest.approx(losses["off"], rel=0.03)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_for_dense_and_moe(tmp_path):
+    """torch.compile changes how the step runs, not what it computes: the same losses to
+    float tolerance, for the dense model and for a MoE (router statistics included)."""
+    for moe in ("none", "scratch"):
+        records = {}
+        for compiled in (False, True):
+            cfg = micro_config(dense_steps=4, ckpt_every=100, compile=compiled, moe=moe,
+                               num_experts=4)
+            folder = tmp_path / f"{moe}-{compiled}"
+            model, batcher, tok, files = setup(cfg, folder)
+            folder.mkdir()
+            router = None
+            if moe != "none":
+                from minimoe.routing import RouterTraining
+                router = RouterTraining(model, cfg)
+            rec = fit(model, cfg, files, "moe" if router else "dense", 4, batcher,
+                      torch.device("cpu"), progress=False, router=router)
+            records[compiled] = [r["loss"] for r in rec]
+        assert records[True] == pytest.approx(records[False], rel=1e-3), moe
