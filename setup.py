@@ -68,7 +68,11 @@ setup(
     packages=find_packages(include=["minimoe", "minimoe.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "ninja", "tqdm", "pillow>=10.1"],
-    extras_require={"test": ["pytest"]},
+    # tensorboard: optional, for --tensorboard true (comparing runs in TensorBoard)
+    # data: --data wds:PATTERN reads tar shards (WebDataset: how CC3M, LAION ship) with it;
+    # the tests read shards too
+    extras_require={"test": ["pytest", "webdataset"], "tensorboard": ["tensorboard"],
+                    "data": ["webdataset"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

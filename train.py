@@ -8,12 +8,15 @@ with --moe stage 3: convert the dense FFNs into experts and train the MoE.
     python train.py --resume                          # continue out/dense where it stopped
     python train.py --preset small --device cuda      # one GPU, about an hour
     python train.py --data folder:/data/mine --out out/mine
+    python train.py --data 'wds:/data/cc-{000000..000127}.tar' --workers 4 --out out/cc
+    python train.py --data codes:codes/mine --out out/mine   # codes: python -m minimoe.pretokenize
     torchrun --nproc_per_node 8 train.py --preset full --moe taylor   # data parallel
     torchrun --nproc_per_node 8 train.py --preset full --moe naive --ep 8   # + expert parallel
 
 Everything lands in the run folder (--out, default out/dense or out/moe-METHOD): vq.pt (the
 tokenizer, reused when it exists), ckpt.pt (written atomically), log.jsonl, samples/*.png,
-summary.json, and for MoE runs dense.pt (the converted model), routing.json and routing.png.
+summary.json, curves.png (the log drawn), for MoE runs dense.pt (the converted model),
+routing.json and routing.png, and with --tensorboard true TensorBoard event files.
 Under torchrun every rank trains on its own shard of the data (batch sizes are per rank), rank 0
 alone trains the tokenizer, prints, logs, samples and writes checkpoints; a checkpoint holds the
 whole model, so a run resumes with any number of processes.
@@ -70,6 +73,7 @@ def train(args) -> dict:
     if args.init and cfg.moe.moe == "none":
         raise cli.UserError("--init converts a dense checkpoint: it needs --moe METHOD")
     init = run.load_dense(args.init, cfg) if args.init else None
+    run.open_events(files, cfg.train.tensorboard)  # --tensorboard true: the log goes there too
     ep = None
     if args.ep > 1:  # expert parallelism: each group of --ep ranks holds the experts once
         if cfg.moe.moe == "none":

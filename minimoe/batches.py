@@ -6,9 +6,12 @@ batches it would have seen, and a checkpoint needs no RNG state.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .config import Config
+from .loading import Prefetcher
 from .sequences import LM, MMU, T2I, Batch, collate, concat, lm_row, mask_images, mmu_row, \
     question_text, t2i_row
 from .tokenizers import ImageTokenizer, TextTokenizer, Vocab
@@ -20,6 +23,28 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * STEP_SEED_STRIDE + step)
 
 
+@dataclass
+class StepSamples:
+    """The samples of a step, in order. Steps consume the samples in order, so the data
+    position is a pure function of the step (and a resumed run needs no data state)."""
+    source: object
+    n: int  # samples a step
+    offset: int  # the step whose data step 0 reads
+    rank: int
+    world: int
+
+    def first(self, step: int) -> int:
+        """Index of the step's first sample: rank r of a source shared by all ranks reads batch
+        (step + offset) * world + r; a source already split per rank, the rank-local batch."""
+        local = step + self.offset
+        per_rank = getattr(self.source, "per_rank", False)
+        return (local if per_rank else local * self.world + self.rank) * self.n
+
+    def __call__(self, step: int) -> list:
+        first = self.first(step)
+        return [self.source[first + i] for i in range(self.n)]
+
+
 class Batcher:
     """Builds the mixed T2I / MMU / LM batch of a step from a data source."""
 
@@ -28,11 +53,18 @@ class Batcher:
         # offset: the step whose data step 0 reads (the MoE stage continues after the dense).
         # rank / world: under data parallelism rank r reads batch (step + offset) * world + r,
         # a shard disjoint from every other rank's; with one process that is just the step.
+        # A source that splits itself (`for_rank`: tar shards, each rank reading its own) is
+        # made rank r's part and read at the rank-local position instead.
+        if world > 1 and hasattr(source, "for_rank"):
+            source = source.for_rank(rank, world)
         self.cfg, self.source, self.vocab, self.image_tok = cfg, source, vocab, image_tok
         self.offset, self.rank, self.world = offset, rank, world
         self.text = TextTokenizer(vocab)
         t = cfg.train
         self.sizes = (t.batch_t2i, t.batch_mmu, t.batch_lm)
+        # The step's samples, read and decoded in --workers processes ahead of the step.
+        self.samples = Prefetcher(StepSamples(source, sum(self.sizes), offset, rank, world),
+                                  cfg.data.workers)
         self.domains = cfg.domain_names
 
     def domain_ids(self, samples) -> list[int]:
@@ -41,13 +73,12 @@ class Batcher:
                 else len(self.domains) for s in samples]
 
     def __call__(self, step: int) -> Batch:
-        step = (step + self.offset) * self.world + self.rank
+        samples = self.samples(step)
+        step = (step + self.offset) * self.world + self.rank  # every rank draws its own
         cfg, v, gen = self.cfg, self.vocab, step_generator(self.cfg.train.seed, step)
-        first = step * sum(self.sizes)  # samples are consumed in order: data position = step
-        samples = [self.source[first + i] for i in range(sum(self.sizes))]
         n_t2i, n_mmu, _ = self.sizes
         t2i, mmu, lm = samples[:n_t2i], samples[n_t2i:n_t2i + n_mmu], samples[n_t2i + n_mmu:]
-        codes = self.image_tok.encode([s.image for s in t2i + mmu]).cpu() + v.image_offset
+        codes = self.image_codes(t2i + mmu) + v.image_offset
         text_len, seq_len = cfg.data.text_len, cfg.seq_len
 
         drop = torch.rand(len(t2i), generator=gen) < cfg.train.caption_dropout
@@ -76,6 +107,16 @@ class Batcher:
             rows.append(lm_row(self.text.encode(text), v, seq_len))
         b_lm = collate(rows, LM, self.domain_ids(lm)) if rows else None
         return concat([b for b in (b_t2i, b_mmu, b_lm) if b is not None])
+
+    def image_codes(self, samples) -> torch.Tensor:
+        """Codes [B, N] of the samples' images: a pre-tokenised sample's own (--data
+        codes:DIR), the others encoded by the image tokenizer in one call."""
+        if not samples:
+            return torch.zeros(0, self.cfg.image_tokens, dtype=torch.long)
+        images = [s.image for s in samples if s.codes is None]
+        encoded = iter(self.image_tok.encode(images).cpu()) if images else iter(())
+        return torch.stack([s.codes.flatten().long() if s.codes is not None else next(encoded)
+                            for s in samples])
 
     @staticmethod
     def _pick_qa(sample, gen: torch.Generator) -> tuple[str, str]:

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 @dataclass
 class DataConfig:
-    data: str = "builtin"  # "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)
+    data: str = "builtin"  # builtin | folder:PATH | wds:PATTERN (tar shards) | codes:DIR (pretokenize)
     domains: str = "shapes:2,glyphs,patterns"  # built-in domains to mix; NAME:W: W turns a round
     image_size: int = 32  # images are square, this many pixels a side
     text_len: int = 24  # token slots for the text block of a sequence (specials included)
     text_vocab: int = 512  # text ids: 256 bytes, and above 256 BPE merges of the training texts
+    workers: int = 0  # data loading processes beside training (0: load in the training process)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
     heldout_every: int = 100  # steps between held-out loss checks in the log (0: never)
+    tensorboard: bool = False  # also write the log as TensorBoard events (pip extra: tensorboard)
     sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
     guidance: float = 5.0  # classifier-free guidance scale of sampling (tuned on validation)
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
@@ -148,6 +150,9 @@ class Config:
 
 
 SECTIONS = ("data", "vq", "model", "moe", "train")
+# Fields outside "train" that a resumed run may still change: they set how the data is loaded,
+# never which data or what is computed from it.
+FREE_ON_RESUME = ("workers",)
 
 # Presets override the defaults (which are `tiny`: 2 CPU cores, minutes).
 PRESETS: dict[str, dict] = {
@@ -159,6 +164,7 @@ PRESETS: dict[str, dict] = {
         dense_steps=20000, batch_t2i=48, batch_mmu=32, batch_lm=16, lr=6e-4, warmup=500,
         ckpt_every=1000, sample_every=2000, heldout_every=1000, log_every=50, sample_steps=16,
         moe_steps=5000, moe_lr=3e-4,
+        workers=4,  # decoding real images keeps a GPU waiting; 4 is a guess until measured
     ),
     # Show-o scale: 24 layers, d_model 2048, 16x16 = 256 tokens from an 8192-code tokenizer.
     "full": dict(
@@ -167,6 +173,7 @@ PRESETS: dict[str, dict] = {
         n_heads=32, d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16,
         lr=2e-4, warmup=2000, ckpt_every=2000, sample_every=5000, heldout_every=5000,
         log_every=100, sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
+        workers=4,  # as small: a guess until bench/data_loading.py is measured
     ),
 }
 
@@ -248,8 +255,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--text-len {d.text_len} is too short; use at least 8")
     if d.text_vocab < 256:
         raise ValueError(f"--text-vocab {d.text_vocab}: text needs at least the 256 byte ids")
-    if not (d.data == "builtin" or d.data.startswith("folder:")):
-        raise ValueError(f"--data {d.data!r}: use 'builtin' or 'folder:PATH'")
+    if not (d.data == "builtin" or d.data.startswith(("folder:", "codes:", "wds:"))):
+        raise ValueError(f"--data {d.data!r}: use 'builtin' or 'folder:PATH' (or 'wds:PATTERN' "
+                         f"for tar shards, 'codes:DIR' for pre-tokenised codes)")
     counts = dict(vq_steps=v.vq_steps, dense_steps=cfg.train.dense_steps,
                   moe_steps=cfg.train.moe_steps, batch_t2i=cfg.train.batch_t2i,
                   batch_mmu=cfg.train.batch_mmu, batch_lm=cfg.train.batch_lm,
@@ -257,7 +265,7 @@ def validate(cfg: Config) -> None:
                   anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
                   max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature,
                   vq_edge_weight=v.vq_edge_weight, sample_every=cfg.train.sample_every,
-                  heldout_every=cfg.train.heldout_every)
+                  heldout_every=cfg.train.heldout_every, workers=d.workers)
     for name, value in counts.items():
         if not value >= 0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")

@@ -1,8 +1,11 @@
 """Pictures for people: labelled image grids, routing heatmaps, bar charts (with error bars
-when there are several seeds) and line charts of a quantity over training steps."""
+when there are several seeds) and line charts of a quantity over training steps (small
+multiples on a shared scale, or a grid of panels each on its own)."""
 from __future__ import annotations
 
+import math
 import textwrap
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -115,50 +118,173 @@ def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str],
                     draw.line([mid - 3, y, mid + 3, y], fill="black", width=1)
             draw.text((bx, ph - 24 - h - int((ph - 40) * spread[i] / top)), f"{v:.3g}",
                       fill="black", font=font)
-    for i, r in enumerate(runs):
-        y = ph + 2 + i * LINE_HEIGHT
-        draw.rectangle([6, y + 2, 16, y + 10], fill=BAR_COLOURS[i % len(BAR_COLOURS)])
-        draw.text((22, y), r, fill="black", font=font)
+    _legend_column(draw, runs, ph)
     return img
 
 
 LINE_PANEL = (260, 170)  # width, height of one panel of a line chart
+# Room around a line panel's plot area, in pixels: tick values on the left (up to 8 characters),
+# the title above, tick values and the x label below.
+PLOT_MARGIN_LEFT, PLOT_MARGIN_TOP, PLOT_MARGIN_RIGHT, PLOT_MARGIN_BOTTOM = 48, 16, 10, 22
+Y_TICKS = 3  # values written on the y axis: bottom, middle, top
+GRID_COLOUR = (228, 228, 228)  # the faint horizontal line at each y tick
+MARK_COLOUR = (140, 140, 140)  # dashed vertical marks (where a stage starts)
+DASH = 4  # pixels per dash (and per gap) of a mark
+SPARSE = 30  # a series of at most this many points gets a dot on each (held-out checks)
+DOT = 2  # radius of those dots
+
+
+@dataclass
+class LinePanel:
+    """One panel of a line chart: series {name: (xs, ys)}; points whose y is None, not finite,
+    or (on a log scale) not positive are left out."""
+    title: str
+    series: dict[str, tuple[list[float], list[float]]]
+    x_label: str = ""
+    marks: dict[float, str] = field(default_factory=dict)  # x -> label of a dashed vertical line
+    log_y: bool = False  # y on a log scale: losses that fall by an order of magnitude
+
+    def points(self, name: str) -> list[tuple[float, float]]:
+        """The drawable (x, y) of a series, y in axis units (log10 on a log scale)."""
+        xs, ys = self.series[name]
+        return [(x, math.log10(y) if self.log_y else y) for x, y in zip(xs, ys)
+                if y is not None and math.isfinite(y) and (y > 0 or not self.log_y)]
+
+
+def short_number(v: float) -> str:
+    """A tick value in a few characters: 0.002, 1.81, 17.3k, 2.1M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def draw_line_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], size: tuple[int, int],
+                    panel: LinePanel, x_range: tuple[float, float], y_range: tuple[float, float],
+                    colours: dict[str, tuple[int, int, int]], legend: bool = False) -> None:
+    """`panel` in the box of `size` at `origin`: title, axes with tick values, the x label, the
+    marks inside x_range, one line per series (y_range in axis units, log10 on a log scale),
+    and with `legend` a row naming the series under the x label. The marks' labels get a band
+    of their own at the top, so that no line runs through them."""
+    font = ImageFont.load_default(size=FONT_SIZE)
+    (x0, y0), (w, h) = origin, size
+    left, top = x0 + PLOT_MARGIN_LEFT, y0 + PLOT_MARGIN_TOP
+    right = x0 + w - PLOT_MARGIN_RIGHT
+    bottom = y0 + h - PLOT_MARGIN_BOTTOM - (LINE_HEIGHT if legend else 0)
+    (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
+
+    def px(x: float) -> float:
+        return left + (right - left) * (x - x_lo) / (x_hi - x_lo)
+
+    data_top = top + (LINE_HEIGHT if panel.marks else 0)
+
+    def py(y: float) -> float:
+        return bottom - (bottom - data_top) * (y - y_lo) / (y_hi - y_lo)
+
+    title = panel.title + (" (log scale)" if panel.log_y else "")
+    draw.text((left, y0 + 2), title, fill="black", font=font)
+    for i in range(Y_TICKS):
+        y = y_lo + (y_hi - y_lo) * i / (Y_TICKS - 1)
+        label = short_number(10 ** y if panel.log_y else y)
+        if i:
+            draw.line([left, py(y), right, py(y)], fill=GRID_COLOUR)
+        draw.text((left - 3 - draw.textlength(label, font=font), py(y) - FONT_SIZE // 2), label,
+                  fill="black", font=font)
+    draw.line([left, top, left, bottom, right, bottom], fill="black")
+    below = bottom + 4
+    draw.text((left, below), short_number(x_lo), fill="black", font=font)
+    hi = short_number(x_hi)
+    draw.text((right - draw.textlength(hi, font=font), below), hi, fill="black", font=font)
+    draw.text(((left + right - draw.textlength(panel.x_label, font=font)) / 2, below),
+              panel.x_label, fill="black", font=font)
+    for x, label in panel.marks.items():
+        if x_lo <= x <= x_hi:
+            for y in range(int(top), int(bottom), 2 * DASH):
+                draw.line([px(x), y, px(x), min(y + DASH, bottom)], fill=MARK_COLOUR)
+            draw.text((px(x) + 3, top), label, fill=MARK_COLOUR, font=font)
+    for name in panel.series:
+        pts = [(px(x), py(y)) for x, y in panel.points(name)]
+        if len(pts) > 1:
+            draw.line(pts, fill=colours[name], width=2)
+        if len(pts) <= SPARSE:
+            for x, y in pts:
+                draw.ellipse([x - DOT, y - DOT, x + DOT, y + DOT], fill=colours[name])
+    if legend:
+        x = left
+        for name in panel.series:
+            _swatch(draw, (x, bottom + LINE_HEIGHT + 6), colours[name])
+            draw.text((x + 16, bottom + LINE_HEIGHT + 4), name, fill="black", font=font)
+            x += 16 + draw.textlength(name, font=font) + 10
+
+
+def _swatch(draw: ImageDraw.ImageDraw, at: tuple[float, float], colour) -> None:
+    """The small square that stands for a series in a legend."""
+    x, y = at
+    draw.rectangle([x, y, x + 10, y + 8], fill=colour)
+
+
+def _legend_column(draw: ImageDraw.ImageDraw, names: list[str], top: int) -> None:
+    """A legend under a chart: one line per name, coloured as BAR_COLOURS in that order."""
+    font = ImageFont.load_default(size=FONT_SIZE)
+    for i, name in enumerate(names):
+        y = top + 2 + i * LINE_HEIGHT
+        _swatch(draw, (6, y + 2), BAR_COLOURS[i % len(BAR_COLOURS)])
+        draw.text((22, y), name, fill="black", font=font)
+
+
+def _colours(names) -> dict[str, tuple[int, int, int]]:
+    return {n: BAR_COLOURS[i % len(BAR_COLOURS)] for i, n in enumerate(names)}
 
 
 def line_chart(panels: dict[str, dict[str, tuple[list[float], list[float]]]],
                x_label: str = "") -> Image.Image:
     """Small multiples: one panel per key of `panels`, each with one line per series
-    {name: (xs, ys)}, a shared y range from 0 to the largest value, series coloured as in the
-    legend underneath."""
+    {name: (xs, ys)}, a shared x range from 0 and y range from 0 to the largest value, series
+    coloured as in the legend underneath."""
     names = list(dict.fromkeys(n for series in panels.values() for n in series))
-    font = ImageFont.load_default(size=FONT_SIZE)
     pw, ph = LINE_PANEL
-    legend_h = LINE_HEIGHT * len(names) + 6
-    img = Image.new("RGB", (pw * len(panels), ph + legend_h), "white")
+    img = Image.new("RGB", (pw * len(panels), ph + LINE_HEIGHT * len(names) + 6), "white")
     draw = ImageDraw.Draw(img)
     ys_all = [y for series in panels.values() for _, ys in series.values() for y in ys]
     xs_all = [x for series in panels.values() for xs, _ in series.values() for x in xs]
     top, right = (max(ys_all) or 1.0) if ys_all else 1.0, max(xs_all or [1]) or 1
-    left_m, bottom_m = 30, 22
     for p, (title, series) in enumerate(panels.items()):
-        x0 = p * pw
-        draw.text((x0 + left_m, 2), title, fill="black", font=font)
-        draw.line([x0 + left_m, 16, x0 + left_m, ph - bottom_m, x0 + pw - 8, ph - bottom_m],
-                  fill="black")
-        draw.text((x0 + 2, 14), f"{top:.2f}", fill="black", font=font)
-        draw.text((x0 + 2, ph - bottom_m - 8), "0", fill="black", font=font)
-        draw.text((x0 + pw - 40, ph - bottom_m + 4), f"{right}", fill="black", font=font)
-        draw.text((x0 + left_m, ph - bottom_m + 4), x_label, fill="black", font=font)
-        for i, name in enumerate(names):
-            if name not in series:
-                continue
-            xs, ys = series[name]
-            pts = [(x0 + left_m + (pw - left_m - 8) * x / right,
-                    ph - bottom_m - (ph - bottom_m - 16) * y / top) for x, y in zip(xs, ys)]
-            if len(pts) > 1:
-                draw.line(pts, fill=BAR_COLOURS[i % len(BAR_COLOURS)], width=2)
-    for i, name in enumerate(names):
-        y = ph + 2 + i * LINE_HEIGHT
-        draw.rectangle([6, y + 2, 16, y + 10], fill=BAR_COLOURS[i % len(BAR_COLOURS)])
-        draw.text((22, y), name, fill="black", font=font)
+        draw_line_panel(draw, (p * pw, 0), LINE_PANEL, LinePanel(title, series, x_label),
+                        (0, right), (0, top), _colours(names))
+    _legend_column(draw, names, ph)
+    return img
+
+
+CURVE_PANEL = (330, 200)  # width, height of one panel of line_panels (room for its legend)
+
+
+def _span(values: list[float], from_zero: bool) -> tuple[float, float]:
+    """An axis range over `values` (from 0 when asked and they are not negative), widened when
+    they are all equal so that the range is never empty."""
+    lo, hi = min(values, default=0.0), max(values, default=1.0)
+    if from_zero:
+        lo = min(lo, 0.0)
+    if hi - lo <= abs(hi) * 1e-9:  # a flat series: give it room above and below
+        lo, hi = lo - (abs(lo) or 1.0) / 2, hi + (abs(hi) or 1.0) / 2
+        lo = max(lo, 0.0) if from_zero else lo
+    return lo, hi
+
+
+def line_panels(panels: list[LinePanel], cols: int, title: str = "") -> Image.Image:
+    """A grid of panels, `cols` a row, each scaled to its own data (and marks): x over the
+    data, y from 0 (from the lowest value on a log scale) to the top; a legend row under each
+    panel with more than one series."""
+    pw, ph = CURVE_PANEL
+    rows = (len(panels) + cols - 1) // cols
+    head = LINE_HEIGHT + 6 if title else 0
+    img = Image.new("RGB", (pw * min(cols, len(panels)), head + ph * rows), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((6, 3), title, fill="black", font=ImageFont.load_default(size=FONT_SIZE))
+    for i, panel in enumerate(panels):
+        pts = [p for name in panel.series for p in panel.points(name)]
+        x_range = _span([x for x, _ in pts] + list(panel.marks), from_zero=False)
+        y_range = _span([y for _, y in pts], from_zero=not panel.log_y)
+        draw_line_panel(draw, ((i % cols) * pw, head + (i // cols) * ph), CURVE_PANEL, panel,
+                        x_range, y_range, _colours(panel.series), legend=len(panel.series) > 1)
     return img

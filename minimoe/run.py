@@ -7,15 +7,18 @@
              moe_stage         MoE training, then routing_report
 
 A run folder holds vq.pt, ckpt.pt (the latest checkpoint of the stage in progress), log.jsonl,
-samples/, summary.json, and for a MoE run dense.pt (the model it converted) and routing.json /
-routing.png. Every file is written atomically; a resumed run cuts its log back to the
-checkpoint's step, so no step is logged twice.
+samples/, summary.json, curves.png (the log drawn at the end of each stage and on resume), for
+a MoE run dense.pt (the model it converted) and routing.json / routing.png, and with
+--tensorboard true TensorBoard event files that mirror the log. Every file but the log and the
+event files is written atomically; a resumed run cuts its log back to the checkpoint's step, so
+no step is logged twice.
 """
 from __future__ import annotations
 
+import functools
 import json
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,13 +32,17 @@ from .cli import UserError
 from .config import Config
 from .convert import convert_model
 from .cost import format_cost
+from .curves import read_log, write_curves
 from .data import open_source
+from .data.codes import PREFIX as CODES_PREFIX
+from .data.codes import TOKENIZER_FILE, check_tokenizer, read_manifest
 from .dist import (data_parallel, fsdp_, full_model_state, full_optimizer_state, is_fsdp,
                    load_fsdp_optimizer_state, parallelize_experts_, rank_world,
                    shard_optimizer_state)
 from .evaluation import (HeldoutCheck, collect_routing, format_report, heldout_losses,
                          tokenizer_ceiling)
 from .inference import RUNS_ROOT, Session, generate
+from .loading import Prefetcher
 from .plots import image_grid, routing_heatmaps
 from .routing import RouterTraining, apply_schedule, describe_schedule, schedule
 from .sequences import question_text
@@ -64,6 +71,8 @@ GRID_PROMPTS = ("a large red circle", "a small blue square left of a large yello
 class RunFiles:
     """Paths inside a run folder, and its log."""
     root: Path
+    # rank 0 of a --tensorboard run: every log record also goes to TensorBoard (open_events)
+    events: EventWriter | None = field(default=None, kw_only=True)
 
     @property
     def ckpt(self) -> Path:
@@ -91,9 +100,23 @@ class RunFiles:
         """Routing statistics of the final MoE model (routing.json, and routing.png beside)."""
         return self.root / "routing.json"
 
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
     def log_line(self, record: dict) -> None:
+        """Append `record` to log.jsonl (and to the TensorBoard events, if open): the one
+        place where a run's records go."""
         with open(self.log, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            self.events.add(record)
+
+    def draw_curves(self) -> None:
+        """curves.png from the log as it stands (rank 0): the end of each stage and a resume
+        draw it."""
+        if rank_world()[0] == 0 and self.log.exists():
+            write_curves(self.log, self.curves, self.root.name)
 
     def trim_log(self, stage: str, step: int) -> int:
         """Drop the log lines that a run resuming from (stage, step) will write again: a crash
@@ -117,6 +140,71 @@ class RunFiles:
             tmp.write_text("".join(line + "\n" for line in keep))
             tmp.replace(self.log)
         return len(lines) - len(keep)
+
+
+EVENT_FILES = "events.out.tfevents.*"  # the names SummaryWriter gives its event files
+TENSORBOARD_MISSING = ('--tensorboard true needs the tensorboard package: '
+                       'pip install --no-build-isolation -e ".[tensorboard]"')
+
+
+class EventWriter:
+    """TensorBoard event files in the run folder, mirroring log.jsonl: each number of a record
+    with a step becomes a scalar tagged STAGE/KEY at that step, nested keys joined by "/"
+    (dense/t2i, dense/heldout/mmu, moe/routing/layer0/modality_nmi). Lists (per-expert shares)
+    and records without a step (the tokenizer's report, the conversion's) are left out.
+
+    Opening one replaces the folder's event files by the log so far, which a resumed run has cut
+    back to its checkpoint: TensorBoard never shows a step twice, and a resumed run that turns
+    the flag on still shows its whole history."""
+
+    def __init__(self, folder: Path, log: Path):
+        from torch.utils.tensorboard import SummaryWriter  # optional extra: only if asked for
+        for old in folder.glob(EVENT_FILES):
+            old.unlink()
+        self.writer = SummaryWriter(str(folder))
+        for record in read_log(log) if log.exists() else []:
+            self._add(record)
+        self.writer.flush()
+
+    def add(self, record: dict) -> None:
+        """Write `record`'s scalars and flush them, so a crashed run's events are on disk."""
+        self._add(record)
+        self.writer.flush()
+
+    def _add(self, record: dict) -> None:
+        if "step" in record:
+            for tag, value in _scalars(record, record.get("stage", "run")):
+                self.writer.add_scalar(tag, value, record["step"])
+
+
+# Record keys that are no scalar of their own: TensorBoard keeps each point's wall time itself,
+# and a held-out record's time_s would repeat its step's.
+NOT_SCALARS = ("stage", "step", "time_s")
+
+
+def _scalars(record: dict, prefix: str):
+    """(tag, number) for every number in `record` (nested dicts included) but NOT_SCALARS."""
+    for key, value in record.items():
+        if key in NOT_SCALARS:
+            continue
+        if isinstance(value, dict):
+            yield from _scalars(value, f"{prefix}/{key}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}/{key}", value
+
+
+def open_events(files: RunFiles, wanted: bool) -> None:
+    """With `wanted` (--tensorboard true), send `files`' log records to TensorBoard too. Every
+    rank checks that the package is there, so that all stop at once before training when it is
+    not; rank 0 alone writes."""
+    if not wanted:
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401  # optional extra: checked before training
+    except ImportError:
+        raise UserError(TENSORBOARD_MISSING) from None
+    if rank_world()[0] == 0:
+        files.events = EventWriter(files.root, files.log)
 
 
 def read_losses(log: Path) -> dict[tuple[str, int], dict]:
@@ -207,7 +295,7 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
         # tokenizer it left behind (if it finished one).
         if rank_world()[0] == 0:
             files.trim_log("dense" if files.vq.exists() else "vq", 0)
-        return config.from_args(args), 0, None
+        return fresh_config(args), 0, None
     if not files.ckpt.exists():
         raise UserError(f"nothing to resume: {files.ckpt} does not exist; drop --resume to "
                         f"start a new run there")
@@ -217,7 +305,8 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
         raise UserError(f"{files.ckpt} was trained with --preset {saved.preset}, not "
                         f"{args.preset}; drop --preset or use another --out")
     overrides = config.explicit_overrides(args)
-    fixed = [name for name in overrides if config.section_of(name) != "train"]
+    fixed = [name for name in overrides if config.section_of(name) != "train"
+             and name not in config.FREE_ON_RESUME]
     differs = mismatch(config.flat(saved), overrides, fixed)
     if differs:
         name, was, now = differs
@@ -227,13 +316,39 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
     if rank_world()[0] == 0 and files.trim_log(payload["stage"], payload["step"]):
         print(f"log.jsonl: dropped the lines after {payload['stage']} step {payload['step']} "
               f"(they will be written again)")
+    files.draw_curves()  # the curves of the run so far, before it goes on
     return cfg, payload["step"], payload
+
+
+def fresh_config(args) -> Config:
+    """A new run's config from its flags. With --data codes:DIR the tokenizer's fields (and for
+    built-in codes --domains) are the codes' own, from DIR's manifest; a flag that contradicts
+    them is refused."""
+    overrides = config.explicit_overrides(args)
+    spec = overrides.get("data", "")
+    if spec.startswith(CODES_PREFIX):
+        manifest = read_manifest(spec[len(CODES_PREFIX):])
+        fixed = {name: manifest["tokenizer"][name] for name in VQ_IDENTITY}
+        if manifest["source"] == "builtin":  # the mix is in the codes
+            fixed["domains"] = manifest["domains"]
+        differs = mismatch(fixed, overrides, [name for name in fixed if name in overrides])
+        if differs:
+            name, was, now = differs
+            raise UserError(f"--data {spec} holds codes made with {flag(name)} {was}; drop "
+                            f"{flag(name)} {now}")
+        overrides.update(fixed)
+    return config.make_config(args.preset or "tiny", **overrides)
 
 
 # --- stage 1: the image tokenizer -----------------------------------------------------------
 
 def batch_images(source, first: int, n: int) -> torch.Tensor:
     return images_to_tensor([source[first + i].image for i in range(n)])
+
+
+def vq_images(source, n: int, step: int) -> torch.Tensor:
+    """Stage 1's images of `step`: the next n training images."""
+    return batch_images(source, step * n, n)
 
 
 def sample_texts(sample) -> list[str]:
@@ -271,6 +386,8 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
     vq.pt, or take the tokenizers of `init` (an --init dense checkpoint, whose codes and text
     ids belong to them). Returns (ImageTokenizer, Vocab, report with held-out PSNR, codebook
     usage and the GenEval ceiling)."""
+    if cfg.data.data.startswith(CODES_PREFIX):
+        return codes_tokenizer(cfg, files, device, init)
     vq = VQModel(cfg.vq).to(device)
     if init is not None:
         vq.load_state_dict(init["vq"])
@@ -293,8 +410,8 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
     vocab = learn_vocab(cfg)
     torch.manual_seed(cfg.train.seed)
     source = open_source(cfg, "train", None)
-    B = cfg.vq.vq_batch
-    train_vq(vq, lambda step: batch_images(source, step * B, B), cfg.vq, device=device,
+    images = Prefetcher(functools.partial(vq_images, source, cfg.vq.vq_batch), cfg.data.workers)
+    train_vq(vq, images, cfg.vq, device=device,
              progress=progress, log=lambda rec: files.log_line({"stage": "vq", **rec}))
     return ImageTokenizer(vq, cfg.vq), vocab, _keep_tokenizer(vq, vocab, cfg, files, device)
 
@@ -305,10 +422,39 @@ def _keep_tokenizer(vq: VQModel, vocab: Vocab, cfg: Config, files: RunFiles, dev
     report = evaluate_tokenizer(vq, cfg, device)
     if rank_world()[0] == 0:
         files.log_line({"stage": "vq", "report": report})
+        files.draw_curves()
     checkpoint.save({"config": config.to_dict(cfg), "vq": vq.state_dict(), "report": report,
                      "merges": [list(m) for m in vocab.merges]}, files.vq)
     print(f"image tokenizer: {describe_tokenizer(report)}")
     return report
+
+
+def codes_tokenizer(cfg: Config, files: RunFiles, device, init: dict | None = None):
+    """Stage 1 of a run on pre-tokenised codes (--data codes:DIR): the tokenizers that made
+    them, DIR/vq.pt, copied into the run folder on first use. The run folder's vq.pt and the
+    tokenizer of --init must be that one. Nothing is trained or measured here: the report is
+    the one the tokenizer was saved with, since the codes hold no images to measure it on."""
+    folder = cfg.data.data[len(CODES_PREFIX):]
+    manifest = read_manifest(folder)
+    source = files.vq if files.vq.exists() else Path(folder) / TOKENIZER_FILE
+    payload = checkpoint.load(source)
+    check_tokenizer(folder, manifest, payload["vq"], str(source))
+    if init is not None:
+        check_tokenizer(folder, manifest, init["vq"], "the --init checkpoint's tokenizer")
+    differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
+                       VQ_IDENTITY)
+    if differs:
+        name, was, now = differs
+        raise UserError(f"{source} holds a tokenizer with {name}={was}, but this run asks for "
+                        f"{now}; use another --out")
+    if source != files.vq and rank_world()[0] == 0:
+        checkpoint.save({k: payload[k] for k in ("config", "vq", "report", "merges")}, files.vq)
+        files.log_line({"stage": "vq", "report": payload["report"]})
+    vq = VQModel(cfg.vq).to(device)
+    vq.load_state_dict(payload["vq"])
+    print(f"tokenizers of the codes in {folder}: {describe_tokenizer(payload['report'])}")
+    vocab = checkpoint.vocab_of(init if init is not None else payload, cfg)
+    return ImageTokenizer(vq, cfg.vq), vocab, payload["report"]
 
 
 @torch.no_grad()
@@ -402,7 +548,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
     optimizer = shard_for_training(model, cfg, payload)
     print(f"dense model: {model.num_params() / 1e6:.2f}M parameters, {cfg.seq_len} tokens a row")
     rank, world = rank_world()
-    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab), "dense",
+    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab,
+                                             events=files.events), "dense",
         cfg.train.dense_steps,
         Batcher(cfg, open_source(cfg, "train", vocab.merges), vocab, image_tok, rank=rank,
                 world=world),
@@ -410,6 +557,7 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
         on_sample=GridWriter("dense", model, vocab, image_tok, files.samples, cfg),
         on_heldout=HeldoutCheck(model, cfg, vocab, image_tok, device), progress=progress,
         skipped=payload.get("skipped", 0) if payload else 0)
+    files.draw_curves()
     if cfg.moe.moe != "none" and rank == 0:  # fit's last save is the finished dense model
         checkpoint.save(checkpoint.load(files.ckpt), files.dense)
     return unshard(model, config.dense_version(cfg), device)
@@ -452,12 +600,14 @@ def moe_stage(model, cfg: Config, files: RunFiles, vocab, image_tok, device, bat
         RunWriter(files.root, cfg, image_tok, vocab).save(model, make_optimizer(model, cfg),
                                                           "moe", 0, ep=ep)
         return
-    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab), "moe",
+    fit(data_parallel(model), cfg, RunWriter(files.root, cfg, image_tok, vocab,
+                                             events=files.events), "moe",
         cfg.train.moe_steps,
         batcher, device, start_step=start_step, optimizer=optimizer,
         on_sample=GridWriter("moe", model, vocab, image_tok, files.samples, cfg),
         on_heldout=HeldoutCheck(model, cfg, vocab, image_tok, device), progress=progress,
         router=RouterTraining(model, cfg), peak_lr=cfg.train.moe_lr, ep=ep, skipped=skipped)
+    files.draw_curves()
 
 
 def shard_for_training(model, cfg: Config, payload: dict | None = None, ep=None):

@@ -13,12 +13,14 @@ import torch
 import eval as eval_script
 import sample
 import train
-from minimoe import checkpoint, config, data, ops, sampler
+from minimoe import checkpoint, config, data, ops, pretokenize, sampler
+from minimoe.data import pack
 from minimoe.tokenizers import TextTokenizer, Vocab
 from test_scripts import MICRO, _torchscript
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train": train.main, "sample": sample.main, "eval": eval_script.main}
+SCRIPTS = {"train": train.main, "sample": sample.main, "eval": eval_script.main,
+           "pretokenize": pretokenize.main, "pack": pack.main}
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +90,58 @@ def broken_folder(tmp, run):
         b'["a list"]\n')
 
 
+def broken_shard(tmp, run):
+    """A tar shard whose every sample is broken in a different way."""
+    import io
+    import tarfile
+    with tarfile.open(tmp / "bad.tar", "w") as tar:
+        for name, content in (("a.png", b"an image without a caption"),
+                              ("b.txt", b"a caption without an image"),
+                              ("c.png", b"x"), ("c.json", b'{"caption": '),
+                              ("../d.png", b"x"), ("../d.txt", b"climbs out")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+
+
 def copy_vq(tmp, run):
     (tmp / "bad").mkdir()
     shutil.copy(run / "vq.pt", tmp / "bad" / "vq.pt")
+
+
+def codes_of_run(tmp, run):
+    """tmp/codes: the built-in data pre-tokenised by the run's own tokenizer."""
+    pretokenize.main(["--ckpt", str(run / "vq.pt"), "--data", "builtin", "--samples", "20",
+                      "--heldout-samples", "10", "--out", str(tmp / "codes"), "--no-progress"])
+
+
+def other_tokenizer(run) -> dict:
+    """The run's vq.pt with its codebook moved: a tokenizer of the same shape that did not
+    make the run's codes."""
+    payload = checkpoint.load(run / "vq.pt")
+    payload["vq"]["codebook_KD"] += 1
+    return {k: payload[k] for k in ("config", "vq", "report", "merges")}
+
+
+def codes_and_other_run_tokenizer(tmp, run):
+    codes_of_run(tmp, run)
+    checkpoint.save(other_tokenizer(run), tmp / "r" / "vq.pt")
+
+
+def codes_with_other_vq_file(tmp, run):
+    codes_of_run(tmp, run)
+    checkpoint.save(other_tokenizer(run), tmp / "codes" / "vq.pt")
+
+
+def codes_without_manifest(tmp, run):
+    codes_of_run(tmp, run)
+    (tmp / "codes" / "manifest.json").unlink()
+
+
+def codes_all_shards_corrupt(tmp, run):
+    codes_of_run(tmp, run)
+    for shard in (tmp / "codes" / "train").iterdir():
+        shard.write_bytes(shard.read_bytes()[:100])
 
 
 def no_runs(tmp, run, monkeypatch):
@@ -194,6 +245,54 @@ SCRIPT_ROWS = [
     ("train-folder-all-rows-broken", "train", MICRO + ["--data", "folder:{tmp}/data", "--out",
                                                        "{tmp}/r"], broken_folder,
      "no usable rows"),
+    # tar shards (--data wds:PATTERN, python -m minimoe.data.pack) and loading workers
+    ("train-wds-no-shard-matches", "train", ["--data", "wds:{tmp}/cc-{{000000..000003}}.tar",
+                                             "--out", "{tmp}/r"], None, "no shard file matches"),
+    ("train-wds-empty-pattern", "train", ["--data", "wds:", "--out", "{tmp}/r"], None,
+     "--data wds: names no shards"),
+    ("train-wds-all-samples-broken", "train", MICRO + ["--data", "wds:{tmp}/bad.tar", "--out",
+                                                      "{tmp}/r"], broken_shard,
+     "no usable sample in split 'train'"),
+    ("train-negative-workers", "train", ["--workers", "-1", "--out", "{tmp}/r"], None,
+     "--workers -1 must be >= 0"),
+    ("pack-folder-missing", "pack", ["{tmp}/none", "{tmp}/out"], None,
+     "does not exist; it must hold the images and captions.jsonl"),
+    ("pack-zero-shard-size", "pack", ["{tmp}/data", "{tmp}/out", "--shard-size", "0"],
+     broken_folder, "--shard-size 0 must be >= 1"),
+    # pre-tokenised codes (pretokenize and --data codes:DIR)
+    ("pretokenize-builtin-without-samples", "pretokenize", ["--ckpt", "{run}/vq.pt", "--data",
+                                                            "builtin", "--out", "{tmp}/c"],
+     None, "--data builtin has no end: pass --samples N"),
+    ("pretokenize-codes-as-source", "pretokenize", ["--ckpt", "{run}/vq.pt", "--data",
+                                                    "codes:{tmp}/codes", "--out", "{tmp}/c"],
+     codes_of_run, "is codes already; pass the source they were made from"),
+    ("pretokenize-over-codes", "pretokenize", ["--ckpt", "{run}/vq.pt", "--data", "builtin",
+                                               "--samples", "4", "--out", "{tmp}/codes"],
+     codes_of_run, "already holds codes (manifest.json); pick another --out"),
+    ("pretokenize-missing-ckpt", "pretokenize", ["--ckpt", "{tmp}/none.pt", "--data", "builtin",
+                                                 "--samples", "4", "--out", "{tmp}/c"], None,
+     "does not exist"),
+    ("pretokenize-zero-samples", "pretokenize", ["--ckpt", "{run}/vq.pt", "--data", "builtin",
+                                                 "--samples", "0", "--out", "{tmp}/c"], None,
+     "--samples 0 must be >= 1"),
+    ("pretokenize-no-out", "pretokenize", ["--ckpt", "{run}/vq.pt", "--data", "builtin"], None,
+     "the following arguments are required: --out"),
+    ("train-codes-missing", "train", ["--data", "codes:{tmp}/missing", "--out", "{tmp}/r"], None,
+     "does not exist; make it with python -m minimoe.pretokenize"),
+    ("train-codes-without-manifest", "train", ["--data", "codes:{tmp}/codes", "--out", "{tmp}/r"],
+     codes_without_manifest, "has no manifest.json; make it with python -m minimoe.pretokenize"),
+    ("train-codes-other-vq-flag", "train", ["--data", "codes:{tmp}/codes", "--vq-codes", "32",
+                                            "--out", "{tmp}/r"], codes_of_run,
+     "holds codes made with --vq-codes 16; drop --vq-codes 32"),
+    ("train-codes-run-has-other-tokenizer", "train", ["--data", "codes:{tmp}/codes", "--out",
+                                                      "{tmp}/r"], codes_and_other_run_tokenizer,
+     "r/vq.pt is not the tokenizer that made the codes"),
+    ("train-codes-vq-file-replaced", "train", ["--data", "codes:{tmp}/codes", "--out",
+                                               "{tmp}/r"], codes_with_other_vq_file,
+     "codes/vq.pt is not the tokenizer that made the codes"),
+    ("train-codes-all-shards-corrupt", "train", MICRO + ["--data", "codes:{tmp}/codes", "--out",
+                                                         "{tmp}/r"], codes_all_shards_corrupt,
+     "no usable shard or row in codes folder"),
     # sample.py
     ("sample-nothing-asked", "sample", ["--ckpt", "{run}/ckpt.pt"], None, "pass either --prompt"),
     ("sample-both-asked", "sample", ["--ckpt", "{run}/ckpt.pt", "--prompt", "a", "--image", "x"],
@@ -364,6 +463,8 @@ LIBRARY_ROWS = [
      lambda: config.make_config("tiny", lrate=1.0)),
     ("config-unknown-preset", ValueError, "unknown preset 'huge'",
      lambda: config.make_config("huge")),
+    ("data-codes-missing", ValueError, "codes folder '/nonexistent' does not exist",
+     lambda: data.load_source("codes:/nonexistent", 16, "train")),
     ("data-unknown-source", ValueError, "use 'builtin' or 'folder:PATH'",
      lambda: data.load_source("imagenet", 16, "train")),
     ("data-unknown-split", ValueError, "split",

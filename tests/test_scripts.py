@@ -34,10 +34,18 @@ def fails(capsys, fn, argv, match):
 
 
 def test_train_writes_every_artifact(run_dir):
-    for name in ("vq.pt", "ckpt.pt", "log.jsonl", "summary.json", "samples/dense_000006.png"):
+    from PIL import Image
+    from minimoe.curves import curve_panels
+    for name in ("vq.pt", "ckpt.pt", "log.jsonl", "summary.json", "samples/dense_000006.png",
+                 "curves.png"):
         assert (run_dir / name).exists(), name
     log = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"vq", "dense"}
+    with Image.open(run_dir / "curves.png") as curves:
+        assert curves.format == "PNG"
+    assert [p.title for p in curve_panels(log)] == [
+        "vq losses", "t2i loss", "mmu loss", "lm loss", "learning rate", "tokens/s"], \
+        "a dense run's curves: no routing panel"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"vq", "mmu", "colours", "wall_s", "peak_rss_mb", "cost"} <= set(summary)
     assert [r["step"] for r in log if "heldout" in r] == [6], "the last step is always checked"
@@ -58,6 +66,28 @@ def test_resume_extends_a_finished_run_and_reuses_the_tokenizer(run_dir, capsys)
     steps = [json.loads(l)["step"] for l in (run_dir / "log.jsonl").read_text().splitlines()
              if '"dense"' in l and '"loss"' in l]
     assert steps[-2:] == [7, 8]
+
+
+def test_tensorboard_events_of_a_resumed_run_hold_its_whole_log_once(run_dir):
+    """--tensorboard true turned on at a resume: the events replay the log so far (the
+    tokenizer's steps too) and add the new steps, each logged step once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from minimoe import checkpoint
+    done = checkpoint.load(run_dir / "ckpt.pt")["step"]
+    train.main(MICRO + ["--out", str(run_dir), "--resume", "--dense-steps", str(done + 2),
+                        "--tensorboard", "true"])
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    log = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
+    for stage, key in (("vq", "loss"), ("dense", "t2i"), ("dense", "lr")):
+        logged = [(r["step"], pytest.approx(r[key])) for r in log
+                  if r["stage"] == stage and key in r]
+        assert [(e.step, e.value) for e in events.Scalars(f"{stage}/{key}")] == logged
+    assert events.Scalars("dense/t2i")[-1].step == done + 2
+    assert [e.step for e in events.Scalars("dense/heldout/t2i")] == \
+        [r["step"] for r in log if "heldout" in r]
 
 
 def test_sample_prompt_writes_a_grid(run_dir, tmp_path):
@@ -124,7 +154,8 @@ def test_every_method_converts_a_dense_checkpoint_trains_and_samples(run_dir, tm
     out = tmp_path / method
     summary = train.main(MICRO + MOE + ["--moe", method, "--init", str(run_dir / "ckpt.pt"),
                                         "--out", str(out)])
-    for name in ("vq.pt", "dense.pt", "ckpt.pt", "routing.json", "routing.png", "summary.json"):
+    for name in ("vq.pt", "dense.pt", "ckpt.pt", "routing.json", "routing.png", "summary.json",
+                 "curves.png"):
         assert (out / name).exists(), name
     assert set(summary["conversion"]["before"]) == set(summary["conversion"]["after"]) == \
         set(summary["heldout_losses"])
@@ -168,12 +199,18 @@ def test_one_command_runs_every_stage_and_resumes_the_moe_stage(tmp_path, capsys
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert [s for i, s in enumerate(r["stage"] for r in log)
             if i == 0 or log[i - 1]["stage"] != s] == ["vq", "dense", "convert", "moe"]
+    from minimoe.curves import ROUTING_PANELS, curve_panels
+    drawn = [p.title for p in curve_panels(log)]
+    assert [title for title, _ in ROUTING_PANELS] == drawn[-len(ROUTING_PANELS):], \
+        "a MoE run's curves end with its routing statistics"
+    (out / "curves.png").unlink()
     capsys.readouterr()
     train.main(MICRO + MOE + ["--moe", "taylor", "--out", str(out), "--resume",
                               "--moe-steps", "6"])
     printed = capsys.readouterr().out
     assert "resuming moe at step 4" in printed and "conversion" not in printed
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+    assert (out / "curves.png").exists(), "the resumed run draws its curves again"
 
 
 def test_quick_eval_writes_metrics(run_dir, tmp_path):

@@ -6,7 +6,9 @@
 
 `base.py` holds what every source yields (`Sample`, the split rule, the palette),
 `shapes.py` the shapes domain, `builtin.py` the glyphs and patterns domains and the mixed
-built-in source, `folder.py` the folder source.
+built-in source, `folder.py` the folder source, `codes.py` pre-tokenised codes
+(`codes:DIR`, written by `python -m minimoe.pretokenize`), `shards.py` tar shards
+(`wds:PATTERN`, written by `python -m minimoe.data.pack`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ from ..bpe import BPE
 from ..config import Config
 from .base import COLOURS, MAX_TEXT_BYTES, NO_TEXT_LIMIT, SPLITS, Sample, TextLimit, split_of
 from .builtin import DIGITS, DOMAINS, LETTERS, BuiltinData
+from .codes import PREFIX as CODES_PREFIX
+from .codes import CodesData
 from .folder import DataWarning, FolderData, fit_image
+from .shards import PREFIX as SHARDS_PREFIX
+from .shards import ShardData
 from .shapes import (NUMBER_WORDS, PLURALS, RELATION_MINOR_RATIO, SHAPES, SHAPES_BACKGROUND, SIZES,
                      random_shape_objects, relation, render_shapes, shapes_caption, shapes_qa)
 
@@ -22,12 +28,18 @@ from .shapes import (NUMBER_WORDS, PLURALS, RELATION_MINOR_RATIO, SHAPES, SHAPES
 def load_source(spec: str, image_size: int, split: str, seed: int = 0,
                 domains: tuple[str, ...] | str = DOMAINS,
                 limit: TextLimit = TextLimit()) -> BuiltinData | FolderData:
-    """--data: "builtin" (generated domains) or "folder:PATH" (images + captions.jsonl)."""
+    """--data: "builtin" (generated domains), "folder:PATH" (images + captions.jsonl),
+    "wds:PATTERN" (tar shards) or "codes:DIR" (pre-tokenised codes)."""
     if spec == "builtin":
         return BuiltinData(image_size, domains, split, seed)
     if spec.startswith("folder:") and spec[len("folder:"):]:
         return FolderData(spec[len("folder:"):], image_size, split, seed, limit)
-    raise ValueError(f"data source {spec!r}: use 'builtin' or 'folder:PATH'")
+    if spec.startswith(CODES_PREFIX) and spec[len(CODES_PREFIX):]:
+        return CodesData(spec[len(CODES_PREFIX):], image_size, split, limit)
+    if spec.startswith(SHARDS_PREFIX):  # an empty pattern gets its own message there
+        return ShardData(spec[len(SHARDS_PREFIX):], image_size, split, seed, limit)
+    raise ValueError(f"data source {spec!r}: use 'builtin' or 'folder:PATH' (or "
+                     f"'wds:PATTERN' for tar shards, 'codes:DIR' for pre-tokenised codes)")
 
 
 def open_source(cfg: Config, split: str, merges) -> BuiltinData | FolderData:
@@ -52,6 +64,7 @@ def text_limit(most: int, merges) -> TextLimit:
 
 __all__ = ["COLOURS", "DIGITS", "DOMAINS", "LETTERS", "MAX_TEXT_BYTES", "NO_TEXT_LIMIT",
            "NUMBER_WORDS", "PLURALS", "RELATION_MINOR_RATIO", "SHAPES", "SHAPES_BACKGROUND",
-           "SIZES", "SPLITS", "BuiltinData", "DataWarning", "FolderData", "Sample", "TextLimit",
+           "SIZES", "SPLITS", "BuiltinData", "CodesData", "DataWarning", "FolderData", "Sample",
+           "ShardData", "TextLimit",
            "fit_image", "load_source", "open_source", "random_shape_objects", "relation",
            "render_shapes", "shapes_caption", "shapes_qa", "split_of", "text_limit"]

@@ -7,8 +7,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS: tuple[str, ...] = ("train", "heldout")
 # Text budget of the built-in data: a caption or "question answer" fits 64 text slots as bytes
@@ -31,13 +35,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 @dataclass
 class Sample:
-    image: Image.Image  # RGB, image_size x image_size
+    image: Image.Image | None  # RGB, image_size x image_size; None for pre-tokenised samples
     caption: str
     qa: list[tuple[str, str]]  # (question, answer); answers short, lower-case, exact-match
     domain: str  # "shapes" | "glyphs" | "patterns" | a folder row's domain
     objects: list[dict] = field(default_factory=list)  # ground truth (empty for folder rows)
     # Identity that decides the split: f"{domain}|{caption}" (folder rows: f"folder|{file}").
     key: str = ""
+    # The image's VQ grid [h, w] (long) when the sample was pre-tokenised (--data codes:DIR):
+    # batches take it instead of encoding an image.
+    codes: torch.Tensor | None = None
 
 
 def split_of(key: str, heldout_fraction: float = HELDOUT_FRACTION) -> str:

@@ -5,6 +5,8 @@
 
 Rows are checked when the folder is opened; images are decoded on access. Bad rows and
 undecodable images are reported one line each (a `DataWarning`) and skipped, never fatal.
+The checks of a row's texts (`parse_object`, `row_texts`), of a name inside the dataset
+(`inside`) and the image decoding (`decode_image`) serve the tar shard source too (shards.py).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ CAPTIONS_FILE = "captions.jsonl"
 FOLDER_ROW_FORMAT = ('{"file": "a.png", "caption": "...", "qa": [["question", "answer"], ...], '
                      '"domain": "..."} (qa and domain optional)')
 FOLDER_DOMAIN = "folder"  # domain label of folder rows that do not name one
+NEED = (f"it must hold the images and {CAPTIONS_FILE}, one JSON object per line: "
+        f"{FOLDER_ROW_FORMAT}")  # what a data folder holds, for the errors about one
 
 
 class DataWarning(UserWarning):
@@ -55,16 +59,17 @@ def _parse_qa(value: object) -> list[tuple[str, str]]:
     return pairs
 
 
-def _inside(file: str) -> bool:
-    """Whether `file` names a path under the dataset's folder: relative and never climbing
-    out with '..'. (os.path.join would follow an absolute path or '../..' anywhere on disk.)"""
-    parts = file.replace("\\", "/").split("/")
+def inside(name: str) -> bool:
+    """Whether `name` is a path under the dataset's root (a folder, a tar shard): relative and
+    never climbing out with '..'. (os.path.join would follow an absolute path or '../..'
+    anywhere on disk.)"""
+    parts = name.replace("\\", "/").split("/")
     # A leading separator (POSIX absolute) or a drive ("C:", Windows) both leave the folder.
-    return not (file.startswith(("/", "\\")) or os.path.splitdrive(file)[0] or ".." in parts)
+    return not (name.startswith(("/", "\\")) or os.path.splitdrive(name)[0] or ".." in parts)
 
 
-def _parse_row(raw: bytes, folder: str, limit: TextLimit) -> _Row:
-    """One line of captions.jsonl; ValueError says what is wrong with it."""
+def parse_object(raw: bytes) -> dict:
+    """A JSON object from UTF-8 bytes; ValueError says what is wrong with them."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -75,34 +80,77 @@ def _parse_row(raw: bytes, folder: str, limit: TextLimit) -> _Row:
         raise ValueError(f"invalid JSON ({e.msg})") from None
     if not isinstance(row, dict):
         raise ValueError("not a JSON object")
-    file, caption = row.get("file"), row.get("caption")
+    return row
+
+
+def row_texts(row: dict, limit: TextLimit, name: str,
+              default_domain: str) -> tuple[str, list[tuple[str, str]], str]:
+    """The caption, question/answer pairs and domain of a row ({"caption", "qa", "domain"},
+    the last two optional), each text within `limit`; ValueError starting with `name` says
+    what is wrong."""
+    caption = row.get("caption")
+    if not isinstance(caption, str):
+        raise ValueError(f"{name}: 'caption' missing or not a string")
+    if why := limit.over(caption):
+        raise ValueError(f"{name}: caption is {why}")
+    try:
+        qa = _parse_qa(row.get("qa", []))
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    for q, a in qa:
+        if why := limit.over(f"{q} {a}"):
+            raise ValueError(f"{name}: qa {q!r} {a!r} is {why}")
+    domain = row.get("domain", default_domain)
+    if not isinstance(domain, str) or not domain:
+        raise ValueError(f"{name}: 'domain' is not a non-empty string")
+    return caption, qa, domain
+
+
+def _parse_row(raw: bytes, folder: str, limit: TextLimit) -> _Row:
+    """One line of captions.jsonl; ValueError says what is wrong with it."""
+    row = parse_object(raw)
+    file = row.get("file")
     if not isinstance(file, str) or not file:
         raise ValueError("'file' missing or not a string")
-    if not isinstance(caption, str):
-        raise ValueError(f"{file}: 'caption' missing or not a string")
-    if not _inside(file):
+    if not inside(file):
         raise ValueError(f"{file}: 'file' must be a path inside the data folder (relative, "
                          f"without '..')")
     if not os.path.isfile(os.path.join(folder, file)):
         raise ValueError(f"{file}: file not found")
-    if why := limit.over(caption):
-        raise ValueError(f"{file}: caption is {why}")
-    try:
-        qa = _parse_qa(row.get("qa", []))
-    except ValueError as e:
-        raise ValueError(f"{file}: {e}") from None
-    for q, a in qa:
-        if why := limit.over(f"{q} {a}"):
-            raise ValueError(f"{file}: qa {q!r} {a!r} is {why}")
-    domain = row.get("domain", FOLDER_DOMAIN)
-    if not isinstance(domain, str) or not domain:
-        raise ValueError(f"{file}: 'domain' is not a non-empty string")
-    return _Row(file, caption, qa, domain)
+    return _Row(file, *row_texts(row, limit, file, FOLDER_DOMAIN))
 
 
 def fit_image(image: Image.Image, image_size: int) -> Image.Image:
     """RGB, shorter side scaled to image_size, centre crop: how any outside image enters."""
     return ImageOps.fit(image.convert("RGB"), (image_size, image_size), Image.Resampling.BICUBIC)
+
+
+def decode_image(file, image_size: int) -> Image.Image:
+    """An image file (a path or a file object) as a training image: turned upright by its
+    EXIF orientation, then fit_image. Raises whatever PIL raises for bytes it cannot read."""
+    with Image.open(file) as im:
+        im.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale
+        return fit_image(ImageOps.exif_transpose(im), image_size)
+
+
+def read_rows(path: str, limit: TextLimit) -> list[_Row]:
+    """The usable rows of PATH/captions.jsonl in file order, of every split; each bad row is
+    reported (a DataWarning line) and left out."""
+    captions = os.path.join(path, CAPTIONS_FILE)
+    if not os.path.isdir(path):
+        raise ValueError(f"data folder {path!r} does not exist; {NEED}")
+    if not os.path.isfile(captions):
+        raise ValueError(f"data folder {path!r} has no {CAPTIONS_FILE}; {NEED}")
+    rows = []
+    with open(captions, "rb") as f:  # bytes, so one non-UTF-8 line costs only that line
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                rows.append(_parse_row(raw.strip(), path, limit))
+            except ValueError as e:
+                _report(f"{captions} line {line_no}: {e}; skipped")
+    return rows
 
 
 class FolderData:
@@ -118,30 +166,11 @@ class FolderData:
                  limit: TextLimit = TextLimit()):
         check_split(split)
         self.path, self.image_size, self.split = path, image_size, split
-        captions = os.path.join(path, CAPTIONS_FILE)
-        need = (f"it must hold the images and {CAPTIONS_FILE}, one JSON object per line: "
-                f"{FOLDER_ROW_FORMAT}")
-        if not os.path.isdir(path):
-            raise ValueError(f"data folder {path!r} does not exist; {need}")
-        if not os.path.isfile(captions):
-            raise ValueError(f"data folder {path!r} has no {CAPTIONS_FILE}; {need}")
-        self.rows: list[_Row] = []
-        n_good = 0
-        with open(captions, "rb") as f:  # bytes, so one non-UTF-8 line costs only that line
-            for line_no, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = _parse_row(raw.strip(), path, limit)
-                except ValueError as e:
-                    _report(f"{captions} line {line_no}: {e}; skipped")
-                    continue
-                n_good += 1
-                if split_of(f"{FOLDER_DOMAIN}|{row.file}") == split:
-                    self.rows.append(row)
+        rows = read_rows(path, limit)
+        self.rows = [row for row in rows if split_of(f"{FOLDER_DOMAIN}|{row.file}") == split]
         if not self.rows:
-            raise ValueError(f"{captions}: no usable rows in split {split!r} "
-                             f"({n_good} usable rows in all splits); {need}")
+            raise ValueError(f"{os.path.join(path, CAPTIONS_FILE)}: no usable rows in split "
+                             f"{split!r} ({len(rows)} usable rows in all splits); {NEED}")
         self.order = np.random.default_rng(seed).permutation(len(self.rows))
         self.bad: set[int] = set()  # rows whose image failed to decode (reported once)
 
@@ -149,9 +178,7 @@ class FolderData:
         return len(self.rows)
 
     def _load(self, row: _Row) -> Image.Image:
-        with Image.open(os.path.join(self.path, row.file)) as im:
-            im.draft("RGB", (self.image_size, self.image_size))  # JPEG: decode at reduced scale
-            return fit_image(ImageOps.exif_transpose(im), self.image_size)
+        return decode_image(os.path.join(self.path, row.file), self.image_size)
 
     def __getitem__(self, i: int) -> Sample:
         if i < 0:
