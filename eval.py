@@ -20,7 +20,7 @@ from minimoe import atomic, cli, cost, evaluation, fid, geneval, inference
 
 
 def main(argv=None) -> dict:
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(description=cli.about(__doc__))
     p.add_argument("--ckpt", action="append", default=None,
                    help="checkpoint; repeat to compare runs (default: newest out/*/ckpt.pt)")
     p.add_argument("--n", type=int, default=20, help="GenEval prompts per category")

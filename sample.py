@@ -24,7 +24,7 @@ MAX_SAMPLES = 1024  # beyond this a request is a typo, not a plan (1024 images: 
 
 
 def main(argv=None):
-    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(description=cli.about(__doc__))
     p.add_argument("--ckpt", default=None, help="checkpoint (default: newest out/*/ckpt.pt)")
     p.add_argument("--prompt", default=None, help="caption to draw")
     p.add_argument("--image", default=None, help="image to ask --question about")

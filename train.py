@@ -32,7 +32,7 @@ from minimoe.data import open_source
 
 
 def main(argv=None) -> dict:
-    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=cli.about(__doc__))
     config.add_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="run folder (default: out/dense or out/moe-METHOD)")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minimoe import config  # noqa: E402
 from minimoe.batches import Batcher  # noqa: E402
 from minimoe.build import build_model  # noqa: E402
-from minimoe.cli import pick_device  # noqa: E402
+from minimoe.cli import about, pick_device  # noqa: E402
 from minimoe.data import open_source  # noqa: E402
 from minimoe.losses import task_losses, total_loss  # noqa: E402
 from minimoe.pretokenize import pretokenize  # noqa: E402
@@ -78,7 +78,7 @@ def time_steps(cfg, source, vocab, tok, device, steps: int, warmup: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=about(__doc__))
     p.add_argument("--sizes", default=SIZES, help="image_size:vq_downsample pairs to time")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minimoe import config  # noqa: E402
+from minimoe.cli import about  # noqa: E402
 from minimoe.batches import StepSamples  # noqa: E402
 from minimoe.data import load_source  # noqa: E402
 from minimoe.data.base import HELDOUT_FRACTION  # noqa: E402
@@ -84,7 +85,7 @@ def samples_per_s(spec: str, size: int, workers: int, steps: int, warmup: int,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=about(__doc__))
     p.add_argument("--sizes", default=SIZES, help="image sizes (px), comma-separated")
     p.add_argument("--samples", type=int, default=2000, help="generated images a size")
     p.add_argument("--shard-size", type=int, default=100, help="samples a shard")

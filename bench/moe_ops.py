@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe import moe, ops
+from minimoe.cli import about
 
 SHAPES = {  # name: (tokens, d_model, expert hidden, experts, k)
     "tiny": (4160, 128, 64, 8, 2),  # a tiny-preset batch (32 rows x 130), Taylor split of 512
@@ -125,7 +126,7 @@ def gpu_op_rows(device, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=about(__doc__))
     p.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
     args = p.parse_args(argv)
     repeats = 3 if args.quick else 10

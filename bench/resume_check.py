@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from anywhere
 
-from minimoe.run import read_losses  # noqa: E402  (needs the path above)
+from minimoe.cli import about  # noqa: E402  (needs the path above)
+from minimoe.run import read_losses  # noqa: E402
 
 LOSSES = ("loss", "t2i", "mmu", "lm", "balance", "z", "grad_norm")
 
@@ -57,7 +58,7 @@ def kill_points(dense_steps: int, moe_steps: int, every: int) -> tuple[int, int]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=about(__doc__))
     p.add_argument("--preset", default="tiny", help="tiny (CPU) or small (one GPU)")
     p.add_argument("--moe", default="taylor")
     p.add_argument("--vq-steps", type=int, default=300)

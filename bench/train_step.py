@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minimoe.batches import Batcher  # noqa: E402
+from minimoe.cli import about  # noqa: E402
 from minimoe.build import build_model  # noqa: E402
 from minimoe.config import make_config  # noqa: E402
 from minimoe.data import open_source  # noqa: E402
@@ -62,7 +63,7 @@ def time_mode(cfg, mode: str, steps: int, warmup: int) -> tuple[float, float, in
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=about(__doc__))
     p.add_argument("--moe", default="none")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

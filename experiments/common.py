@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
 
 from minimoe import atomic  # noqa: E402  (needs the path above)
 from minimoe.config import make_config  # noqa: E402
-from minimoe.cli import ArgumentParser  # noqa: E402
+from minimoe.cli import ArgumentParser, about  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
 SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
@@ -75,7 +75,7 @@ class Setting:
 
 
 def parse(doc: str) -> Setting:
-    p = ArgumentParser(description=doc.split("\n")[0],
+    p = ArgumentParser(description=about(doc),
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--smoke", action="store_true",

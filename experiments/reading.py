@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimoe import checkpoint, config
+from minimoe import checkpoint, cli, config
 from minimoe.build import build_model
 from minimoe.data import SHAPES, random_shape_objects, render_shapes
 from minimoe.sequences import mmu_prefix
@@ -92,7 +92,7 @@ def learn(reader: nn.Module, codes, labels, test_codes, test_labels, steps: int,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=cli.about(__doc__))
     p.add_argument("--vq", default=None, help="a run's vq.pt (its tokenizer and sizes)")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--smoke", action="store_true", help="an untrained micro tokenizer, 4 steps")

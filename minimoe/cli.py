@@ -33,6 +33,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
+def about(doc: str) -> str:
+    """A script's --help description: the first paragraph of its docstring on one line (the
+    first line alone often stops mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def add_debug_flag(parser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
 

@@ -114,7 +114,7 @@ def pretokenize(payload: dict, cfg: config.Config, out: str, samples: int | None
 
 
 def main(argv=None) -> dict:
-    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=cli.about(__doc__))
     parser.add_argument("--ckpt", required=True,
                         help="the tokenizer: a run's vq.pt (or its ckpt.pt)")
     parser.add_argument("--data", required=True,

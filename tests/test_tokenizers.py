@@ -45,6 +45,30 @@ def test_bpe_merges_words_and_every_string_still_round_trips():
     assert bpe.train(TEXTS, 260) == merges[:4], "a smaller vocabulary keeps the first merges"
 
 
+def random_unicode(rng, n: int) -> str:
+    """n code points from every plane, surrogates excluded (they are not text)."""
+    out = []
+    while len(out) < n:
+        c = rng.randrange(0x110000)
+        if not 0xD800 <= c <= 0xDFFF:
+            out.append(chr(c))
+    return "".join(out)
+
+
+def test_bpe_round_trips_arbitrary_unicode():
+    """Merges learnt on mixed-script texts (so merges inside multi-byte characters exist)
+    still give back every string, in or out of what they were learnt on."""
+    import random
+    rng = random.Random(0)
+    learnt_on = [random_unicode(rng, 20) for _ in range(50)] + ["数字 数字 ünï ünï 🟥🟥"] * 5
+    merges = bpe.train(learnt_on + TEXTS, 512)
+    text = TextTokenizer(Vocab(16, 512, tuple(merges)))
+    assert any(m[0] >= 128 or m[1] >= 128 for m in merges), "some merge joins non-ASCII bytes"
+    for s in learnt_on + [random_unicode(rng, rng.randrange(60)) for _ in range(200)]:
+        ids = text.encode(s)
+        assert all(0 <= i < 512 for i in ids) and text.decode(ids) == s, repr(s)
+
+
 def test_bpe_encoding_applies_merges_in_the_order_they_were_learnt():
     merges = bpe.train(["abab abab"] * 3, 300)
     enc = bpe.BPE(merges)

@@ -91,7 +91,7 @@ def pack(folder: str, out: str, shard_size: int = SHARD_SIZE) -> str:
 
 def main(argv=None) -> str:
     parser = cli.ArgumentParser(prog="python -m minimoe.data.pack",
-                                description=__doc__.split("\n")[0])
+                                description=cli.about(__doc__))
     parser.add_argument("folder", help="a data folder: images and captions.jsonl")
     parser.add_argument("out", help="where the shards go (a new or empty folder)")
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE,
