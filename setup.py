@@ -71,7 +71,7 @@ setup(
     # tensorboard: optional, for --tensorboard true (comparing runs in TensorBoard)
     # data: --data wds:PATTERN reads tar shards (WebDataset: how CC3M, LAION ship) with it;
     # the tests read shards too
-    extras_require={"test": ["pytest", "webdataset"], "tensorboard": ["tensorboard"],
+    extras_require={"test": ["pytest", "webdataset", "tensorboard"], "tensorboard": ["tensorboard"],
                     "data": ["webdataset"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
