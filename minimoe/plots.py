@@ -82,7 +82,7 @@ def routing_heatmaps(summary: dict, title: str = "") -> Image.Image:
 BAR_PANEL = (150, 140)  # least width, height of one metric's panel in a bar chart
 BAR_WIDTH = 36  # pixels per bar, room for its value
 BAR_COLOURS = ((66, 103, 172), (219, 112, 40), (84, 160, 80), (180, 60, 60), (130, 90, 180),
-               (120, 120, 120))
+               (120, 120, 120), (30, 170, 190), (190, 180, 40), (220, 110, 180), (130, 85, 70))
 
 
 def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str],
@@ -125,7 +125,7 @@ def bar_chart(rows: dict[str, dict[str, float]], metrics: list[str],
 LINE_PANEL = (260, 170)  # width, height of one panel of a line chart
 # Room around a line panel's plot area, in pixels: tick values on the left (up to 8 characters),
 # the title above, tick values and the x label below.
-PLOT_MARGIN_LEFT, PLOT_MARGIN_TOP, PLOT_MARGIN_RIGHT, PLOT_MARGIN_BOTTOM = 48, 16, 10, 22
+PLOT_MARGIN_LEFT, PLOT_MARGIN_TOP, PLOT_MARGIN_RIGHT, PLOT_MARGIN_BOTTOM = 48, 16, 10, 34
 Y_TICKS = 3  # values written on the y axis: bottom, middle, top
 GRID_COLOUR = (228, 228, 228)  # the faint horizontal line at each y tick
 MARK_COLOUR = (140, 140, 140)  # dashed vertical marks (where a stage starts)
@@ -152,8 +152,8 @@ class LinePanel:
 
 
 def short_number(v: float) -> str:
-    """A tick value in a few characters: 0.002, 1.81, 17.3k, 2.1M."""
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+    """A tick value in a few characters: 0.002, 1.81, 17.3k, 2.1M, 22.7T."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(v) >= scale:
             return f"{v / scale:.3g}{suffix}"
     return f"{v:.3g}"
@@ -195,7 +195,11 @@ def draw_line_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], size: tu
     draw.text((left, below), short_number(x_lo), fill="black", font=font)
     hi = short_number(x_hi)
     draw.text((right - draw.textlength(hi, font=font), below), hi, fill="black", font=font)
-    draw.text(((left + right - draw.textlength(panel.x_label, font=font)) / 2, below),
+    # The x label goes between the end values, or under them where it would touch them.
+    label_w = draw.textlength(panel.x_label, font=font)
+    room = right - left - draw.textlength(short_number(x_lo), font=font) - \
+        draw.textlength(hi, font=font)
+    draw.text(((left + right - label_w) / 2, below + (0 if label_w + 8 < room else FONT_SIZE)),
               panel.x_label, fill="black", font=font)
     for x, label in panel.marks.items():
         if x_lo <= x <= x_hi:
@@ -237,10 +241,11 @@ def _colours(names) -> dict[str, tuple[int, int, int]]:
 
 
 def line_chart(panels: dict[str, dict[str, tuple[list[float], list[float]]]],
-               x_label: str = "") -> Image.Image:
+               x_label: str = "", from_zero: bool = True) -> Image.Image:
     """Small multiples: one panel per key of `panels`, each with one line per series
     {name: (xs, ys)}, a shared x range from 0 and y range from 0 to the largest value, series
-    coloured as in the legend underneath."""
+    coloured as in the legend underneath. `from_zero` False gives each panel the y range of
+    its own data instead (losses of runs that differ in the second digit)."""
     names = list(dict.fromkeys(n for series in panels.values() for n in series))
     pw, ph = LINE_PANEL
     img = Image.new("RGB", (pw * len(panels), ph + LINE_HEIGHT * len(names) + 6), "white")
@@ -249,8 +254,11 @@ def line_chart(panels: dict[str, dict[str, tuple[list[float], list[float]]]],
     xs_all = [x for series in panels.values() for xs, _ in series.values() for x in xs]
     top, right = (max(ys_all) or 1.0) if ys_all else 1.0, max(xs_all or [1]) or 1
     for p, (title, series) in enumerate(panels.items()):
-        draw_line_panel(draw, (p * pw, 0), LINE_PANEL, LinePanel(title, series, x_label),
-                        (0, right), (0, top), _colours(names))
+        panel = LinePanel(title, series, x_label)
+        y_range = (0, top) if from_zero else \
+            _span([y for name in series for _, y in panel.points(name)], from_zero=False)
+        draw_line_panel(draw, (p * pw, 0), LINE_PANEL, panel, (0, right), y_range,
+                        _colours(names))
     _legend_column(draw, names, ph)
     return img
 

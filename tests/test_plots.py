@@ -2,7 +2,7 @@
 per series.  Run: pytest -q tests/test_plots.py"""
 import numpy as np
 
-from minimoe.plots import BAR_COLOURS, bar_chart, line_chart
+from minimoe.plots import BAR_COLOURS, LINE_PANEL, bar_chart, line_chart
 
 
 def test_bar_chart_draws_a_whisker_only_where_there_is_a_spread():
@@ -20,3 +20,15 @@ def test_line_chart_draws_each_series_in_its_colour():
                                             "flat": ([0, 10], [0.5, 0.5])}}, "step"))
     for colour in BAR_COLOURS[:2]:
         assert (img == colour).all(-1).sum() > 50, colour
+
+
+def test_line_chart_without_zero_spreads_close_values_over_the_panel():
+    """Losses that differ in the second digit are a flat line from 0, and fill the panel's
+    height on their own range."""
+    panels = {"loss": {"a": ([0, 10], [2.50, 2.60])}}
+    def height(img):
+        panel = np.asarray(img)[:LINE_PANEL[1]]  # the legend's swatch underneath is left out
+        rows = np.argwhere((panel == BAR_COLOURS[0]).all(-1))[:, 0]
+        return rows.max() - rows.min()
+    from_zero, own = line_chart(panels, "step"), line_chart(panels, "step", from_zero=False)
+    assert height(own) > 5 * height(from_zero)
