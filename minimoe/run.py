@@ -396,12 +396,7 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
         return ImageTokenizer(vq, cfg.vq), vocab, _keep_tokenizer(vq, vocab, cfg, files, device)
     if files.vq.exists():
         payload = checkpoint.load(files.vq)
-        differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
-                           VQ_IDENTITY)
-        if differs:
-            name, was, now = differs
-            raise UserError(f"{files.vq} holds a tokenizer with {name}={was}, but this run asks "
-                            f"for {now}; use another --out")
+        check_same_tokenizer(payload, cfg, files.vq)
         vq.load_state_dict(payload["vq"])
         print(f"reusing the tokenizers in {files.vq}: {describe_tokenizer(payload['report'])}")
         return ImageTokenizer(vq, cfg.vq), checkpoint.vocab_of(payload, cfg), payload["report"]
@@ -414,6 +409,16 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
     train_vq(vq, images, cfg.vq, device=device,
              progress=progress, log=lambda rec: files.log_line({"stage": "vq", **rec}))
     return ImageTokenizer(vq, cfg.vq), vocab, _keep_tokenizer(vq, vocab, cfg, files, device)
+
+
+def check_same_tokenizer(payload: dict, cfg: Config, path) -> None:
+    """UserError unless the tokenizer saved in `payload` (from `path`) has the run's settings."""
+    differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
+                       VQ_IDENTITY)
+    if differs:
+        name, was, now = differs
+        raise UserError(f"{path} holds a tokenizer with {name}={was}, but this run asks for "
+                        f"{now}; use another --out")
 
 
 def _keep_tokenizer(vq: VQModel, vocab: Vocab, cfg: Config, files: RunFiles, device) -> dict:
@@ -441,12 +446,7 @@ def codes_tokenizer(cfg: Config, files: RunFiles, device, init: dict | None = No
     check_tokenizer(folder, manifest, payload["vq"], str(source))
     if init is not None:
         check_tokenizer(folder, manifest, init["vq"], "the --init checkpoint's tokenizer")
-    differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
-                       VQ_IDENTITY)
-    if differs:
-        name, was, now = differs
-        raise UserError(f"{source} holds a tokenizer with {name}={was}, but this run asks for "
-                        f"{now}; use another --out")
+    check_same_tokenizer(payload, cfg, source)
     if source != files.vq and rank_world()[0] == 0:
         checkpoint.save({k: payload[k] for k in ("config", "vq", "report", "merges")}, files.vq)
         files.log_line({"stage": "vq", "report": payload["report"]})
