@@ -32,7 +32,7 @@ from .cli import UserError
 from .config import Config
 from .convert import convert_model
 from .cost import format_cost
-from .curves import read_log, write_curves
+from .curves import write_curves
 from .data import open_source
 from .data.codes import PREFIX as CODES_PREFIX
 from .data.codes import TOKENIZER_FILE, check_tokenizer, read_manifest
@@ -41,6 +41,7 @@ from .dist import (data_parallel, fsdp_, full_model_state, full_optimizer_state,
                    shard_optimizer_state)
 from .evaluation import (HeldoutCheck, collect_routing, format_report, heldout_losses,
                          tokenizer_ceiling)
+from .events import TENSORBOARD_MISSING, EventWriter
 from .inference import RUNS_ROOT, Session, generate
 from .loading import Prefetcher
 from .plots import image_grid, routing_heatmaps
@@ -140,57 +141,6 @@ class RunFiles:
             tmp.write_text("".join(line + "\n" for line in keep))
             tmp.replace(self.log)
         return len(lines) - len(keep)
-
-
-EVENT_FILES = "events.out.tfevents.*"  # the names SummaryWriter gives its event files
-TENSORBOARD_MISSING = ('--tensorboard true needs the tensorboard package: '
-                       'pip install --no-build-isolation -e ".[tensorboard]"')
-
-
-class EventWriter:
-    """TensorBoard event files in the run folder, mirroring log.jsonl: each number of a record
-    with a step becomes a scalar tagged STAGE/KEY at that step, nested keys joined by "/"
-    (dense/t2i, dense/heldout/mmu, moe/routing/layer0/modality_nmi). Lists (per-expert shares)
-    and records without a step (the tokenizer's report, the conversion's) are left out.
-
-    Opening one replaces the folder's event files by the log so far, which a resumed run has cut
-    back to its checkpoint: TensorBoard never shows a step twice, and a resumed run that turns
-    the flag on still shows its whole history."""
-
-    def __init__(self, folder: Path, log: Path):
-        from torch.utils.tensorboard import SummaryWriter  # optional extra: only if asked for
-        for old in folder.glob(EVENT_FILES):
-            old.unlink()
-        self.writer = SummaryWriter(str(folder))
-        for record in read_log(log) if log.exists() else []:
-            self._add(record)
-        self.writer.flush()
-
-    def add(self, record: dict) -> None:
-        """Write `record`'s scalars and flush them, so a crashed run's events are on disk."""
-        self._add(record)
-        self.writer.flush()
-
-    def _add(self, record: dict) -> None:
-        if "step" in record:
-            for tag, value in _scalars(record, record.get("stage", "run")):
-                self.writer.add_scalar(tag, value, record["step"])
-
-
-# Record keys that are no scalar of their own: TensorBoard keeps each point's wall time itself,
-# and a held-out record's time_s would repeat its step's.
-NOT_SCALARS = ("stage", "step", "time_s")
-
-
-def _scalars(record: dict, prefix: str):
-    """(tag, number) for every number in `record` (nested dicts included) but NOT_SCALARS."""
-    for key, value in record.items():
-        if key in NOT_SCALARS:
-            continue
-        if isinstance(value, dict):
-            yield from _scalars(value, f"{prefix}/{key}")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield f"{prefix}/{key}", value
 
 
 def open_events(files: RunFiles, wanted: bool) -> None:

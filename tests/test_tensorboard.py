@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import train
-from minimoe import run
+from minimoe import events, run
 
 MICRO = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
          "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--d-ffn", "64",
@@ -60,7 +60,7 @@ def test_reopening_replaces_the_events_by_the_log_so_no_step_shows_twice(tmp_pat
     crashed.events.writer.close()  # the process that wrote them has ended
     resumed = open_run(tmp_path, RECORDS)  # the log cut back to moe step 10
     resumed.log_line({"stage": "moe", "step": 20, "loss": 1.4})
-    assert len(list(tmp_path.glob(run.EVENT_FILES))) == 1
+    assert len(list(tmp_path.glob(events.EVENT_FILES))) == 1
     assert scalars(tmp_path)["moe/loss"] == [(10, 2.0), (20, 1.4)]
 
 
@@ -68,7 +68,7 @@ def test_without_the_flag_nothing_is_written(tmp_path):
     files = run.RunFiles(tmp_path)
     run.open_events(files, False)
     files.log_line(RECORDS[2])
-    assert files.events is None and not list(tmp_path.glob(run.EVENT_FILES))
+    assert files.events is None and not list(tmp_path.glob(events.EVENT_FILES))
 
 
 def test_without_the_package_the_run_stops_before_training_naming_the_extra(tmp_path, capsys,
