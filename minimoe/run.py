@@ -185,6 +185,11 @@ def mismatch(saved: dict, wanted: dict, names) -> tuple[str, object, object] | N
     return next(((n, saved[n], wanted[n]) for n in names if saved[n] != wanted[n]), None)
 
 
+def saved_mismatch(payload: dict, cfg: Config, names) -> tuple[str, object, object] | None:
+    """`mismatch` between the config saved in a checkpoint's `payload` and the run's `cfg`."""
+    return mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg), names)
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -363,8 +368,7 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
 
 def check_same_tokenizer(payload: dict, cfg: Config, path) -> None:
     """UserError unless the tokenizer saved in `payload` (from `path`) has the run's settings."""
-    differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
-                       VQ_IDENTITY)
+    differs = saved_mismatch(payload, cfg, VQ_IDENTITY)
     if differs:
         name, was, now = differs
         raise UserError(f"{path} holds a tokenizer with {name}={was}, but this run asks for "
@@ -463,8 +467,7 @@ def load_dense(path: Path, cfg: Config) -> dict:
     if payload.get("stage") != "dense":
         raise UserError(f"{path} holds a {payload.get('stage')} model, not a dense one; pass a "
                         f"dense run's ckpt.pt or a MoE run's dense.pt to --init")
-    differs = mismatch(config.flat(config.from_dict(payload["config"])), config.flat(cfg),
-                       DENSE_IDENTITY)
+    differs = saved_mismatch(payload, cfg, DENSE_IDENTITY)
     if differs:
         name, was, now = differs
         raise UserError(f"{path} has {name}={was} but this run asks for {now}; pass "
