@@ -343,6 +343,7 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
     usage and the GenEval ceiling)."""
     if cfg.data.data.startswith(CODES_PREFIX):
         return codes_tokenizer(cfg, files, device, init)
+    torch.manual_seed(cfg.train.seed)  # the VQ's initial weights: a process starts unseeded
     vq = VQModel(cfg.vq).to(device)
     if init is not None:
         vq.load_state_dict(init["vq"])
@@ -358,7 +359,6 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
     if cfg.vq.vq_steps == 0:
         raise UserError(f"--vq-steps 0 but {files.vq} does not exist; train a tokenizer first")
     vocab = learn_vocab(cfg)
-    torch.manual_seed(cfg.train.seed)
     source = open_source(cfg, "train", None)
     images = Prefetcher(functools.partial(vq_images, source, cfg.vq.vq_batch), cfg.data.workers)
     train_vq(vq, images, cfg.vq, device=device,

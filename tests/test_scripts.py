@@ -23,6 +23,19 @@ def run_dir(tmp_path_factory):
     return out
 
 
+def test_the_tokenizer_is_a_function_of_the_seed_not_of_what_ran_before(tmp_path):
+    """Two runs of one seed train the same VQ tokenizer even when the process drew other
+    random numbers in between (its initial weights come from the seed, not from the
+    process's global random state, which torch starts from a random seed)."""
+    import torch
+    stage1 = MICRO + ["--dense-steps", "1", "--sample-every", "0", "--eval-n", "0"]
+    train.main(stage1 + ["--out", str(tmp_path / "a")])
+    torch.rand(1000)
+    train.main(stage1 + ["--out", str(tmp_path / "b")])
+    a, b = (torch.load(tmp_path / x / "vq.pt", weights_only=False)["vq"] for x in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def fails(capsys, fn, argv, match):
     with pytest.raises(SystemExit) as e:
         fn(argv)
