@@ -227,3 +227,28 @@ def test_reading_compares_a_conv_reader_and_the_transformer(tmp_path):
         assert [p["examples"] for p in curve] == [0, 128, 256]
         assert all(0 <= p["accuracy"] <= 1 for p in curve)
     assert "| 256 |" in (tmp_path / "reading.md").read_text()
+
+
+def test_steps_trains_whole_runs_of_growing_length_from_one_tokenizer(tmp_path):
+    """Each point is its own run of N dense steps (not a checkpoint of a longer one), every
+    run after the first reuses the first's tokenizer instead of training its own, and the
+    models are evaluated on the validation draw."""
+    import torch
+    work = tmp_path / "work"
+    _, data, table = smoke("steps", (work, tmp_path / "docs"))
+    steps = sorted(int(n) for n in data["runs"])
+    assert steps == [2, 4, 8, 16]  # 0.5, 1, 2 and 4 times the smoke setting's 4 dense steps
+    folders = [work / "smoke" / "steps" / "seed0" / str(n) for n in steps]
+    first_vq = torch.load(folders[0] / "vq.pt", weights_only=False)["vq"]
+    for n, folder in zip(steps, folders):
+        assert f"| {n} |" in table
+        log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        dense = [r["step"] for r in log if r.get("stage") == "dense" and "loss" in r]
+        assert dense[-1] == n, (n, dense)
+        trained_vq = any(r.get("stage") == "vq" and "loss" in r for r in log)
+        assert trained_vq == (n == steps[0])
+        vq = torch.load(folder / "vq.pt", weights_only=False)["vq"]
+        assert all(torch.equal(vq[k], first_vq[k]) for k in first_vq)
+    (metrics,) = (work / "smoke").glob("eval-steps/seed0/metrics.json")
+    assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED
+    assert (tmp_path / "docs" / "steps_curves.png").exists()

@@ -1,0 +1,103 @@
+"""Quality against training time: the dense model of today's defaults trained for more and
+more steps from one tokenizer, so that the curve shows what each CPU-minute of stage 2 buys.
+
+    python experiments/steps.py            # tiny preset, CPU, alone: about 55 min
+    python experiments/steps.py --smoke    # a micro run of everything (CI)
+
+Each run is `train.py --moe none --dense-steps N` for N = 0.5, 1, 2 and 4 times the preset's
+dense steps; its warmup and cosine schedule span its own N steps, so every point is a whole
+run, not a checkpoint of a longer one. The first run trains the tokenizer and the others start
+from a copy of its vq.pt: stage 1 is paid once, and a run's minutes are its stage 2 alone.
+Every model is evaluated by eval.py on the validation draw with EVAL_PROMPTS prompts a
+category (two samples each). Table: steps, stage-2 minutes, the last held-out losses, GenEval
+per category, MMU per question type and FID. Chart: GenEval (beside the tokenizer ceiling),
+MMU (beside the majority answer) and the held-out T2I loss against stage-2 minutes.
+Runs use the first seed of --seeds. Writes docs/experiments/steps.{md,json} and
+steps_curves.png.
+"""
+import shutil
+
+from common import Run, SMOKE, cell, evaluate, evaluated, parse, run_all, table, write
+from quality import MODEL_HEADER, VALIDATION, model_cells, model_columns
+
+from minimoe.plots import line_chart
+
+FACTORS = (0.5, 1, 2, 4)  # dense steps of each run, as multiples of the preset's
+EVAL_PROMPTS = 40  # GenEval prompts a category: 480 images a model, about +-2 points
+
+
+def runs_of(s, seed: int) -> dict[int, Run]:
+    """{dense steps: run}; every run after the first reuses the first's tokenizer."""
+    preset = [] if s.preset == "tiny" else ["--preset", s.preset]
+    flags = preset + (SMOKE if s.smoke else [])
+    runs, first = {}, None
+    for n in sorted({max(1, int(f * s.steps["dense_steps"])) for f in FACTORS}):
+        folder = s.work / "steps" / f"seed{seed}" / str(n)
+        prepare = None if first is None else _copy_tokenizer(first.folder, folder)
+        runs[n] = Run(folder, flags + ["--seed", str(seed), "--moe", "none", "--dense-steps",
+                                       str(n), "--sample-every", "0", "--eval-n", "0",
+                                       "--out", str(folder)],
+                      s.docs / "runs" / "steps" / f"seed{seed}" / str(n), prepare,
+                      [] if first is None else [first])
+        first = first or runs[n]
+    return runs
+
+
+def _copy_tokenizer(source, folder):
+    def prepare():
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "vq.pt").exists():
+            shutil.copy(source / "vq.pt", folder / "vq.pt")
+    return prepare
+
+
+def stage2_minutes(run: Run) -> float:
+    return run.summary()["cost"]["stages"]["dense"]["time_s"] / 60
+
+
+def last_heldout(run: Run) -> dict:
+    checks = run.heldout_log()
+    return checks[-1]["heldout"] if checks else {}
+
+
+def main() -> None:
+    s = parse(__doc__)
+    seed = s.seeds[0]
+    runs = runs_of(s, seed)
+    if not evaluated(s, "steps", seed).exists():  # eval.py will need the checkpoints
+        for r in runs.values():
+            r.local = True
+    run_all(list(runs.values()), s.jobs)
+    named = {str(n): r for n, r in runs.items()}
+    reports = evaluate(s, "steps", seed, named,
+                       tuple(VALIDATION + ["--n", str(EVAL_PROMPTS)]))
+
+    rows, data, minutes = [], {}, []
+    for n, run in runs.items():
+        report, losses = reports[str(n)], last_heldout(run)
+        values = model_columns(report)
+        minutes.append(stage2_minutes(run))
+        data[n] = {"columns": values, "stage2_min": minutes[-1], "heldout": losses,
+                   "mmu_majority": report["mmu"]["majority_baseline"]}
+        rows.append([str(n), f"{minutes[-1]:.1f}", cell([losses.get("t2i")]),
+                     cell([losses.get("mmu")])] + model_cells(values))
+    md = table(["dense steps", "stage-2 min", "held-out T2I", "held-out MMU"] + MODEL_HEADER,
+               rows)
+
+    def series(index: int, scale: float = 100) -> list[float]:
+        return [data[n]["columns"][index] * scale for n in runs]
+    chart = line_chart({
+        "GenEval %": {"model": (minutes, series(1)), "tokenizer ceiling": (minutes, series(0))},
+        "MMU %": {"model": (minutes, series(8)),
+                  "majority answer": (minutes, [100 * data[n]["mmu_majority"] for n in runs])},
+        "held-out T2I loss": {"model": (minutes, [data[n]["heldout"].get("t2i", float("nan"))
+                                                  for n in runs])},
+    }, "stage-2 minutes (2 CPU threads)", from_zero=False)
+    write(s, "steps", f"## Dense steps against quality (seed {seed}, validation draw, "
+          f"{EVAL_PROMPTS} prompts a category)\n\n{md}", {"runs": data, "seed": seed},
+          {"curves": chart})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
