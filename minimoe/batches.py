@@ -94,9 +94,10 @@ class Batcher:
         # of the caption from the image, where a question supervises one answer.
         captioning = torch.rand(len(mmu), generator=gen) < cfg.train.caption_share
         for s, c, cap in zip(mmu, codes[len(t2i):], captioning):
-            q, a = ("", s.caption) if cap else self._pick_qa(s, gen)
-            rows.append(mmu_row(c.tolist(), self.text.encode(question_text(q)),
-                                self.text.encode(a), v, seq_len))
+            turns = [("", s.caption)] if cap else self._pick_turns(s, gen)
+            rows.append(mmu_row(c.tolist(), [(self.text.encode(question_text(q)),
+                                              self.text.encode(a)) for q, a in turns],
+                                v, seq_len))
         b_mmu = collate(rows, MMU, self.domain_ids(mmu)) if rows else None
 
         rows = []
@@ -117,6 +118,14 @@ class Batcher:
         encoded = iter(self.image_tok.encode(images).cpu()) if images else iter(())
         return torch.stack([s.codes.flatten().long() if s.codes is not None else next(encoded)
                             for s in samples])
+
+    def _pick_turns(self, sample, gen: torch.Generator) -> list[tuple[str, str]]:
+        """Up to --mmu-turns of the sample's questions, distinct, in random order."""
+        turns = self.cfg.train.mmu_turns
+        if turns == 1 or not sample.qa:
+            return [self._pick_qa(sample, gen)]
+        order = torch.randperm(len(sample.qa), generator=gen)[:turns].tolist()
+        return [sample.qa[i] for i in order]
 
     @staticmethod
     def _pick_qa(sample, gen: torch.Generator) -> tuple[str, str]:

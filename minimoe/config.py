@@ -111,6 +111,7 @@ class TrainConfig:
     w_lm: float = 0.1  # loss weight of text next-token prediction
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
+    mmu_turns: int = 1  # questions about its image a MMU row may carry (packed while they fit)
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
@@ -278,7 +279,8 @@ def validate(cfg: Config) -> None:
         if not 0 <= value <= 1:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value}: use a probability in [0, 1]")
     for name, value in dict(grad_accum=cfg.train.grad_accum,
-                            sample_steps=cfg.train.sample_steps).items():
+                            sample_steps=cfg.train.sample_steps,
+                            mmu_turns=cfg.train.mmu_turns).items():
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 1")
     validate_moe(cfg)

@@ -89,17 +89,28 @@ def mmu_prefix(codes: list[int], question: list[int], vocab: Vocab):
     return tokens, groups
 
 
-def mmu_row(codes: list[int], question: list[int], answer: list[int], vocab: Vocab,
+def mmu_row(codes: list[int], turns: list[tuple[list[int], list[int]]], vocab: Vocab,
             seq_len: int):
-    """(tokens, groups, labels) of one training MMU row."""
+    """(tokens, groups, labels) of one training MMU row: the image, then (question, answer)
+    turns, each answer closed by [eot] and supervised. The first turn must fit; the others
+    are packed in order while the row has room (LLaVA-style turns about one image, so that
+    the image block is paid once for several answers)."""
+    (question, answer), *_ = turns
     tokens, groups = mmu_prefix(codes, question, vocab)
-    start = len(tokens)  # first answer position
-    tokens = tokens + answer + [vocab.eot]
-    if len(tokens) > seq_len:
-        raise ValueError(f"question + answer are {len(question) + len(answer)} bytes; "
-                         f"at most {seq_len - start + len(question) - 1} fit")
-    groups = groups + list(range(start, len(tokens)))
-    labels = [IGNORE] * (start - 1) + tokens[start:] + [IGNORE]
+    supervised = [False] * len(tokens)
+    for i, (q, a) in enumerate(turns):
+        ask = q if i else []  # the first question is part of the prefix
+        if len(tokens) + len(ask) + len(a) + 1 > seq_len:
+            if i == 0:
+                fit = seq_len - (len(tokens) - len(question)) - 1
+                raise ValueError(f"question + answer are {len(question) + len(answer)} "
+                                 f"bytes; at most {fit} fit")
+            break
+        tokens = tokens + ask + a + [vocab.eot]
+        supervised += [False] * len(ask) + [True] * (len(a) + 1)
+    groups = groups + list(range(len(groups), len(tokens)))
+    # shifted: the position before each answer token (and before its [eot]) predicts it
+    labels = [t if s else IGNORE for t, s in zip(tokens[1:], supervised[1:])] + [IGNORE]
     return _pad_right(tokens, groups, labels, vocab, seq_len)
 
 

@@ -1,4 +1,5 @@
 """Sequence layouts, the omni-attention mask and labels.  Run: pytest -q tests/test_sequences.py"""
+import pytest
 import torch
 
 from minimoe.sequences import (IGNORE, LM, MMU, PAD_GROUP, T2I, attention_mask, collate,
@@ -43,7 +44,7 @@ def test_t2i_mask_text_causal_image_bidirectional_padding_never_attended():
 
 def test_mmu_prefix_bidirectional_then_causal_and_labels_on_answer_only():
     q, a = [113, 63, 32], [114, 101, 100]
-    tokens, groups, labels = mmu_row(CODES, q, a, V, SEQ_LEN + 4)
+    tokens, groups, labels = mmu_row(CODES, [(q, a)], V, SEQ_LEN + 4)
     prefix = 3 + N_IMG  # [mmu] [soi] codes [eoi]
     m = allowed(tokens, groups)
     assert m[:prefix, :prefix].all()
@@ -58,6 +59,29 @@ def test_mmu_prefix_bidirectional_then_causal_and_labels_on_answer_only():
     targets = {i: l for i, l in enumerate(labels) if l != IGNORE}
     first = prefix + 1 + len(q)
     assert targets == {first - 1 + j: t for j, t in enumerate(a + [V.eot])}
+
+
+def test_mmu_turns_supervise_every_answer_and_pack_only_what_fits():
+    """Each answer (and the [eot] closing it) is predicted from the position before it, the
+    questions are not; a turn that would not fit is left out, never cut."""
+    turns = [([113, 63], [114, 101]), ([104, 63], [120]), ([105, 106, 63], [121, 122])]
+    prefix = 3 + N_IMG + 1  # [mmu] [soi] codes [eoi] [sot]
+    one = [113, 63, 114, 101, V.eot]
+    two = one + [104, 63, 120, V.eot]
+    for room, text in ((len(one), one), (len(two), two), (len(two) + 5, two),
+                       (len(two) + 6, two + [105, 106, 63, 121, 122, V.eot])):
+        tokens, groups, labels = mmu_row(CODES, turns, V, prefix + room)
+        assert tokens[prefix:prefix + len(text)] == text
+        assert set(tokens[prefix + len(text):]) <= {V.pad}
+        answers = [t for q, a in turns[:text.count(V.eot)] for t in a + [V.eot]]
+        assert [l for l in labels if l != IGNORE] == answers
+        for i, l in enumerate(labels):
+            assert l == IGNORE or l == tokens[i + 1]
+        m = allowed(tokens, groups)
+        txt = torch.arange(prefix - 1, prefix + len(text))
+        assert torch.equal(m[txt][:, txt], torch.ones(len(txt), len(txt)).tril().bool())
+    with pytest.raises(ValueError, match="at most"):
+        mmu_row(CODES, turns, V, prefix + len(one) - 1)
 
 
 def test_lm_row_is_causal_and_predicts_every_next_token():

@@ -287,6 +287,32 @@ def test_caption_share_turns_that_share_of_mmu_rows_into_captioning(tmp_path):
     assert 0 < sum(answers[0.5]) < 16
 
 
+def test_mmu_turns_ask_several_distinct_questions_of_one_image(tmp_path):
+    """--mmu-turns 3: question rows answer up to three of their sample's questions, no
+    question twice, each answer one the sample gives; 1: one question a row."""
+    from minimoe.tokenizers import TextTokenizer
+    counts = {}
+    for turns in (1, 3):
+        cfg = micro_config(batch_t2i=0, batch_mmu=16, batch_lm=0, caption_share=0.0,
+                           mmu_turns=turns, text_len=128)
+        _, batcher, _, _ = setup(cfg, tmp_path)
+        text = TextTokenizer(batcher.vocab)
+        batch = batcher(0)
+        counts[turns] = []
+        for row, i in zip(batch.tokens_BL, range(16)):
+            sample = batcher.source[i]
+            ids = row.tolist()
+            ids = ids[ids.index(batcher.vocab.sot) + 1:]
+            ends = [j for j, t in enumerate(ids) if t == batcher.vocab.eot]
+            pairs = [text.decode(ids[a + 1:b]) for a, b in zip([-1] + ends, ends)]
+            # each turn is "question answer": one of the sample's pairs, none repeated
+            asked = [next(qa for qa in sample.qa if p == f"{qa[0]} {qa[1]}") for p in pairs]
+            assert len(set(asked)) == len(asked)
+            counts[turns].append(len(asked))
+    assert set(counts[1]) == {1}
+    assert max(counts[3]) > 1 and set(counts[3]) <= {1, 2, 3}
+
+
 def test_autocast_auto_is_bf16_on_cuda_only_and_the_flag_forces_it():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not trainer.uses_bf16("auto", cpu) and trainer.uses_bf16("auto", cuda)
