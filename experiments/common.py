@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
 
 from minimoe import atomic  # noqa: E402  (needs the path above)
-from minimoe.config import make_config  # noqa: E402
+from minimoe.config import add_arguments, from_args  # noqa: E402
 from minimoe.cli import ArgumentParser, about  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
@@ -43,11 +43,11 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channe
          "--sample-every", "0", "--taylor-batches", "2"]
 # The study's archived runs (DOCS/runs) were trained with the first tokenizers (256 codes, MSE
 # alone, a conv encoder; byte text in 64 slots), 1-D rotary, question-only MMU rows and an even
-# domain mix, and sampled at guidance 2; pinned, so that a tiny run trained now is comparable
-# with them.
-STUDY = ["--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab",
-         "256", "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-         "shapes,glyphs,patterns", "--guidance", "2"]
+# domain mix, 2000 dense steps, and sampled at guidance 2; pinned, so that a tiny run trained
+# now is comparable with them.
+STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder",
+         "conv", "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
+         "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 
@@ -63,9 +63,10 @@ class Setting:
 
     @property
     def steps(self) -> dict:
-        if self.smoke:
-            return {"dense_steps": 4, "moe_steps": 4}
-        train = make_config(self.preset).train
+        """The stage lengths every run of this setting trains (the preset's, or as pinned)."""
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        train = from_args(parser.parse_args(self.flags())).train
         return {"dense_steps": train.dense_steps, "moe_steps": train.moe_steps}
 
     def flags(self) -> list[str]:

@@ -1,18 +1,21 @@
 """Quality against training time: the dense model of today's defaults trained for more and
 more steps from one tokenizer, so that the curve shows what each CPU-minute of stage 2 buys.
 
-    python experiments/steps.py            # tiny preset, CPU, alone: about 55 min
+    python experiments/steps.py            # tiny preset, CPU, alone: about 65 min
     python experiments/steps.py --smoke    # a micro run of everything (CI)
 
-Each run is `train.py --moe none --dense-steps N` for N = 0.5, 1, 2 and 4 times the preset's
-dense steps; its warmup and cosine schedule span its own N steps, so every point is a whole
-run, not a checkpoint of a longer one. The first run trains the tokenizer and the others start
-from a copy of its vq.pt: stage 1 is paid once, and a run's minutes are its stage 2 alone.
+Each run is `train.py --moe none --dense-steps N` on the preset's defaults, for N = 0.5, 1, 2
+and 4 times the experiments' dense steps (2000 on the tiny preset); its warmup and cosine
+schedule span its own N steps, so every point is a whole run, not a checkpoint of a longer
+one. The first run trains the tokenizer and the others start from a copy of its vq.pt:
+stage 1 is paid once, and a run's minutes are its stage 2 alone.
 Every model is evaluated by eval.py on the validation draw with EVAL_PROMPTS prompts a
 category (two samples each). Table: steps, stage-2 minutes, the last held-out losses, GenEval
 per category, MMU per question type and FID. Chart: GenEval (beside the tokenizer ceiling),
-MMU (beside the majority answer) and the held-out T2I loss against stage-2 minutes.
-Runs use the first seed of --seeds. Writes docs/experiments/steps.{md,json} and
+MMU (beside the majority answer) and the held-out T2I loss against stage-2 minutes. A second
+table puts recipe levers (LEVERS) beside the run of 1x the steps, from the same
+tokenizer, so that a lever and more steps are weighed on one scale. Runs use the first seed of
+--seeds. Writes docs/experiments/steps.{md,json} and
 steps_curves.png.
 """
 import shutil
@@ -22,8 +25,11 @@ from quality import MODEL_HEADER, VALIDATION, model_cells, model_columns
 
 from minimoe.plots import line_chart
 
-FACTORS = (0.5, 1, 2, 4)  # dense steps of each run, as multiples of the preset's
+FACTORS = (0.5, 1, 2, 4)  # dense steps of each run, as multiples of the experiments'
 EVAL_PROMPTS = 40  # GenEval prompts a category: 480 images a model, about +-2 points
+LEVERS = {  # train.py flags, at 1x the dense steps
+    "--mmu-turns 3": ["--mmu-turns", "3"],  # up to 3 questions about the image a MMU row
+}
 
 
 def runs_of(s, seed: int) -> dict[int, Run]:
@@ -41,6 +47,18 @@ def runs_of(s, seed: int) -> dict[int, Run]:
                       [] if first is None else [first])
         first = first or runs[n]
     return runs
+
+
+def lever_runs(s, seed: int, runs: dict[int, Run]) -> dict[str, Run]:
+    """{lever: run}: 1x the dense steps with the lever's flags, from the same tokenizer."""
+    first, base = next(iter(runs.values())), runs[s.steps["dense_steps"]]
+    out = {}
+    for name, flags in LEVERS.items():
+        folder = s.work / "steps" / f"seed{seed}" / name.strip("-").replace(" ", "-")
+        cmd = base.cmd[:base.cmd.index("--out")] + flags + ["--out", str(folder)]
+        out[name] = Run(folder, cmd, s.docs / "runs" / "steps" / f"seed{seed}" / folder.name,
+                        _copy_tokenizer(first.folder, folder), [first])
+    return out
 
 
 def _copy_tokenizer(source, folder):
@@ -62,15 +80,17 @@ def last_heldout(run: Run) -> dict:
 
 def main() -> None:
     s = parse(__doc__)
+    s.seeds = s.seeds[:1]
     seed = s.seeds[0]
-    runs = runs_of(s, seed)
-    if not evaluated(s, "steps", seed).exists():  # eval.py will need the checkpoints
-        for r in runs.values():
-            r.local = True
-    run_all(list(runs.values()), s.jobs)
-    named = {str(n): r for n, r in runs.items()}
-    reports = evaluate(s, "steps", seed, named,
-                       tuple(VALIDATION + ["--n", str(EVAL_PROMPTS)]))
+    runs, flags = runs_of(s, seed), tuple(VALIDATION + ["--n", str(EVAL_PROMPTS)])
+    levers = lever_runs(s, seed, runs)
+    for name, group in (("steps", runs), ("steps-levers", levers)):
+        if not evaluated(s, name, seed).exists():  # eval.py will need the checkpoints
+            for r in group.values():
+                r.local = True
+    run_all(list(runs.values()) + list(levers.values()), s.jobs)
+    reports = evaluate(s, "steps", seed, {str(n): r for n, r in runs.items()}, flags)
+    lever_reports = evaluate(s, "steps-levers", seed, levers, flags)
 
     rows, data, minutes = [], {}, []
     for n, run in runs.items():
@@ -81,8 +101,16 @@ def main() -> None:
                    "mmu_majority": report["mmu"]["majority_baseline"]}
         rows.append([str(n), f"{minutes[-1]:.1f}", cell([losses.get("t2i")]),
                      cell([losses.get("mmu")])] + model_cells(values))
-    md = table(["dense steps", "stage-2 min", "held-out T2I", "held-out MMU"] + MODEL_HEADER,
-               rows)
+    header = ["stage-2 min", "held-out T2I", "held-out MMU"] + MODEL_HEADER
+    md = table(["dense steps"] + header, rows)
+    base = s.steps["dense_steps"]
+    rows = [[f"{base} steps"] + rows[list(runs).index(base)][1:]]
+    for name, run in levers.items():
+        values, losses = model_columns(lever_reports[name]), last_heldout(run)
+        data[name] = {"columns": values, "stage2_min": stage2_minutes(run), "heldout": losses}
+        rows.append([f"{base} steps, {name}", f"{data[name]['stage2_min']:.1f}",
+                     cell([losses.get("t2i")]), cell([losses.get("mmu")])] + model_cells(values))
+    levers_md = table(["run"] + header, rows)
 
     def series(index: int, scale: float = 100) -> list[float]:
         return [data[n]["columns"][index] * scale for n in runs]
@@ -92,11 +120,11 @@ def main() -> None:
                   "majority answer": (minutes, [100 * data[n]["mmu_majority"] for n in runs])},
         "held-out T2I loss": {"model": (minutes, [data[n]["heldout"].get("t2i", float("nan"))
                                                   for n in runs])},
-    }, "stage-2 minutes (2 CPU threads)", from_zero=False)
+    }, "stage-2 minutes", from_zero=False)
     write(s, "steps", f"## Dense steps against quality (seed {seed}, validation draw, "
-          f"{EVAL_PROMPTS} prompts a category)\n\n{md}", {"runs": data, "seed": seed},
-          {"curves": chart})
-    print(md)
+          f"{EVAL_PROMPTS} prompts a category)\n\n{md}\n\n## Levers at {base} steps, from the "
+          f"same tokenizer\n\n{levers_md}", {"runs": data, "seed": seed}, {"curves": chart})
+    print(md + "\n\n" + levers_md)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 from quality import RECIPE, SAMPLER, TOKENIZER  # noqa: E402  (needs the path above)
+from steps import LEVERS  # noqa: E402
 
 from minimoe.evaluation import VALIDATION_SEED  # noqa: E402
 
@@ -132,7 +133,7 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("argv, work, docs, flags, steps", [
     ([], "out/experiments", "docs/experiments",
-     ["--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab",
+     ["--dense-steps", "2000", "--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab",
       "256", "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
       "shapes,glyphs,patterns", "--guidance", "2"], (2000, 600)),
     (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
@@ -149,7 +150,8 @@ def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, arg
     assert (str(s.work), str(s.docs), s.flags()) == (work, docs, flags)
     assert (s.steps["dense_steps"], s.steps["moe_steps"]) == steps
     continued = common.dense_continued(s, 0).cmd
-    assert continued[continued.index("--dense-steps") + 1] == str(sum(steps))
+    last = max(i for i, a in enumerate(continued) if a == "--dense-steps")  # the one that counts
+    assert continued[last + 1] == str(sum(steps))
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -236,8 +238,9 @@ def test_steps_trains_whole_runs_of_growing_length_from_one_tokenizer(tmp_path):
     import torch
     work = tmp_path / "work"
     _, data, table = smoke("steps", (work, tmp_path / "docs"))
-    steps = sorted(int(n) for n in data["runs"])
+    steps = sorted(int(n) for n in data["runs"] if n.isdigit())
     assert steps == [2, 4, 8, 16]  # 0.5, 1, 2 and 4 times the smoke setting's 4 dense steps
+    assert set(data["runs"]) - {str(n) for n in steps} == set(LEVERS)
     folders = [work / "smoke" / "steps" / "seed0" / str(n) for n in steps]
     first_vq = torch.load(folders[0] / "vq.pt", weights_only=False)["vq"]
     for n, folder in zip(steps, folders):
@@ -249,6 +252,13 @@ def test_steps_trains_whole_runs_of_growing_length_from_one_tokenizer(tmp_path):
         assert trained_vq == (n == steps[0])
         vq = torch.load(folder / "vq.pt", weights_only=False)["vq"]
         assert all(torch.equal(vq[k], first_vq[k]) for k in first_vq)
-    (metrics,) = (work / "smoke").glob("eval-steps/seed0/metrics.json")
-    assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED
+    for lever in LEVERS:  # beside the run of the preset's steps, from the same tokenizer
+        assert f"| 4 steps, {lever} |" in table
+        (folder,) = [f for f in (work / "smoke" / "steps" / "seed0").iterdir()
+                     if not f.name.isdigit() and f.name in lever.replace(" ", "-")]
+        vq = torch.load(folder / "vq.pt", weights_only=False)["vq"]
+        assert all(torch.equal(vq[k], first_vq[k]) for k in first_vq)
+    for name in ("steps", "steps-levers"):
+        (metrics,) = (work / "smoke").glob(f"eval-{name}/seed0/metrics.json")
+        assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED
     assert (tmp_path / "docs" / "steps_curves.png").exists()
