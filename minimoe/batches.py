@@ -122,8 +122,8 @@ class Batcher:
     def _pick_turns(self, sample, gen: torch.Generator) -> list[tuple[str, str]]:
         """Up to --mmu-turns of the sample's questions, distinct, in random order."""
         turns = self.cfg.train.mmu_turns
-        if turns == 1 or not sample.qa:
-            return [self._pick_qa(sample, gen)]
+        if turns == 1 or not sample.qa:  # one draw, as the LM rows make: one turn's batches
+            return [self._pick_qa(sample, gen)]  # are those of a run without turns
         order = torch.randperm(len(sample.qa), generator=gen)[:turns].tolist()
         return [sample.qa[i] for i in order]
 
