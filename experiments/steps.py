@@ -15,8 +15,7 @@ per category, MMU per question type and FID. Chart: GenEval (beside the tokenize
 MMU (beside the majority answer) and the held-out T2I loss against stage-2 minutes. A second
 table puts recipe levers (LEVERS) beside the run of 1x the steps, from the same
 tokenizer, so that a lever and more steps are weighed on one scale. Runs use the first seed of
---seeds. Writes docs/experiments/steps.{md,json} and
-steps_curves.png.
+--seeds. Writes docs/experiments/steps.{md,json} and steps_curves.png.
 """
 import shutil
 
@@ -78,6 +77,16 @@ def last_heldout(run: Run) -> dict:
     return checks[-1]["heldout"] if checks else {}
 
 
+def measured(run: Run, report: dict) -> tuple[dict, list[str]]:
+    """A run's numbers (eval.py's columns, stage-2 minutes, last held-out losses) and the
+    table cells after its label."""
+    values, losses = model_columns(report), last_heldout(run)
+    found = {"columns": values, "stage2_min": stage2_minutes(run), "heldout": losses,
+             "mmu_majority": report["mmu"]["majority_baseline"]}
+    return found, ([f"{found['stage2_min']:.1f}", cell([losses.get("t2i")]),
+                    cell([losses.get("mmu")])] + model_cells(values))
+
+
 def main() -> None:
     s = parse(__doc__)
     s.seeds = s.seeds[:1]
@@ -92,31 +101,27 @@ def main() -> None:
     reports = evaluate(s, "steps", seed, {str(n): r for n, r in runs.items()}, flags)
     lever_reports = evaluate(s, "steps-levers", seed, levers, flags)
 
-    rows, data, minutes = [], {}, []
+    data, rows = {}, []
     for n, run in runs.items():
-        report, losses = reports[str(n)], last_heldout(run)
-        values = model_columns(report)
-        minutes.append(stage2_minutes(run))
-        data[n] = {"columns": values, "stage2_min": minutes[-1], "heldout": losses,
-                   "mmu_majority": report["mmu"]["majority_baseline"]}
-        rows.append([str(n), f"{minutes[-1]:.1f}", cell([losses.get("t2i")]),
-                     cell([losses.get("mmu")])] + model_cells(values))
+        data[n], cells = measured(run, reports[str(n)])
+        rows.append([str(n)] + cells)
     header = ["stage-2 min", "held-out T2I", "held-out MMU"] + MODEL_HEADER
     md = table(["dense steps"] + header, rows)
     base = s.steps["dense_steps"]
     rows = [[f"{base} steps"] + rows[list(runs).index(base)][1:]]
     for name, run in levers.items():
-        values, losses = model_columns(lever_reports[name]), last_heldout(run)
-        data[name] = {"columns": values, "stage2_min": stage2_minutes(run), "heldout": losses}
-        rows.append([f"{base} steps, {name}", f"{data[name]['stage2_min']:.1f}",
-                     cell([losses.get("t2i")]), cell([losses.get("mmu")])] + model_cells(values))
+        data[name], cells = measured(run, lever_reports[name])
+        rows.append([f"{base} steps, {name}"] + cells)
     levers_md = table(["run"] + header, rows)
 
-    def series(index: int, scale: float = 100) -> list[float]:
-        return [data[n]["columns"][index] * scale for n in runs]
+    minutes = [data[n]["stage2_min"] for n in runs]
+
+    def series(column: str) -> list[float]:
+        return [100 * data[n]["columns"][MODEL_HEADER.index(column)] for n in runs]
     chart = line_chart({
-        "GenEval %": {"model": (minutes, series(1)), "tokenizer ceiling": (minutes, series(0))},
-        "MMU %": {"model": (minutes, series(8)),
+        "GenEval %": {"model": (minutes, series("GenEval %")),
+                      "tokenizer ceiling": (minutes, series("ceiling %"))},
+        "MMU %": {"model": (minutes, series("MMU %")),
                   "majority answer": (minutes, [100 * data[n]["mmu_majority"] for n in runs])},
         "held-out T2I loss": {"model": (minutes, [data[n]["heldout"].get("t2i", float("nan"))
                                                   for n in runs])},
