@@ -1,0 +1,72 @@
+"""experiments/words.py: what a caption's words are worth to the codes. The pieces it rests on
+(which patches hold an object, a swap changes exactly one word, the count of centres behind
+its bound) and the script end to end on an untrained micro model."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from words import MASKED, WORDS, centre_range, centres, object_patches, swapped  # noqa: E402
+
+from minimoe.data import SIZES, random_shape_objects, render_shapes, shapes_caption  # noqa: E402
+
+
+def test_object_patches_are_the_patches_with_a_lit_pixel():
+    a = np.zeros((8, 8, 3), dtype=np.uint8)
+    a[1, 6] = (200, 10, 10)  # one bright pixel in the top-right patch
+    a[5, 1] = (40, 40, 40)  # a dark (anti-aliased) pixel is background
+    got = object_patches([Image.fromarray(a)], 4)
+    assert got.tolist() == [[False, True, False, False]]
+
+
+def test_a_swap_changes_exactly_one_word_of_the_caption():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        obj = random_shape_objects(rng, 32, 1)[0]
+        for word in WORDS:
+            other = swapped(obj, word, rng)
+            assert other[word] != obj[word] and other[word] in WORDS[word]
+            assert {k for k in obj if obj[k] != other[k]} == {word}
+            before, after = shapes_caption([obj]).split(), shapes_caption([other]).split()
+            assert sum(x != y for x, y in zip(before, after)) == 1
+
+
+def test_the_bound_counts_every_centre_the_placement_can_draw():
+    rng = np.random.default_rng(1)
+    seen = {s: set() for s in SIZES}
+    for _ in range(4000):
+        obj = random_shape_objects(rng, 32, 1)[0]
+        seen[obj["size"]].add((obj["cx"], obj["cy"]))
+    for size, frac in SIZES.items():
+        lo, hi = centre_range(32, frac * 32)
+        axes = [sorted({c[i] - 0.5 for c in seen[size]}) for i in (0, 1)]
+        assert all(ax[0] == lo and ax[-1] == hi for ax in axes)  # the range is the placement's
+        assert len(seen[size]) <= centres(32, frac * 32) == (hi - lo + 1) ** 2
+
+
+def test_the_script_measures_every_caption_variant_at_every_share(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "words.py"), "--smoke",
+                        "--docs", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run, by_share), = json.loads((tmp_path / "words.json").read_text()).items()
+    assert set(by_share) == {str(s) for s in MASKED}
+    for ce in by_share.values():
+        assert set(ce) == {"true", "empty", *(f"other {w}" for w in WORDS)}
+        for parts in ce.values():
+            # an untrained model spreads its guess over all 16 codes: about log 16 nats
+            assert all(abs(v - math.log(16)) < 1.0 for v in parts.values())
+    assert "| untrained | 90 % |" in (tmp_path / "words.md").read_text()
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "words.py"), "--ckpt",
+                        str(tmp_path / "none.pt"), "--docs", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
