@@ -1,6 +1,6 @@
 """What has the model learnt each word of a caption to mean for the image it draws?
 
-    python experiments/words.py --ckpt out/moe-taylor/dense.pt [--ckpt OTHER ...]  # a minute
+    python experiments/words.py --ckpt out/moe-taylor/dense.pt [--ckpt NAME=PATH ...]  # a minute
     python experiments/words.py --smoke                      # an untrained micro model (CI)
 
 Single-object scenes of the shapes domain ("a small red circle") are encoded by each run's
@@ -125,9 +125,16 @@ def markdown(results: dict, size: int) -> str:
             "whatever share of its codes is masked.")
 
 
+def named(spec: str) -> tuple[str, str]:
+    """"NAME=PATH" -> (NAME, PATH); a bare path names itself."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep and "/" not in name else (spec, spec)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=cli.about(__doc__))
-    p.add_argument("--ckpt", action="append", default=[], help="a model checkpoint; repeat")
+    p.add_argument("--ckpt", action="append", default=[],
+                   help="a model checkpoint, or NAME=PATH to name its table rows; repeat")
     p.add_argument("--scenes", type=int, default=SCENES)
     p.add_argument("--smoke", action="store_true", help="an untrained micro model, 8 scenes")
     p.add_argument("--docs", default="docs/experiments")
@@ -146,9 +153,10 @@ def main() -> None:
     elif not args.ckpt:
         p.error("give --ckpt RUN/ckpt.pt (repeat to compare runs), or --smoke")
     with cli.user_errors(args.debug):  # a missing or corrupt checkpoint: one line, exit 2
-        for path in args.ckpt:
+        for spec in args.ckpt:
+            name, path = named(spec)
             cfg, session, tok = inference.load(path, "cpu")
-            results[path], size = measure(session, tok, cfg, args.scenes), cfg.data.image_size
+            results[name], size = measure(session, tok, cfg, args.scenes), cfg.data.image_size
     md = markdown(results, size)
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,32 @@ def build_model(cfg: Config, device: torch.device | str = "cpu") -> tuple[Transf
     model = Transformer(cfg.model, vocab.size, vocab.pad, vocab.image_offset, cfg.image_tokens,
                         spec, layers, backend(cfg.moe.moe_backend),
                         cfg.train.activation_checkpointing,
-                        untie=spec is not None and cfg.moe.untie_attention == "modality")
+                        untie=spec is not None and cfg.moe.untie_attention == "modality",
+                        pixel_features=pixel_features(cfg))
     return model.to(device), vocab
+
+
+def pixel_features(cfg: Config) -> int:
+    """How many numbers describe a code's pixels under --code-features pixels (else 0): its
+    patch's RGB values and each pixel's brightest channel."""
+    return 4 * cfg.vq.vq_downsample ** 2 if cfg.model.code_features == "pixels" else 0
+
+
+@torch.no_grad()
+def code_pixels(vq) -> torch.Tensor:
+    """[codes, F]: the patch each code draws when it fills a 3x3 grid (the centre patch, so
+    that the decoder's reach beyond a patch sees the same code all round), as RGB and as the
+    brightest channel of each pixel, mapped to [-1, 1] and divided by sqrt(F).
+
+    The division gives a code's vector a norm of about 1, so that an AdamW step moves the
+    pixel map's share of a code's embedding about as far as it moves the code's own row;
+    undivided, the map's gradient was the largest in the model and the global clip shrank
+    every other update."""
+    K, f = vq.cfg.vq_codes, vq.cfg.vq_downsample
+    codes = torch.arange(K, device=vq.codebook_KD.device)[:, None, None].expand(K, 3, 3)
+    patch = vq.decode(codes)[:, :, f:2 * f, f:2 * f]
+    x = torch.cat([patch, patch.amax(1, keepdim=True)], 1).flatten(1) * 2 - 1
+    return (x / math.sqrt(x.shape[1])).float()
 
 
 @torch.no_grad()

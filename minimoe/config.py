@@ -50,6 +50,7 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
     image_pos: str = "rotary2d"  # a code's grid slot: rotary2d (row, column) | none (1-D) | learned
+    code_features: str = "none"  # none | pixels: a code's embedding and output row also see its pixels
 
 
 @dataclass
@@ -188,7 +189,8 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
            "autocast": ("auto", "bf16", "off"),
            "image_pos": ("none", "learned", "rotary2d"),
-           "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook")}
+           "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook"),
+           "code_features": ("none", "pixels")}
 
 
 def moe_layer_ids(spec: str, n_layers: int) -> list[int]:

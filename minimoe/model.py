@@ -189,12 +189,15 @@ class Transformer(nn.Module):
         activation_checkpointing: keep only each block's input in training and recompute the
             block in backward (less memory, one more forward).
         untie: a text and an image copy of every block's attention projections and norms.
+        pixel_features: with cfg.code_features "pixels", how many numbers describe the
+            pixels a code draws (`code_pixels_KF`, filled from the tokenizer by build.py).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
                  image_offset: int, image_tokens: int = 0, moe: MoESpec | None = None,
                  moe_layers: tuple[int, ...] = (), backend: Backend = TORCH,
-                 activation_checkpointing: bool = False, untie: bool = False):
+                 activation_checkpointing: bool = False, untie: bool = False,
+                 pixel_features: int = 0):
         super().__init__()
         self.cfg, self.pad_id, self.image_offset = cfg, pad_id, image_offset
         self.activation_checkpointing = activation_checkpointing
@@ -208,6 +211,17 @@ class Transformer(nn.Module):
             for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.pixels_in = self.pixels_out = None
+        if pixel_features:
+            # Image codes are atomic ids, and most of them are one edge or corner in one
+            # colour: learnt row by row, what the model knows of a stroke stays with that one
+            # id. A map of the pixels each code draws, shared by all codes, adds to every
+            # code's embedding and output row, so what is learnt about a pixel pattern
+            # carries over to every code that draws it, in any colour.
+            codes = vocab_size - 1 - image_offset  # [MASK] is the last id, after the codes
+            self.register_buffer("code_pixels_KF", torch.zeros(codes, pixel_features))
+            self.pixels_in = nn.Linear(pixel_features, cfg.d_model, bias=False)
+            self.pixels_out = nn.Linear(pixel_features, cfg.d_model, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():
             name = tied_name(name)  # an untied copy follows its weight's rule
@@ -243,6 +257,12 @@ class Transformer(nn.Module):
                          (tokens_BL != self.pad_id).flatten(),
                          None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
+        if self.pixels_in is not None:
+            codes_BL = tokens_BL - self.image_offset
+            is_code_BL = (codes_BL >= 0) & (codes_BL < len(self.code_pixels_KF))  # not [MASK]
+            pixels_BLD = self.pixels_in(self.code_pixels_KF)[codes_BL.clamp(0, len(
+                self.code_pixels_KF) - 1)]
+            x_BLD = x_BLD + torch.where(is_code_BL[..., None], pixels_BLD, 0.0)
         if self.image_pos is not None:
             slots_BL = image_slots(all_tokens, self.image_offset)[:, -L:]
             slot_BLD = self.image_pos(slots_BL.clamp(0, self.image_pos.num_embeddings - 1))
@@ -256,7 +276,16 @@ class Transformer(nn.Module):
             else:
                 x_BLD, layer_routing = block(x_BLD, cos, sin, mask_B1LS, cache, i, info)
             routing.append(layer_routing)
-        return ModelOutput(self.head(self.norm(x_BLD)), routing)
+        return ModelOutput(F.linear(self.norm(x_BLD), self.output_rows()), routing)
+
+    def output_rows(self) -> torch.Tensor:
+        """The output projection [vocab, d_model]: the head, plus each image code's pixels."""
+        if self.pixels_out is None:
+            return self.head.weight
+        w = self.head.weight
+        start, end = self.image_offset, self.image_offset + len(self.code_pixels_KF)
+        return torch.cat([w[:start], w[start:end] + self.pixels_out(self.code_pixels_KF),
+                          w[end:]])
 
     def moe_layers(self) -> list[tuple[int, MoE]]:
         return [(i, b.ffn) for i, b in enumerate(self.blocks) if isinstance(b.ffn, MoE)]

@@ -27,7 +27,7 @@ from . import bpe, checkpoint, config
 from .bpe import BYTES
 from .atomic import save_png, write_text
 from .batches import Batcher
-from .build import build_model, init_code_embeddings
+from .build import build_model, code_pixels, init_code_embeddings
 from .cli import UserError
 from .config import Config
 from .convert import convert_model
@@ -60,7 +60,7 @@ VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels
 TEXT_SAMPLES = 3000  # training samples whose texts the BPE merges are learnt from
 # What a dense checkpoint must share with this run to be converted by it.
 DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len",
-                  "image_pos") + VQ_IDENTITY
+                  "image_pos", "code_features") + VQ_IDENTITY
 GRID_PROMPTS = ("a large red circle", "a small blue square left of a large yellow triangle",
                 "two green circles and a purple square", "the digit 3 in yellow on blue",
                 "narrow red and blue vertical stripes", "")
@@ -484,6 +484,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
     model, _ = build_model(config.dense_version(cfg), device)
     if cfg.model.code_init == "codebook":  # loaded weights below replace it where they exist
         init_code_embeddings(model, vocab, image_tok.vq.codebook_KD, cfg.train.seed)
+    if model.pixels_in is not None:  # a fixed description of the tokenizer's codes
+        model.code_pixels_KF.copy_(code_pixels(image_tok.vq))
     source = Path(init) if init else files.dense if files.dense.exists() and payload is None \
         else None
     if source is not None:

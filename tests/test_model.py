@@ -1,5 +1,7 @@
 """The transformer: shapes, the mask's effect on outputs, KV-cache decoding equals a full
 forward, padding invariance.  Run: pytest -q tests/test_model.py"""
+import math
+
 import torch
 
 from minimoe.model import KVCache, apply_rotary, rotary
@@ -208,3 +210,121 @@ def test_the_dense_stage_starts_from_the_codebook_only_when_asked(tmp_path):
         assert torch.equal(rows[init], expected.embed.weight[vocab.image_offset:
                                                              vocab.image_offset + vocab.codes])
     assert not torch.equal(rows["random"], rows["codebook"])
+
+
+def _pixels_model(**overrides):
+    from conftest import micro_config
+    from minimoe.build import build_model
+    torch.manual_seed(0)
+    model, v = build_model(micro_config(code_features="pixels", **overrides))
+    model.code_pixels_KF.copy_(torch.randn_like(model.code_pixels_KF).sign())
+    return model, v
+
+
+def test_what_is_learnt_of_a_code_carries_over_to_a_code_with_its_pixels():
+    """One step towards code A at a position raises the logit of code B, which draws A's
+    pixels, far more than it raises the other codes' logits (their shared pixel map learnt
+    it); without --code-features B moves like any other code."""
+    from conftest import micro_config
+    from minimoe.build import build_model
+    outlier = {}
+    for features in ("pixels", "none"):
+        if features == "pixels":
+            model, v = _pixels_model()
+            model.code_pixels_KF[1] = model.code_pixels_KF[0]
+        else:
+            torch.manual_seed(0)
+            model, v = build_model(micro_config())
+        tokens, groups, _ = t2i_row([104, 105], [v.mask] * 16, v, 64)
+        tokens, groups = torch.tensor([tokens]), torch.tensor([groups])
+        at, codes = 70, slice(v.image_offset, v.image_offset + v.codes)  # an image position
+
+        def code_logits():
+            with torch.no_grad():
+                return model(tokens, groups).logits_BLV[0, at, codes]
+        before = code_logits()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        (-model(tokens, groups).logits_BLV[0, at, codes].log_softmax(-1)[0]).backward()
+        opt.step()
+        rise = code_logits() - before
+        others = rise[2:]  # neither A (code 0) nor B (code 1)
+        outlier[features] = ((rise[1] - others.mean()) / others.std()).item()
+    assert outlier["pixels"] > 3 and abs(outlier["none"]) < 3, outlier
+
+
+def test_code_pixels_reach_codes_only_not_mask_or_text():
+    """Changing what the codes draw changes nothing for a row without codes (text and [MASK]
+    positions), except the codes' own output rows; a row with codes changes everywhere."""
+    model, v = _pixels_model()
+    model.eval()
+    empty, groups, _ = t2i_row([104, 105], [v.mask] * 16, v, 64)
+    filled, _, _ = t2i_row([104, 105], [v.image_offset + i for i in range(16)], v, 64)
+    tokens, groups = torch.tensor([empty, filled]), torch.tensor([groups, groups])
+    with torch.no_grad():
+        before = model(tokens, groups).logits_BLV
+        model.code_pixels_KF.mul_(-1)
+        after = model(tokens, groups).logits_BLV
+    codes = slice(v.image_offset, v.image_offset + v.codes)
+    keep = torch.ones(v.size, dtype=torch.bool)
+    keep[codes] = False
+    assert torch.equal(before[0][:, keep], after[0][:, keep])
+    assert not torch.allclose(before[0][:, codes], after[0][:, codes])
+    assert not torch.allclose(before[1][:, keep], after[1][:, keep])
+
+
+def test_code_pixels_are_the_patch_each_code_draws():
+    """code_pixels: RGB of the centre patch of a grid filled with one code, then its brightest
+    channel, mapped to [-1, 1] and scaled to a norm of about 1."""
+    from conftest import micro_config
+    from minimoe.build import code_pixels, pixel_features
+    from minimoe.vq import VQModel
+    cfg = micro_config(code_features="pixels")
+    torch.manual_seed(0)
+    vq = VQModel(cfg.vq).eval()
+    got = code_pixels(vq)
+    f = cfg.vq.vq_downsample
+    assert got.shape == (cfg.vq.vq_codes, pixel_features(cfg)) == (cfg.vq.vq_codes, 4 * f * f)
+    patch = vq.decode(torch.full((1, 3, 3), 5))[0, :, f:2 * f, f:2 * f]
+    scale = math.sqrt(4 * f * f)
+    assert torch.allclose(got[5, :3 * f * f] * scale, patch.flatten() * 2 - 1, atol=1e-5)
+    assert torch.allclose(got[5, 3 * f * f:] * scale, patch.amax(0).flatten() * 2 - 1, atol=1e-5)
+    assert (got.norm(dim=1) <= 1 + 1e-5).all()
+
+
+def test_the_dense_stage_fills_code_pixels_and_conversion_and_loading_keep_them(tmp_path):
+    """With --code-features pixels the fresh dense model draws its code pixels from the run's
+    tokenizer (0 steps: the weights dense_stage returns are the initial ones); the MoE model
+    converted from it and a checkpoint loaded back hold the same pixels and give the same
+    logits."""
+    from conftest import micro_config
+    from minimoe import checkpoint, inference
+    from minimoe.batches import Batcher
+    from minimoe.build import build_model, code_pixels
+    from minimoe.config import make_config, to_dict
+    from minimoe.convert import convert_model
+    from minimoe.data import BuiltinData
+    from minimoe.run import RunFiles, dense_stage
+    from minimoe.tokenizers import ImageTokenizer
+    from minimoe.vq import VQModel
+    cfg = micro_config(code_features="pixels", dense_steps=0)
+    torch.manual_seed(0)
+    tok = ImageTokenizer(VQModel(cfg.vq).eval(), cfg.vq)
+    _, vocab = build_model(cfg)
+    dense = dense_stage(cfg, RunFiles(tmp_path / "run"), tok, vocab, torch.device("cpu"), None,
+                        None, progress=False)
+    assert torch.equal(dense.code_pixels_KF, code_pixels(tok.vq))
+    assert dense.code_pixels_KF.abs().sum() > 0
+    moe_cfg = micro_config(code_features="pixels", moe="random", num_experts=4, text_experts=2)
+    batch = Batcher(moe_cfg, BuiltinData(16, ("shapes",), "train", 0), vocab, tok)(0)
+    moe = convert_model(dense, moe_cfg, [batch], torch.Generator().manual_seed(0))
+    assert torch.equal(moe.code_pixels_KF, dense.code_pixels_KF)
+    assert torch.equal(moe.pixels_out.weight, dense.pixels_out.weight)
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save({"config": to_dict(cfg), "model": dense.state_dict(), "vq": tok.vq.state_dict(),
+                     "step": 0, "merges": []}, path)
+    _, session, _ = inference.load(path, "cpu")
+    assert torch.equal(session.model.code_pixels_KF, dense.code_pixels_KF)
+    dense.eval()
+    with torch.no_grad():
+        assert torch.equal(session.model(batch.tokens_BL, batch.groups_BL).logits_BLV,
+                           dense(batch.tokens_BL, batch.groups_BL).logits_BLV)

@@ -70,3 +70,10 @@ def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
                         str(tmp_path / "none.pt"), "--docs", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_a_checkpoint_may_be_named():
+    from words import named
+    assert named("main job=out/a/ckpt.pt") == ("main job", "out/a/ckpt.pt")
+    assert named("out/a=b/ckpt.pt") == ("out/a=b/ckpt.pt", "out/a=b/ckpt.pt")
+    assert named("ckpt.pt") == ("ckpt.pt", "ckpt.pt")
