@@ -363,6 +363,15 @@ def write(s: Setting, name: str, markdown: str, data: dict, pictures: dict) -> N
     print(f"wrote {s.docs / (name + '.md')}, {name}.json and {len(pictures)} pictures")
 
 
+def write_measured(docs: Path, name: str, markdown: str, data) -> None:
+    """DOCS/NAME.md and NAME.json of a script that measures given models or tokenizers
+    (no seeds, no runs of its own), and the table on stdout."""
+    docs.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(docs / f"{name}.md", markdown + "\n")
+    atomic.write_text(docs / f"{name}.json", json.dumps(data, indent=1) + "\n")
+    print(markdown)
+
+
 def layer_mean(routing: dict, key: str) -> float | None:
     """The mean over MoE layers of one routing statistic (None where no layer has it)."""
     values = [x[key] for x in routing.values() if x.get(key) is not None]

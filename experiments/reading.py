@@ -14,13 +14,13 @@ few thousand of them; these curves show how many examples reading a shape takes 
 model sees nothing else. Writes docs/experiments/reading.{md,json}.
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import write_measured
 from torch import nn
 
 from minimoe import checkpoint, cli, config
@@ -133,11 +133,7 @@ def main() -> None:
           + "\n".join(rows) + f"\n\nTokenizer: {args.vq or 'untrained micro'}; transformer: "
           f"d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, --image-pos "
           f"{cfg.model.image_pos}; {BATCH} scenes a step.")
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "reading.md").write_text(md + "\n")
-    (docs / "reading.json").write_text(json.dumps(curves, indent=1) + "\n")
-    print(md)
+    write_measured(Path(args.docs), "reading", md, curves)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ so a perfect model needs at most log(number of centres) nats for the whole grid,
 codes are masked. Writes docs/experiments/words.{md,json}.
 """
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import write_measured
 
 from minimoe import cli, config, inference
 from minimoe.build import build_model
@@ -157,12 +157,7 @@ def main() -> None:
             name, path = named(spec)
             cfg, session, tok = inference.load(path, "cpu")
             results[name], size = measure(session, tok, cfg, args.scenes), cfg.data.image_size
-    md = markdown(results, size)
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "words.md").write_text(md + "\n")
-    (docs / "words.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(md)
+    write_measured(Path(args.docs), "words", markdown(results, size), results)
 
 
 if __name__ == "__main__":
