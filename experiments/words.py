@@ -11,10 +11,16 @@ what the model has learnt that word to tell about the codes; codes are split int
 patches (a pixel of the patch is lit) and background patches, since a scene is mostly
 background. For scale: a single-object scene is fixed by its caption and the object's centre,
 so a perfect model needs at most log(number of centres) nats for the whole grid, however many
-codes are masked. Writes docs/experiments/words.{md,json}.
+codes are masked. A second table: single objects drawn for every one-object caption (DRAWS
+samples each), the share in which the checker finds the asked-for shape, per shape and per
+caption split (seen in training, or held out: the GenEval prompts come from the held-out
+ones), which tells drawing a shape apart from composing an unseen caption. Beside the tables, a picture: the same validation prompts of single objects
+drawn by each model (its own sampler settings), with the checker's verdicts. Writes
+docs/experiments/words.{md,json} and words_samples.png.
 """
 import argparse
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from common import write_measured
 
-from minimoe import cli, config, inference
+from minimoe import atomic, cli, config, evaluation, geneval, inference
 from minimoe.build import build_model
 from minimoe.data import COLOURS, SHAPES, SIZES, random_shape_objects, render_shapes, \
-    shapes_caption
+    shapes_caption, split_of
 from minimoe.data.shapes import EDGE_MARGIN
 from minimoe.inference import Session
+from minimoe.plots import image_grid
 from minimoe.sequences import t2i_row
 from minimoe.tokenizers import ImageTokenizer, images_to_tensor
 from minimoe.vq import VQModel
@@ -36,6 +43,8 @@ SCENES = 200  # held-out single-object scenes (drawn from their own seed, not th
 MASKED = (0.9, 0.5)  # shares of the codes masked: the start of sampling, and half-way
 WORDS = {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES)}
 LIT = 60  # a pixel brighter than this (max channel) is part of an object (the checker's rule)
+SAMPLE_PROMPTS = 8  # validation prompts of single objects each model draws in the picture
+DRAWS = 10  # samples of every one-object caption in the per-shape table
 
 
 def object_patches(images, downsample: int) -> torch.Tensor:
@@ -91,6 +100,63 @@ def measure(session: Session, tok: ImageTokenizer, cfg, scenes: int, seed: int =
     return result
 
 
+def drawn(name: str, session: Session, tok: ImageTokenizer, image_size: int):
+    """(images, labels): the validation draw's first single-object prompts, one sample each,
+    with the checker's verdict."""
+    prompts = [p for p in geneval.prompt_set(image_size, SAMPLE_PROMPTS,
+                                             evaluation.VALIDATION_SEED)
+               if p.category == "single_object"]
+    images = inference.generate(session, tok, [p.caption for p in prompts], seed=0)
+    verdicts = geneval.score(prompts, [[im] for im in images])["verdicts"]
+    return images, [f"{name} {'PASS' if ok[0] else 'FAIL'}: {p.caption}"
+                    for p, ok in zip(prompts, verdicts)]
+
+
+def one_object_prompts() -> list:
+    """Every one-object caption ("a small red circle"), as a single-object GenEval prompt."""
+    return [geneval.Prompt(f"a {size} {colour} {shape}", "single_object",
+                           [{"shape": shape, "colour": colour, "size": size}])
+            for size in SIZES for colour in COLOURS for shape in SHAPES]
+
+
+def caption_split(caption: str) -> str:
+    return split_of(f"shapes|{caption}")  # the data module's key of a shapes sample
+
+
+def per_shape(session: Session, tok: ImageTokenizer, draws: int) -> dict:
+    """{shape: {split: share of samples with the asked-for shape}} over every one-object
+    caption, `draws` samples each."""
+    prompts = one_object_prompts()
+    images = inference.generate(session, tok, [p.caption for p in prompts for _ in range(draws)],
+                                seed=0)
+    verdicts: dict[str, dict[str, list[bool]]] = {}
+    for i, p in enumerate(prompts):
+        for image in images[i * draws:(i + 1) * draws]:
+            split = verdicts.setdefault(p.objects[0]["shape"], {}).setdefault(
+                caption_split(p.caption), [])
+            split.append(geneval.check(p, geneval.find_objects(image)))
+    return {shape: {split: round(sum(v) / len(v), 4) for split, v in by_split.items()}
+            for shape, by_split in verdicts.items()}
+
+
+def shapes_markdown(results: dict, draws: int) -> str:
+    held = Counter(p.objects[0]["shape"] for p in one_object_prompts()
+                   if caption_split(p.caption) == "heldout")
+    header = ["run"] + [f"{shape}, {split}" for shape in SHAPES for split in ("seen", "held out")]
+    rows = [[run] + [f"{100 * r['shapes'][shape].get(split, float('nan')):.0f} %"
+                     for shape in SHAPES for split in ("train", "heldout")]
+            for run, r in results.items()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    counts = ", ".join(f"{shape} {held[shape]}" for shape in SHAPES)
+    return ("## Single objects drawn with the asked-for shape, captions seen in training or "
+            f"held out ({draws} samples a caption)\n\n" + "\n".join(lines) +
+            f"\n\nHeld-out one-object captions ({sum(held.values())} of "
+            f"{len(one_object_prompts())}, {len(one_object_prompts()) // len(SHAPES)} a shape): "
+            f"{counts}; a cell holds its captions times {draws} samples. A blob is read as a "
+            "circle, so circles pass more often than they are drawn.")
+
+
 def centre_range(image_size: int, r: float) -> tuple[int, int]:
     """The first and last pixel a centre of an object of half-extent r can sit on, along
     either axis (shapes.py's placement rule)."""
@@ -107,8 +173,8 @@ def markdown(results: dict, size: int) -> str:
     header = ["run", "masked", "object codes, true caption", *[f"+ other {w}" for w in WORDS],
               "+ empty caption", "background codes, true caption", "+ empty caption"]
     rows = []
-    for run, by_share in results.items():
-        for share, ce in by_share.items():
+    for run, r in results.items():
+        for share, ce in r["masked"].items():
             true = ce["true"]["object"]
             rows.append([run, f"{100 * float(share):.0f} %", f"{true:.3f}",
                          *[f"{ce['other ' + w]['object'] - true:+.3f}" for w in WORDS],
@@ -136,12 +202,23 @@ def main() -> None:
     p.add_argument("--ckpt", action="append", default=[],
                    help="a model checkpoint, or NAME=PATH to name its table rows; repeat")
     p.add_argument("--scenes", type=int, default=SCENES)
+    p.add_argument("--draws", type=int, default=DRAWS,
+                   help="samples of every one-object caption in the per-shape table")
     p.add_argument("--smoke", action="store_true", help="an untrained micro model, 8 scenes")
     p.add_argument("--docs", default="docs/experiments")
     cli.add_debug_flag(p)
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    results, size = {}, None
+    results, size, images, labels = {}, None, [], []
+
+    def add(name, session, tok, cfg, scenes):
+        nonlocal size
+        results[name] = {"masked": measure(session, tok, cfg, scenes),
+                         "shapes": per_shape(session, tok, args.draws)}
+        size = cfg.data.image_size
+        more = drawn(name, session, tok, size)
+        images.extend(more[0])
+        labels.extend(more[1])
     if args.smoke:
         torch.manual_seed(0)
         cfg = config.make_config(image_size=16, vq_codes=16, vq_dim=8, vq_channels=16,
@@ -149,15 +226,19 @@ def main() -> None:
                                  text_len=48)  # byte captions: no merges are learnt here
         model, vocab = build_model(cfg)
         session, tok = Session(cfg, model, vocab), ImageTokenizer(VQModel(cfg.vq).eval(), cfg.vq)
-        results["untrained"], size = measure(session, tok, cfg, 8), cfg.data.image_size
+        add("untrained", session, tok, cfg, 8)
     elif not args.ckpt:
         p.error("give --ckpt RUN/ckpt.pt (repeat to compare runs), or --smoke")
     with cli.user_errors(args.debug):  # a missing or corrupt checkpoint: one line, exit 2
         for spec in args.ckpt:
             name, path = named(spec)
             cfg, session, tok = inference.load(path, "cpu")
-            results[name], size = measure(session, tok, cfg, args.scenes), cfg.data.image_size
-    write_measured(Path(args.docs), "words", markdown(results, size), results)
+            add(name, session, tok, cfg, args.scenes)
+    write_measured(Path(args.docs), "words", markdown(results, size) + "\n\n" +
+                   shapes_markdown(results, args.draws) +
+                   "\n\n![the same prompts drawn by each model](words_samples.png)", results)
+    atomic.save_png(image_grid(images, labels, cols=SAMPLE_PROMPTS),
+                    Path(args.docs) / "words_samples.png")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from words import MASKED, WORDS, centre_range, centres, object_patches, swapped  # noqa: E402
+from words import MASKED, WORDS, caption_split, centre_range, centres, object_patches, \
+    one_object_prompts, swapped  # noqa: E402
 
-from minimoe.data import SIZES, random_shape_objects, render_shapes, shapes_caption  # noqa: E402
+from minimoe.data import SHAPES, SIZES, random_shape_objects, render_shapes, \
+    shapes_caption  # noqa: E402
 
 
 def test_object_patches_are_the_patches_with_a_lit_pixel():
@@ -38,6 +40,18 @@ def test_a_swap_changes_exactly_one_word_of_the_caption():
             assert sum(x != y for x, y in zip(before, after)) == 1
 
 
+def test_the_split_of_a_one_object_caption_is_the_data_modules():
+    """Held-out single objects of the data module have captions the script calls held out,
+    and every one-object caption is among the script's prompts."""
+    from minimoe.data import BuiltinData
+    captions = {p.caption for p in one_object_prompts()}
+    for split in ("heldout", "train"):
+        data = BuiltinData(32, ("shapes",), split, seed=0)
+        ones = [data[i] for i in range(200) if len(data[i].objects) == 1]
+        assert ones and all(s.caption in captions and caption_split(s.caption) == split
+                            for s in ones)
+
+
 def test_the_bound_counts_every_centre_the_placement_can_draw():
     rng = np.random.default_rng(1)
     seen = {s: set() for s in SIZES}
@@ -53,16 +67,24 @@ def test_the_bound_counts_every_centre_the_placement_can_draw():
 
 def test_the_script_measures_every_caption_variant_at_every_share(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "words.py"), "--smoke",
-                        "--docs", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                        "--draws", "1", "--docs", str(tmp_path)], capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    (run, by_share), = json.loads((tmp_path / "words.json").read_text()).items()
-    assert set(by_share) == {str(s) for s in MASKED}
-    for ce in by_share.values():
+    (run, found), = json.loads((tmp_path / "words.json").read_text()).items()
+    assert set(found["masked"]) == {str(s) for s in MASKED}
+    # every shape has captions in both splits, each share a fraction of its samples
+    assert set(found["shapes"]) == set(SHAPES)
+    assert all(set(v) == {"train", "heldout"} and all(0 <= x <= 1 for x in v.values())
+               for v in found["shapes"].values())
+    for ce in found["masked"].values():
         assert set(ce) == {"true", "empty", *(f"other {w}" for w in WORDS)}
         for parts in ce.values():
             # an untrained model spreads its guess over all 16 codes: about log 16 nats
             assert all(abs(v - math.log(16)) < 1.0 for v in parts.values())
-    assert "| untrained | 90 % |" in (tmp_path / "words.md").read_text()
+    table = (tmp_path / "words.md").read_text()
+    assert "| untrained | 90 % |" in table and "circle, held out" in table
+    with Image.open(tmp_path / "words_samples.png") as im:  # a row of single-object prompts
+        assert im.size[0] > 4 * im.size[1] > 100
 
 
 def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
