@@ -30,7 +30,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
 
-from minimoe import atomic  # noqa: E402  (needs the path above)
+from minimoe import atomic, geneval, inference  # noqa: E402  (needs the path above)
 from minimoe.config import add_arguments, from_args  # noqa: E402
 from minimoe.cli import ArgumentParser, about  # noqa: E402
 
@@ -361,6 +361,17 @@ def write(s: Setting, name: str, markdown: str, data: dict, pictures: dict) -> N
         if image is not None:
             atomic.save_png(image, s.docs / f"{name}_{key}.png")
     print(f"wrote {s.docs / (name + '.md')}, {name}.json and {len(pictures)} pictures")
+
+
+def drawn_with_verdicts(name: str, session, image_tok, prompts: list, **sampler
+                        ) -> tuple[list, list[str]]:
+    """One sample of each GenEval prompt (seed 0; `sampler`: steps, guidance,
+    choice_temperature, else the run's) and its label "NAME PASS|FAIL: caption"."""
+    images = inference.generate(session, image_tok, [p.caption for p in prompts], seed=0,
+                                **sampler)
+    verdicts = geneval.score(prompts, [[im] for im in images])["verdicts"]
+    return images, [f"{name} {'PASS' if ok[0] else 'FAIL'}: {p.caption}"
+                    for p, ok in zip(prompts, verdicts)]
 
 
 def write_measured(docs: Path, name: str, markdown: str, data) -> None:

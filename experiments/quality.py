@@ -24,7 +24,7 @@ import shutil
 import time
 
 import torch
-from common import Run, cell, evaluate, parse, run_all, table, write
+from common import Run, cell, drawn_with_verdicts, evaluate, parse, run_all, table, write
 
 from minimoe import config, evaluation, geneval, inference
 from minimoe.plots import image_grid
@@ -163,13 +163,11 @@ def samples_picture(before: Run, now: Run):
     prompts = prompts[::max(1, len(prompts) // SAMPLE_PROMPTS)][:SAMPLE_PROMPTS]
     images, labels = [], []
     for name, (_, session, image_tok), sampler in loaded:
-        drawn = inference.generate(session, image_tok, [p.caption for p in prompts], seed=0,
-                                   steps=int(sampler[1]), guidance=float(sampler[3]),
-                                   choice_temperature=float(sampler[5]))
-        verdicts = geneval.score(prompts, [[im] for im in drawn])["verdicts"]
+        drawn, named = drawn_with_verdicts(name, session, image_tok, prompts,
+                                           steps=int(sampler[1]), guidance=float(sampler[3]),
+                                           choice_temperature=float(sampler[5]))
         images += drawn
-        labels += [f"{name} {'PASS' if ok[0] else 'FAIL'}: {p.caption}"
-                   for p, ok in zip(prompts, verdicts)]
+        labels += named
     return image_grid(images, labels, cols=max(1, len(prompts) // 2))
 
 

@@ -14,9 +14,10 @@ so a perfect model needs at most log(number of centres) nats for the whole grid,
 codes are masked. A second table: single objects drawn for every one-object caption (DRAWS
 samples each), the share in which the checker finds the asked-for shape, per shape and per
 caption split (seen in training, or held out: the GenEval prompts come from the held-out
-ones), which tells drawing a shape apart from composing an unseen caption. Beside the tables, a picture: the same validation prompts of single objects
-drawn by each model (its own sampler settings), with the checker's verdicts. Writes
-docs/experiments/words.{md,json} and words_samples.png.
+ones), which tells drawing a shape apart from composing an unseen caption. Beside the
+tables, a picture: the same validation prompts of single objects drawn by each model (its
+own sampler settings), with the checker's verdicts. Writes docs/experiments/words.{md,json}
+and words_samples.png.
 """
 import argparse
 import math
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import write_measured
+from common import drawn_with_verdicts, table, write_measured
 
 from minimoe import atomic, cli, config, evaluation, geneval, inference
 from minimoe.build import build_model
@@ -100,18 +101,6 @@ def measure(session: Session, tok: ImageTokenizer, cfg, scenes: int, seed: int =
     return result
 
 
-def drawn(name: str, session: Session, tok: ImageTokenizer, image_size: int):
-    """(images, labels): the validation draw's first single-object prompts, one sample each,
-    with the checker's verdict."""
-    prompts = [p for p in geneval.prompt_set(image_size, SAMPLE_PROMPTS,
-                                             evaluation.VALIDATION_SEED)
-               if p.category == "single_object"]
-    images = inference.generate(session, tok, [p.caption for p in prompts], seed=0)
-    verdicts = geneval.score(prompts, [[im] for im in images])["verdicts"]
-    return images, [f"{name} {'PASS' if ok[0] else 'FAIL'}: {p.caption}"
-                    for p, ok in zip(prompts, verdicts)]
-
-
 def one_object_prompts() -> list:
     """Every one-object caption ("a small red circle"), as a single-object GenEval prompt."""
     return [geneval.Prompt(f"a {size} {colour} {shape}", "single_object",
@@ -146,11 +135,9 @@ def shapes_markdown(results: dict, draws: int) -> str:
     rows = [[run] + [f"{100 * r['shapes'][shape].get(split, float('nan')):.0f} %"
                      for shape in SHAPES for split in ("train", "heldout")]
             for run, r in results.items()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
     counts = ", ".join(f"{shape} {held[shape]}" for shape in SHAPES)
     return ("## Single objects drawn with the asked-for shape, captions seen in training or "
-            f"held out ({draws} samples a caption)\n\n" + "\n".join(lines) +
+            f"held out ({draws} samples a caption)\n\n" + table(header, rows) +
             f"\n\nHeld-out one-object captions ({sum(held.values())} of "
             f"{len(one_object_prompts())}, {len(one_object_prompts()) // len(SHAPES)} a shape): "
             f"{counts}; a cell holds its captions times {draws} samples. A blob is read as a "
@@ -181,11 +168,9 @@ def markdown(results: dict, size: int) -> str:
                          f"{ce['empty']['object'] - true:+.3f}",
                          f"{ce['true']['background']:.3f}",
                          f"{ce['empty']['background'] - ce['true']['background']:+.3f}"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     bound = max(math.log(centres(size, f * size)) for f in SIZES.values())
     return ("## What a caption's words are worth to the codes (mean nats a masked code; "
-            "+: the rise when the word is swapped)\n\n" + "\n".join(lines) +
+            "+: the rise when the word is swapped)\n\n" + table(header, rows) +
             f"\n\nA perfect model needs at most {bound:.1f} nats for a whole {size}-pixel "
             "single-object scene given its caption (the log of the number of centres), "
             "whatever share of its codes is masked.")
@@ -216,7 +201,9 @@ def main() -> None:
         results[name] = {"masked": measure(session, tok, cfg, scenes),
                          "shapes": per_shape(session, tok, args.draws)}
         size = cfg.data.image_size
-        more = drawn(name, session, tok, size)
+        prompts = [p for p in geneval.prompt_set(size, SAMPLE_PROMPTS, evaluation.VALIDATION_SEED)
+                   if p.category == "single_object"]
+        more = drawn_with_verdicts(name, session, tok, prompts)
         images.extend(more[0])
         labels.extend(more[1])
     if args.smoke:

@@ -50,7 +50,7 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
     image_pos: str = "rotary2d"  # a code's grid slot: rotary2d (row, column) | none (1-D) | learned
-    code_features: str = "none"  # none | pixels: a code's embedding and output row also see its pixels
+    code_features: str = "none"  # none | pixels: codes also embed and score the pixels they draw
 
 
 @dataclass
