@@ -186,13 +186,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=cli.about(__doc__))
     p.add_argument("--ckpt", action="append", default=[],
                    help="a model checkpoint, or NAME=PATH to name its table rows; repeat")
-    p.add_argument("--scenes", type=int, default=SCENES)
+    p.add_argument("--scenes", type=int, default=SCENES,
+                   help="single-object scenes of the cross-entropy table")
     p.add_argument("--draws", type=int, default=DRAWS,
                    help="samples of every one-object caption in the per-shape table")
     p.add_argument("--smoke", action="store_true", help="an untrained micro model, 8 scenes")
     p.add_argument("--docs", default="docs/experiments")
     cli.add_debug_flag(p)
     args = p.parse_args()
+    if args.scenes < 1 or args.draws < 1:
+        p.error(f"--scenes {args.scenes} and --draws {args.draws}: each needs at least 1")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     results, size, images, labels = {}, None, [], []
 

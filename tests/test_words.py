@@ -87,6 +87,15 @@ def test_the_script_measures_every_caption_variant_at_every_share(tmp_path):
         assert im.size[0] > 4 * im.size[1] > 100
 
 
+def test_no_scenes_or_no_draws_is_a_usage_error(tmp_path):
+    for flags in (["--scenes", "0"], ["--draws", "-1"]):
+        r = subprocess.run([sys.executable, str(ROOT / "experiments" / "words.py"), "--smoke",
+                            "--docs", str(tmp_path), *flags], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and "at least 1" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "words.md").exists()
+
+
 def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "words.py"), "--ckpt",
                         str(tmp_path / "none.pt"), "--docs", str(tmp_path)],
