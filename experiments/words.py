@@ -32,7 +32,7 @@ from common import drawn_with_verdicts, table, write_measured
 from minimoe import atomic, cli, config, evaluation, geneval, inference
 from minimoe.build import build_model
 from minimoe.data import COLOURS, SHAPES, SIZES, random_shape_objects, render_shapes, \
-    shapes_caption, split_of
+    sample_key, shapes_caption, split_of
 from minimoe.data.shapes import EDGE_MARGIN
 from minimoe.inference import Session
 from minimoe.plots import image_grid
@@ -109,7 +109,7 @@ def one_object_prompts() -> list:
 
 
 def caption_split(caption: str) -> str:
-    return split_of(f"shapes|{caption}")  # the data module's key of a shapes sample
+    return split_of(sample_key("shapes", caption))
 
 
 def per_shape(session: Session, tok: ImageTokenizer, draws: int) -> dict:
@@ -121,16 +121,16 @@ def per_shape(session: Session, tok: ImageTokenizer, draws: int) -> dict:
     verdicts: dict[str, dict[str, list[bool]]] = {}
     for i, p in enumerate(prompts):
         for image in images[i * draws:(i + 1) * draws]:
-            split = verdicts.setdefault(p.objects[0]["shape"], {}).setdefault(
+            of_split = verdicts.setdefault(p.objects[0]["shape"], {}).setdefault(
                 caption_split(p.caption), [])
-            split.append(geneval.check(p, geneval.find_objects(image)))
+            of_split.append(geneval.check(p, geneval.find_objects(image)))
     return {shape: {split: round(sum(v) / len(v), 4) for split, v in by_split.items()}
             for shape, by_split in verdicts.items()}
 
 
 def shapes_markdown(results: dict, draws: int) -> str:
-    held = Counter(p.objects[0]["shape"] for p in one_object_prompts()
-                   if caption_split(p.caption) == "heldout")
+    prompts = one_object_prompts()
+    held = Counter(p.objects[0]["shape"] for p in prompts if caption_split(p.caption) == "heldout")
     header = ["run"] + [f"{shape}, {split}" for shape in SHAPES for split in ("seen", "held out")]
     rows = [[run] + [f"{100 * r['shapes'][shape].get(split, float('nan')):.0f} %"
                      for shape in SHAPES for split in ("train", "heldout")]
@@ -139,7 +139,7 @@ def shapes_markdown(results: dict, draws: int) -> str:
     return ("## Single objects drawn with the asked-for shape, captions seen in training or "
             f"held out ({draws} samples a caption)\n\n" + table(header, rows) +
             f"\n\nHeld-out one-object captions ({sum(held.values())} of "
-            f"{len(one_object_prompts())}, {len(one_object_prompts()) // len(SHAPES)} a shape): "
+            f"{len(prompts)}, {len(prompts) // len(SHAPES)} a shape): "
             f"{counts}; a cell holds its captions times {draws} samples. A blob is read as a "
             "circle, so circles pass more often than they are drawn.")
 

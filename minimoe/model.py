@@ -258,10 +258,9 @@ class Transformer(nn.Module):
                          None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
         if self.pixels_in is not None:
-            codes_BL = tokens_BL - self.image_offset
-            is_code_BL = (codes_BL >= 0) & (codes_BL < len(self.code_pixels_KF))  # not [MASK]
-            pixels_BLD = self.pixels_in(self.code_pixels_KF)[codes_BL.clamp(0, len(
-                self.code_pixels_KF) - 1)]
+            K, codes_BL = len(self.code_pixels_KF), tokens_BL - self.image_offset
+            is_code_BL = (codes_BL >= 0) & (codes_BL < K)  # not text, not [MASK]
+            pixels_BLD = self.pixels_in(self.code_pixels_KF)[codes_BL.clamp(0, K - 1)]
             x_BLD = x_BLD + torch.where(is_code_BL[..., None], pixels_BLD, 0.0)
         if self.image_pos is not None:
             slots_BL = image_slots(all_tokens, self.image_offset)[:, -L:]

@@ -133,9 +133,10 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("argv, work, docs, flags, steps", [
     ([], "out/experiments", "docs/experiments",
-     ["--dense-steps", "2000", "--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab",
-      "256", "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-      "shapes,glyphs,patterns", "--guidance", "2"], (2000, 600)),
+     ["--dense-steps", "2000", "--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder",
+      "conv", "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
+      "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2"],
+     (2000, 600)),
     (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
 ])

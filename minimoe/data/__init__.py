@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from ..bpe import BPE
 from ..config import Config
-from .base import COLOURS, MAX_TEXT_BYTES, NO_TEXT_LIMIT, SPLITS, Sample, TextLimit, split_of
+from .base import COLOURS, MAX_TEXT_BYTES, NO_TEXT_LIMIT, SPLITS, Sample, TextLimit, sample_key, \
+    split_of
 from .builtin import DIGITS, DOMAINS, LETTERS, BuiltinData
 from .codes import PREFIX as CODES_PREFIX
 from .codes import CodesData
@@ -67,4 +68,4 @@ __all__ = ["COLOURS", "DIGITS", "DOMAINS", "LETTERS", "MAX_TEXT_BYTES", "NO_TEXT
            "SIZES", "SPLITS", "BuiltinData", "CodesData", "DataWarning", "FolderData", "Sample",
            "ShardData", "TextLimit",
            "fit_image", "load_source", "open_source", "random_shape_objects", "relation",
-           "render_shapes", "shapes_caption", "shapes_qa", "split_of", "text_limit"]
+           "render_shapes", "shapes_caption", "shapes_qa", "sample_key", "split_of", "text_limit"]

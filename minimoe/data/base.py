@@ -47,6 +47,12 @@ class Sample:
     codes: torch.Tensor | None = None
 
 
+def sample_key(domain: str, name: str) -> str:
+    """A sample's identity, which decides its split: the domain and the caption (built-in
+    domains), the image file (folders) or the tar key (shards)."""
+    return f"{domain}|{name}"
+
+
 def split_of(key: str, heldout_fraction: float = HELDOUT_FRACTION) -> str:
     """"train" or "heldout" for a key, by a stable hash (Python's hash() is salted per run)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()

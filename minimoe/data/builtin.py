@@ -24,7 +24,8 @@ import functools
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .base import COLOURS, MAX_TEXT_BYTES, SPLITS, Sample, check_split, fits, split_of
+from .base import (COLOURS, MAX_TEXT_BYTES, SPLITS, Sample, check_split, fits, sample_key,
+                   split_of)
 from .shapes import MIN_IMAGE_SIZE, draw_shapes, render_shapes_rng, shapes_qa
 
 DOMAINS: tuple[str, ...] = ("shapes", "glyphs", "patterns")
@@ -229,7 +230,7 @@ class BuiltinData:
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), DOMAINS.index(domain), i])
         for _ in range(MAX_REDRAWS):
             objects, caption = draw(rng, self.image_size)
-            key = f"{domain}|{caption}"
+            key = sample_key(domain, caption)
             if split_of(key) == self.split:
                 break
         else:

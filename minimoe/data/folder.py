@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .base import Sample, TextLimit, check_split, split_of
+from .base import Sample, TextLimit, check_split, sample_key, split_of
 
 CAPTIONS_FILE = "captions.jsonl"
 FOLDER_ROW_FORMAT = ('{"file": "a.png", "caption": "...", "qa": [["question", "answer"], ...], '
@@ -167,7 +167,7 @@ class FolderData:
         check_split(split)
         self.path, self.image_size, self.split = path, image_size, split
         rows = read_rows(path, limit)
-        self.rows = [row for row in rows if split_of(f"{FOLDER_DOMAIN}|{row.file}") == split]
+        self.rows = [row for row in rows if split_of(sample_key(FOLDER_DOMAIN, row.file)) == split]
         if not self.rows:
             raise ValueError(f"{os.path.join(path, CAPTIONS_FILE)}: no usable rows in split "
                              f"{split!r} ({len(rows)} usable rows in all splits); {NEED}")
@@ -197,5 +197,5 @@ class FolderData:
                         f"({type(e).__name__}: {e}); skipped")
                 continue
             return Sample(image, row.caption, list(row.qa), row.domain, [],
-                          f"{FOLDER_DOMAIN}|{row.file}")
+                          sample_key(FOLDER_DOMAIN, row.file))
         raise ValueError(f"no image in {self.path!r} split {self.split!r} could be decoded")

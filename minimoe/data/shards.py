@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Sample, TextLimit, check_split, split_of
+from .base import Sample, TextLimit, check_split, sample_key, split_of
 from .folder import DataWarning, decode_image, inside, parse_object, row_texts
 
 PREFIX = "wds:"  # --data wds:PATTERN
@@ -180,7 +180,8 @@ class ShardData:
     def _check(self, sample: dict) -> _Record | None:
         """The record of a webdataset sample of this split; None for the other split and for
         a bad sample (reported)."""
-        name, key = sample["__key__"], f"{SHARD_DOMAIN}|{sample['__key__']}"
+        name = sample["__key__"]
+        key = sample_key(SHARD_DOMAIN, name)
         if split_of(key) != self.split:
             return None
         where = f"{sample['__url__']} sample {name}"
