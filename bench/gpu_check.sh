@@ -53,8 +53,8 @@ mkdir -p "$DIR"
 : > "$DIR/steps.tsv"
 if [ "$DRY" = 1 ]; then
   # the micro model of the tests: every step runs here in seconds
-  SIZE="--image-size 16 --vq-codes 16 --vq-dim 8 --vq-channels 16 --d-model 32 --n-layers 2
-        --n-heads 2 --d-ffn 64 --batch-t2i 4 --batch-mmu 4 --batch-lm 2 --taylor-batches 2"
+  SIZE="--image-size 16 --vq-codes 16 --vq-colours 4 --vq-dim 8 --vq-channels 16 --d-model 32
+        --n-layers 2 --n-heads 2 --d-ffn 64 --batch-t2i 4 --batch-mmu 4 --batch-lm 2 --taylor-batches 2"
   TRAIN_STEPS="--vq-steps 20 --dense-steps 20 --moe-steps 10"
   RESUME_STEPS="--vq-steps 10 --dense-steps 180 --moe-steps 80 --ckpt-every 50"
   export CUDA_VISIBLE_DEVICES=""

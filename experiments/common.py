@@ -35,19 +35,20 @@ from minimoe.config import add_arguments, from_args  # noqa: E402
 from minimoe.cli import ArgumentParser, about  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
-SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-dim", "8", "--vq-channels", "16",
-         "--vq-steps", "10", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
+SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-dim", "8",
+         "--vq-channels", "16", "--vq-steps", "10", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
          "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "4", "--moe-steps", "4",
          "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
          "--heldout-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
-# The study's archived runs (DOCS/runs) were trained with the first tokenizers (256 codes, MSE
-# alone, a conv encoder; byte text in 64 slots), 1-D rotary, question-only MMU rows and an even
-# domain mix, 2000 dense steps, and sampled at guidance 2; pinned, so that a tiny run trained
-# now is comparable with them.
-STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder",
-         "conv", "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
-         "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2"]
+# The study's archived runs (DOCS/runs) were trained with the first tokenizers (one codebook of
+# 256 codes, MSE alone, a conv encoder; byte text in 64 slots), 1-D rotary, question-only MMU
+# rows and an even domain mix, 2000 dense steps, and sampled at guidance 2; pinned, so that a
+# tiny run trained now is comparable with them.
+STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
+         "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
+         "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
+         "shapes,glyphs,patterns", "--guidance", "2"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 

@@ -100,7 +100,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     if args.smoke:
-        cfg = config.make_config(image_size=16, vq_codes=16, vq_dim=8, vq_channels=16,
+        cfg = config.make_config(image_size=16, vq_codes=16, vq_colours=4, vq_dim=8, vq_channels=16,
                                  d_model=32, n_layers=2, n_heads=2, d_ffn=64)
         vq, steps, every, n_train, n_test = VQModel(cfg.vq), 4, 2, 64, 32
     elif args.vq:

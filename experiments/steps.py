@@ -1,10 +1,11 @@
-"""Quality against training time: the dense model of today's defaults trained for more and
+"""Quality against training time: the dense model of the preset's defaults trained for more and
 more steps from one tokenizer, so that the curve shows what each CPU-minute of stage 2 buys.
 
     python experiments/steps.py            # tiny preset, CPU, alone: about 65 min
     python experiments/steps.py --smoke    # a micro run of everything (CI)
 
-Each run is `train.py --moe none --dense-steps N` on the preset's defaults, for N = 0.5, 1, 2
+Each run is `train.py --moe none --dense-steps N` on the preset's defaults (the tiny preset's
+with one codebook, ONE_CODEBOOK, as its archived runs were trained), for N = 0.5, 1, 2
 and 4 times the experiments' dense steps (2000 on the tiny preset); its warmup and cosine
 schedule span its own N steps, so every point is a whole run, not a checkpoint of a longer
 one. The first run trains the tokenizer and the others start from a copy of its vq.pt:
@@ -26,6 +27,8 @@ from minimoe.plots import line_chart
 
 FACTORS = (0.5, 1, 2, 4)  # dense steps of each run, as multiples of the experiments'
 EVAL_PROMPTS = 40  # GenEval prompts a category: 480 images a model, about +-2 points
+# The tiny preset's archived runs were trained with one codebook; pinned, so a rerun matches them.
+ONE_CODEBOOK = ["--vq-colours", "0", "--code-features", "none"]
 LEVERS = {  # train.py flags, at 1x the dense steps
     "--mmu-turns 3": ["--mmu-turns", "3"],  # up to 3 questions about the image a MMU row
 }
@@ -33,7 +36,7 @@ LEVERS = {  # train.py flags, at 1x the dense steps
 
 def runs_of(s, seed: int) -> dict[int, Run]:
     """{dense steps: run}; every run after the first reuses the first's tokenizer."""
-    preset = [] if s.preset == "tiny" else ["--preset", s.preset]
+    preset = ONE_CODEBOOK if s.preset == "tiny" else ["--preset", s.preset]
     flags = preset + (SMOKE if s.smoke else [])
     runs, first = {}, None
     for n in sorted({max(1, int(f * s.steps["dense_steps"])) for f in FACTORS}):

@@ -211,7 +211,7 @@ def main() -> None:
         labels.extend(more[1])
     if args.smoke:
         torch.manual_seed(0)
-        cfg = config.make_config(image_size=16, vq_codes=16, vq_dim=8, vq_channels=16,
+        cfg = config.make_config(image_size=16, vq_codes=16, vq_colours=4, vq_dim=8, vq_channels=16,
                                  d_model=32, n_layers=2, n_heads=2, d_ffn=64,
                                  text_len=48)  # byte captions: no merges are learnt here
         model, vocab = build_model(cfg)

@@ -6,8 +6,8 @@ Modules, each importing only modules listed before it:
     data        data/ (base, shapes, builtin, folder, codes, shards, pack: the built-in
                 domains, a folder source, pre-tokenised codes, tar shards and their packer),
                 loading (a step's samples read ahead in DataLoader workers)
-    pieces      ops (the C++/CUDA extension), vq, tokenizers, sequences, checkpoint, geneval,
-                metrics, plots, fid
+    pieces      ops (the C++/CUDA extension), codebook, vq, tokenizers, sequences, checkpoint,
+                geneval, metrics, plots, fid
     model       model (the transformer), build (a Config -> the model), losses, batches
     training    routing (router schedules and losses), convert (dense -> MoE), dist
                 (parallelism), trainer (the loop)

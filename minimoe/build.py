@@ -39,14 +39,30 @@ def build_model(cfg: Config, device: torch.device | str = "cpu") -> tuple[Transf
                         spec, layers, backend(cfg.moe.moe_backend),
                         cfg.train.activation_checkpointing,
                         untie=spec is not None and cfg.moe.untie_attention == "modality",
-                        pixel_features=pixel_features(cfg))
+                        code_features=code_feature_count(cfg))
     return model.to(device), vocab
 
 
-def pixel_features(cfg: Config) -> int:
-    """How many numbers describe a code's pixels under --code-features pixels (else 0): its
-    patch's RGB values and each pixel's brightest channel."""
-    return 4 * cfg.vq.vq_downsample ** 2 if cfg.model.code_features == "pixels" else 0
+def code_feature_count(cfg: Config) -> int:
+    """How many numbers describe an image code under --code-features: pixels, its patch's RGB
+    values and each pixel's brightest channel; factors, a one-hot of its form and one of its
+    colour (a tokenizer with --vq-colours); none, 0."""
+    v = cfg.vq
+    return {"none": 0, "pixels": 4 * v.vq_downsample ** 2,
+            "factors": v.vq_codes // max(v.vq_colours, 1) + v.vq_colours}[cfg.model.code_features]
+
+
+def code_features(kind: str, vq) -> torch.Tensor:
+    """[codes, F]: the fixed description of every image code of `vq` under --code-features."""
+    return code_pixels(vq) if kind == "pixels" else code_factors(vq)
+
+
+def code_factors(vq) -> torch.Tensor:
+    """[codes, 2] long: each code's form and colour as column ids of a map over one-hots of
+    both (the forms first, then the colours)."""
+    colours, K = vq.cfg.vq_colours, vq.cfg.vq_codes
+    ids = torch.arange(K, device=vq.codebook.codebook_KD.device)
+    return torch.stack([ids // colours, K // colours + ids % colours], 1)
 
 
 @torch.no_grad()
@@ -60,7 +76,7 @@ def code_pixels(vq) -> torch.Tensor:
     undivided, the map's gradient was the largest in the model and the global clip shrank
     every other update."""
     K, f = vq.cfg.vq_codes, vq.cfg.vq_downsample
-    codes = torch.arange(K, device=vq.codebook_KD.device)[:, None, None].expand(K, 3, 3)
+    codes = torch.arange(K, device=vq.codebook.codebook_KD.device)[:, None, None].expand(K, 3, 3)
     patch = vq.decode(codes)[:, :, f:2 * f, f:2 * f]
     x = torch.cat([patch, patch.amax(1, keepdim=True)], 1).flatten(1) * 2 - 1
     return (x / math.sqrt(x.shape[1])).float()

@@ -28,6 +28,7 @@ class DataConfig:
 class VQConfig:
     vq_downsample: int = 4  # image pixels per code along a side (a power of two)
     vq_codes: int = 1024  # codebook size
+    vq_colours: int = 32  # >0: a code is a form (vq_codes / this many) x one of this many colours
     vq_dim: int = 32  # code vector size
     vq_channels: int = 96  # conv width at the code grid (halved per doubling of resolution)
     vq_encoder: str = "patch"  # patch (a code sees its own patch only) | conv (its neighbourhood)
@@ -50,7 +51,7 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
     image_pos: str = "rotary2d"  # a code's grid slot: rotary2d (row, column) | none (1-D) | learned
-    code_features: str = "none"  # none | pixels: codes also embed and score the pixels they draw
+    code_features: str = "factors"  # none | pixels | factors: rows shared by codes that look alike
 
 
 @dataclass
@@ -152,6 +153,8 @@ class Config:
 
 
 SECTIONS = ("data", "vq", "model", "moe", "train")
+# A saved config without these fields was made with one codebook and no shared code rows.
+ABSENT = {"vq_colours": 0, "code_features": "none"}
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
 # never which data or what is computed from it.
 FREE_ON_RESUME = ("workers",)
@@ -176,6 +179,8 @@ PRESETS: dict[str, dict] = {
         lr=2e-4, warmup=2000, ckpt_every=2000, sample_every=5000, heldout_every=5000,
         log_every=100, sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
         workers=4,  # as small: a guess until bench/data_loading.py is measured
+        # a photograph's 16x16 patch is not one ink on one ground: one codebook
+        vq_colours=0, code_features="none",
     ),
 }
 
@@ -190,7 +195,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "autocast": ("auto", "bf16", "off"),
            "image_pos": ("none", "learned", "rotary2d"),
            "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook"),
-           "code_features": ("none", "pixels")}
+           "code_features": ("none", "pixels", "factors")}
 
 
 def moe_layer_ids(spec: str, n_layers: int) -> list[int]:
@@ -251,6 +256,13 @@ def validate(cfg: Config) -> None:
     if v.vq_downsample & (v.vq_downsample - 1) or d.image_size % v.vq_downsample:
         raise ValueError(f"--vq-downsample {v.vq_downsample} must be a power of two dividing "
                          f"--image-size {d.image_size}")
+    if v.vq_colours < 0 or (v.vq_colours and (v.vq_codes % v.vq_colours
+                                              or v.vq_codes // v.vq_colours < 2)):
+        raise ValueError(f"--vq-colours {v.vq_colours} must be 0 or divide --vq-codes "
+                         f"{v.vq_codes} into at least 2 forms")
+    if m.code_features == "factors" and not v.vq_colours:
+        raise ValueError("--code-features factors needs a tokenizer of forms and colours: "
+                         "set --vq-colours")
     if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
         raise ValueError(f"--d-model {m.d_model} must split into --n-heads {m.n_heads} heads "
                          f"of even size (rotary embeddings rotate pairs)")
@@ -396,13 +408,17 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    """Inverse of `to_dict` (for checkpoints). Unknown keys are ignored, missing ones default."""
+    """Inverse of `to_dict` (for checkpoints). Unknown keys are ignored; missing ones take
+    their ABSENT value if they have one (what a config without the field meant), else the
+    default."""
     cfg = Config(preset=d.get("preset", "tiny"))
     for section in SECTIONS:
         sub = getattr(cfg, section)
         for f in fields(sub):
             if f.name in d.get(section, {}):
                 setattr(sub, f.name, d[section][f.name])
+            elif f.name in ABSENT:
+                setattr(sub, f.name, ABSENT[f.name])
     return cfg
 
 

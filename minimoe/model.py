@@ -189,15 +189,15 @@ class Transformer(nn.Module):
         activation_checkpointing: keep only each block's input in training and recompute the
             block in backward (less memory, one more forward).
         untie: a text and an image copy of every block's attention projections and norms.
-        pixel_features: with cfg.code_features "pixels", how many numbers describe the
-            pixels a code draws (`code_pixels_KF`, filled from the tokenizer by build.py).
+        code_features: with cfg.code_features other than "none", how many numbers describe
+            each image code (`code_features_KF`, filled from the tokenizer by build.py).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
                  image_offset: int, image_tokens: int = 0, moe: MoESpec | None = None,
                  moe_layers: tuple[int, ...] = (), backend: Backend = TORCH,
                  activation_checkpointing: bool = False, untie: bool = False,
-                 pixel_features: int = 0):
+                 code_features: int = 0):
         super().__init__()
         self.cfg, self.pad_id, self.image_offset = cfg, pad_id, image_offset
         self.activation_checkpointing = activation_checkpointing
@@ -211,17 +211,20 @@ class Transformer(nn.Module):
             for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        self.pixels_in = self.pixels_out = None
-        if pixel_features:
+        self.features_in = self.features_out = None
+        if code_features:
             # Image codes are atomic ids, and most of them are one edge or corner in one
             # colour: learnt row by row, what the model knows of a stroke stays with that one
-            # id. A map of the pixels each code draws, shared by all codes, adds to every
-            # code's embedding and output row, so what is learnt about a pixel pattern
-            # carries over to every code that draws it, in any colour.
+            # id. A map of a fixed description of each code (the pixels it draws, or its form
+            # and colour), shared by all codes, adds to every code's embedding and output row,
+            # so what is learnt about a stroke carries over to every code that draws it.
             codes = vocab_size - 1 - image_offset  # [MASK] is the last id, after the codes
-            self.register_buffer("code_pixels_KF", torch.zeros(codes, pixel_features))
-            self.pixels_in = nn.Linear(pixel_features, cfg.d_model, bias=False)
-            self.pixels_out = nn.Linear(pixel_features, cfg.d_model, bias=False)
+            # factors: each code's form and colour as column ids of the maps, F = 2
+            self.register_buffer("code_features_KF", torch.zeros(codes, 2, dtype=torch.long)
+                                 if cfg.code_features == "factors"
+                                 else torch.zeros(codes, code_features))
+            self.features_in = nn.Linear(code_features, cfg.d_model, bias=False)
+            self.features_out = nn.Linear(code_features, cfg.d_model, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():
             name = tied_name(name)  # an untied copy follows its weight's rule
@@ -257,11 +260,11 @@ class Transformer(nn.Module):
                          (tokens_BL != self.pad_id).flatten(),
                          None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
         x_BLD = self.embed(tokens_BL)
-        if self.pixels_in is not None:
-            K, codes_BL = len(self.code_pixels_KF), tokens_BL - self.image_offset
+        if self.features_in is not None:
+            K, codes_BL = len(self.code_features_KF), tokens_BL - self.image_offset
             is_code_BL = (codes_BL >= 0) & (codes_BL < K)  # not text, not [MASK]
-            pixels_BLD = self.pixels_in(self.code_pixels_KF)[codes_BL.clamp(0, K - 1)]
-            x_BLD = x_BLD + torch.where(is_code_BL[..., None], pixels_BLD, 0.0)
+            features_BLD = self.code_rows(self.features_in)[codes_BL.clamp(0, K - 1)]
+            x_BLD = x_BLD + torch.where(is_code_BL[..., None], features_BLD, 0.0)
         if self.image_pos is not None:
             slots_BL = image_slots(all_tokens, self.image_offset)[:, -L:]
             slot_BLD = self.image_pos(slots_BL.clamp(0, self.image_pos.num_embeddings - 1))
@@ -278,13 +281,20 @@ class Transformer(nn.Module):
         return ModelOutput(F.linear(self.norm(x_BLD), self.output_rows()), routing)
 
     def output_rows(self) -> torch.Tensor:
-        """The output projection [vocab, d_model]: the head, plus each image code's pixels."""
-        if self.pixels_out is None:
+        """The output projection [vocab, d_model]: the head, plus each image code's features."""
+        if self.features_out is None:
             return self.head.weight
         w = self.head.weight
-        start, end = self.image_offset, self.image_offset + len(self.code_pixels_KF)
-        return torch.cat([w[:start], w[start:end] + self.pixels_out(self.code_pixels_KF),
-                          w[end:]])
+        start, end = self.image_offset, self.image_offset + len(self.code_features_KF)
+        return torch.cat([w[:start], w[start:end] + self.code_rows(self.features_out), w[end:]])
+
+    def code_rows(self, shared: nn.Linear) -> torch.Tensor:
+        """What a shared map adds to each code's row, [codes, d_model]: the map of the code's
+        pixels, or the sum of its form's and its colour's columns over sqrt(2), which is the
+        map of a one-hot of each scaled to unit norm, looked up instead of multiplied."""
+        if self.code_features_KF.dtype == torch.long:
+            return shared.weight.T[self.code_features_KF].sum(1) / math.sqrt(2)
+        return shared(self.code_features_KF)
 
     def moe_layers(self) -> list[tuple[int, MoE]]:
         return [(i, b.ffn) for i, b in enumerate(self.blocks) if isinstance(b.ffn, MoE)]

@@ -27,7 +27,7 @@ from . import bpe, checkpoint, config
 from .bpe import BYTES
 from .atomic import save_png, write_text
 from .batches import Batcher
-from .build import build_model, code_pixels, init_code_embeddings
+from .build import build_model, code_features, init_code_embeddings
 from .cli import UserError
 from .config import Config
 from .convert import convert_model
@@ -55,8 +55,8 @@ STAGES = ("vq", "dense", "convert", "moe")  # in the order a run goes through th
 VQ_EVAL_IMAGES = 256  # held-out images for the tokenizer's PSNR and codebook usage
 CEILING_PROMPTS = 20  # evaluation prompts per GenEval category behind the tokenizer's ceiling
 # Fields that fix the tokenizers' architecture and input; a cached vq.pt must agree on them.
-VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels", "vq_encoder",
-               "text_vocab")
+VQ_IDENTITY = ("image_size", "vq_downsample", "vq_codes", "vq_colours", "vq_dim", "vq_channels",
+               "vq_encoder", "text_vocab")
 TEXT_SAMPLES = 3000  # training samples whose texts the BPE merges are learnt from
 # What a dense checkpoint must share with this run to be converted by it.
 DENSE_IDENTITY = ("d_model", "n_layers", "n_heads", "d_ffn", "text_len",
@@ -283,7 +283,8 @@ def fresh_config(args) -> Config:
     spec = overrides.get("data", "")
     if spec.startswith(CODES_PREFIX):
         manifest = read_manifest(spec[len(CODES_PREFIX):])
-        fixed = {name: manifest["tokenizer"][name] for name in VQ_IDENTITY}
+        saved = {**config.flat(config.Config()), **manifest["tokenizer"]}  # older: defaults
+        fixed = {name: saved[name] for name in VQ_IDENTITY}
         if manifest["source"] == "builtin":  # the mix is in the codes
             fixed["domains"] = manifest["domains"]
         differs = mismatch(fixed, overrides, [name for name in fixed if name in overrides])
@@ -484,8 +485,8 @@ def dense_stage(cfg: Config, files: RunFiles, image_tok, vocab: Vocab, device,
     model, _ = build_model(config.dense_version(cfg), device)
     if cfg.model.code_init == "codebook":  # loaded weights below replace it where they exist
         init_code_embeddings(model, vocab, image_tok.vq.codebook_KD, cfg.train.seed)
-    if model.pixels_in is not None:  # a fixed description of the tokenizer's codes
-        model.code_pixels_KF.copy_(code_pixels(image_tok.vq))
+    if model.features_in is not None:  # a fixed description of the tokenizer's codes
+        model.code_features_KF.copy_(code_features(cfg.model.code_features, image_tok.vq))
     source = Path(init) if init else files.dense if files.dense.exists() and payload is None \
         else None
     if source is not None:

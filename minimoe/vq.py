@@ -6,12 +6,14 @@ Stage 1 of `train.py`. Images become a grid of discrete codes that the transform
     x_B3HW in [0,1] --encoder--> z_BDhw --nearest code--> codes_Bhw --codebook--> q_BDhw
                                                                                --decoder--> recon_B3HW
 
-The codebook is not trained by gradients but as an online k-means (VQ-VAE appendix A.1,
-van den Oord et al. 2017): each code follows an exponential moving average (EMA) of the encoder
-outputs assigned to it, and a code that nobody picked for `vq_dead_after` steps is restarted
-on a random encoder output of the current batch. The encoder learns to commit to its code
-(`vq_beta` * commitment loss) and receives the decoder's gradient through the quantiser by the
-straight-through estimator.
+The codebook is not trained by gradients but as an online k-means (`codebook.Codebook`). The
+encoder learns to commit to its code (`vq_beta` * commitment loss) and receives the decoder's
+gradient through the quantiser by the straight-through estimator.
+
+With `vq_colours` > 0 a code is a pair: a form (which pixels of the patch carry the ink) and a
+colour (the ink's and the ground's), each from its own encoder and codebook, and the code id
+is form * vq_colours + colour. What the transformer learns of a form then serves every colour,
+where a single codebook gives each colour its own copy of every edge and corner.
 
 Shape legend: B images, H/W pixels, h/w code grid (H/f, W/f for downsampling factor f),
 C conv channels, D code size, K codebook size, N = B*h*w encoder vectors.
@@ -27,14 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .codebook import Codebook
 from .config import VQConfig
 from .schedules import warmup_cosine
 
 NORM_GROUPS = 32  # GroupNorm groups (fewer when the width is not a multiple of 32)
 MAX_WIDTH_RATIO = 4  # the full-resolution convs are at least vq_channels / 4 wide
-EMA_EPS = 1e-5  # keeps the code mean finite while its EMA count is ~0
-RESTART_COUNT = 1.0  # EMA count given to a restarted code: small, so it moves fast at first
-NEAREST_CHUNK = 4096  # vectors per distance matrix (K=8192 codes x 4096 vectors = 128 MB)
+FLAT = 0.15  # a patch whose pixels all lie this close (RGB distance / sqrt 3) to its darkest
+# pixel is one flat colour, its form empty (the built-in palette's closest pair is 0.25 apart)
 WARMUP_FRACTION = 0.05  # linear LR warmup over this share of the steps
 MIN_LR_RATIO = 0.1  # cosine decays to vq_lr * MIN_LR_RATIO
 WEIGHT_DECAY = 0.0  # the conv nets are small and underfit: no weight decay
@@ -78,18 +80,18 @@ def _widths(cfg: VQConfig) -> list[int]:
     return [max(C >> (halvings - i), C // MAX_WIDTH_RATIO) for i in range(halvings + 1)]
 
 
-def _encoder(cfg: VQConfig) -> nn.Sequential:
+def _encoder(cfg: VQConfig, channels: int) -> nn.Sequential:
     if cfg.vq_encoder == "patch":
-        return _patch_encoder(cfg)
+        return _patch_encoder(cfg, channels)
     w = _widths(cfg)
-    layers: list[nn.Module] = [nn.Conv2d(3, w[0], 3, padding=1)]
+    layers: list[nn.Module] = [nn.Conv2d(channels, w[0], 3, padding=1)]
     for i in range(len(w) - 1):
         layers += [ResBlock(w[i]), nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
     layers += [ResBlock(w[-1]), _norm(w[-1]), nn.SiLU(), nn.Conv2d(w[-1], cfg.vq_dim, 1)]
     return nn.Sequential(*layers)
 
 
-def _patch_encoder(cfg: VQConfig) -> nn.Sequential:
+def _patch_encoder(cfg: VQConfig, channels: int) -> nn.Sequential:
     """Each code sees its own f x f patch and nothing else: a patch embedding (a conv with
     kernel = stride = f) and an MLP per cell. Equal patches then get equal codes wherever they
     are, so one meaning is one code, where a conv encoder's wide receptive field also writes
@@ -98,16 +100,49 @@ def _patch_encoder(cfg: VQConfig) -> nn.Sequential:
     GroupNorm here: its statistics run over the whole grid and would leak the neighbours back."""
     C = cfg.vq_channels
     return nn.Sequential(
-        nn.Conv2d(3, C, cfg.vq_downsample, stride=cfg.vq_downsample), nn.SiLU(),
+        nn.Conv2d(channels, C, cfg.vq_downsample, stride=cfg.vq_downsample), nn.SiLU(),
         nn.Conv2d(C, C, 1), nn.SiLU(), nn.Conv2d(C, C, 1), nn.SiLU(),
         nn.Conv2d(C, cfg.vq_dim, 1))
 
 
-def _decoder(cfg: VQConfig) -> nn.Sequential:
+def _colour_encoder(cfg: VQConfig) -> nn.Sequential:
+    """An MLP per cell on the cell's ink and ground colours (`split_patches`): it never sees
+    where in the patch the ink lies, so a colour code cannot carry the form."""
+    C = cfg.vq_channels
+    return nn.Sequential(nn.Conv2d(6, C, 1), nn.SiLU(), nn.Conv2d(C, C, 1), nn.SiLU(),
+                         nn.Conv2d(C, cfg.vq_dim, 1))
+
+
+def split_patches(x_B3HW: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    """Each f x f patch as a form and two colours: (form [B,1,H,W] in [0,1], colours [B,6,h,w]).
+
+    The form of a pixel is its RGB distance to the patch's darkest pixel, divided by the
+    largest such distance in the patch (or by FLAT, if that is larger): 1 where the ink is,
+    0 on the ground, a fraction where an edge crosses the pixel, and 0 everywhere in a flat
+    patch. It is the same for a red and a blue square. The colours are the form-weighted mean
+    of the pixels (the ink) and the (1 - form)-weighted mean (the ground), so together they
+    describe the patch, and neither alone does."""
+    B, _, H, W = x_B3HW.shape
+    h, w = H // f, W // f
+    px_BhwP3 = (x_B3HW.reshape(B, 3, h, f, w, f).permute(0, 2, 4, 3, 5, 1)
+                .reshape(B, h, w, f * f, 3))
+    darkest_Bhw1 = px_BhwP3.sum(-1).argmin(-1, keepdim=True)
+    ground_Bhw13 = px_BhwP3.gather(3, darkest_Bhw1[..., None].expand(-1, -1, -1, -1, 3))
+    dist_BhwP = (px_BhwP3 - ground_Bhw13).norm(dim=-1) / math.sqrt(3)
+    form_BhwP = dist_BhwP / dist_BhwP.amax(-1, keepdim=True).clamp(min=FLAT)
+    ink_Bhw3 = ((form_BhwP[..., None] * px_BhwP3).sum(3)
+                / form_BhwP.sum(3, keepdim=True).clamp(min=1e-6))  # 0 in a flat patch
+    ground_Bhw3 = (((1 - form_BhwP)[..., None] * px_BhwP3).sum(3)
+                   / (1 - form_BhwP).sum(3, keepdim=True))  # >= 1: the darkest pixel is ground
+    form_B1HW = form_BhwP.reshape(B, h, w, f, f).permute(0, 1, 3, 2, 4).reshape(B, 1, H, W)
+    return form_B1HW, torch.cat([ink_Bhw3, ground_Bhw3], -1).permute(0, 3, 1, 2)
+
+
+def _decoder(cfg: VQConfig, code_size: int) -> nn.Sequential:
     """The conv encoder mirrored (for either encoder); nearest upsampling + conv instead of
     transposed convs (no checkerboard artefacts)."""
     w = _widths(cfg)
-    layers: list[nn.Module] = [nn.Conv2d(cfg.vq_dim, w[-1], 3, padding=1), ResBlock(w[-1])]
+    layers: list[nn.Module] = [nn.Conv2d(code_size, w[-1], 3, padding=1), ResBlock(w[-1])]
     for i in reversed(range(len(w) - 1)):
         layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                    nn.Conv2d(w[i + 1], w[i], 3, padding=1), ResBlock(w[i])]
@@ -116,130 +151,96 @@ def _decoder(cfg: VQConfig) -> nn.Sequential:
 
 
 class VQModel(nn.Module):
-    """Encoder, EMA codebook and decoder. `forward` in training mode also updates the codebook.
-
-    Codes are plain Euclidean vectors, not L2-normalised: the EMA mean of the assigned encoder
-    outputs is then exactly the k-means centroid update, and code vectors keep their magnitude
-    for the decoder. Codebook usage, the usual reason to normalise, is kept up by the dead-code
-    restarts and the k-means++ initialisation instead.
-    """
+    """Encoder, EMA codebook and decoder (and, with vq_colours, a colour encoder and codebook).
+    `forward` in training mode also updates the codebooks."""
 
     def __init__(self, cfg: VQConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = _encoder(cfg)
-        self.decoder = _decoder(cfg)
-        K, D = cfg.vq_codes, cfg.vq_dim
-        # Buffers, not parameters: no gradient reaches them, and they travel in the state_dict.
-        self.register_buffer("codebook_KD", torch.randn(K, D))
-        self.register_buffer("ema_count_K", torch.ones(K))  # EMA of vectors assigned per step
-        self.register_buffer("ema_sum_KD", self.codebook_KD.clone())  # EMA of their sum
-        self.register_buffer("unused_steps_K", torch.zeros(K, dtype=torch.long))
-        self.register_buffer("initialized", torch.tensor(False))  # set by the first training batch
+        colours, D = cfg.vq_colours, cfg.vq_dim
+        self.encoder = _encoder(cfg, 1 if colours else 3)
+        self.decoder = _decoder(cfg, 2 * D if colours else D)
+        self.codebook = Codebook(cfg.vq_codes // max(colours, 1), D, cfg.vq_decay,
+                                 cfg.vq_dead_after)
+        self.colour_encoder = _colour_encoder(cfg) if colours else None
+        self.colour_codebook = (Codebook(colours, D, cfg.vq_decay, cfg.vq_dead_after)
+                                if colours else None)
+        self._register_load_state_dict_pre_hook(_codebook_keys)
 
     # -- the three public directions -------------------------------------------------------
 
     @torch.no_grad()  # codes are discrete: no gradient can pass them anyway
     def encode(self, x_B3HW: Tensor) -> Tensor:
         """Images in [0,1] -> long codes [B, H/f, W/f]."""
-        z_BDhw = self._encode_continuous(x_B3HW)
-        return self._nearest(_flatten(z_BDhw)).view(z_BDhw.shape[0], *z_BDhw.shape[2:])
+        _, _, codes_N, _, grid = self._bottleneck(x_B3HW, train=False)
+        return codes_N.view(grid)
 
     def decode(self, codes_BHW: Tensor) -> Tensor:
         """Codes [B, h, w] -> images [B, 3, h*f, w*f] in [0,1]."""
-        q_BhwD = self.codebook_KD[codes_BHW]
-        return self._decode_raw(q_BhwD.permute(0, 3, 1, 2)).clamp(0, 1)
+        return self._decode_raw(self.code_vectors(codes_BHW).permute(0, 3, 1, 2)).clamp(0, 1)
 
     def forward(self, x_B3HW: Tensor) -> VQOutput:
-        z_BDhw = self._encode_continuous(x_B3HW)
-        z_ND = _flatten(z_BDhw)
-        if self.training and not self.initialized:
-            self._init_codebook(z_ND.detach())
-        codes_N = self._nearest(z_ND)
-        q_ND = self.codebook_KD[codes_N]
-        restarts = self._ema_update(z_ND.detach(), codes_N) if self.training else 0
-
+        z_ND, q_ND, codes_N, restarts, (B, h, w) = self._bottleneck(x_B3HW, self.training)
         # The codebook is moved by the EMA only, so the commitment term pulls the encoder alone.
         commit_loss = F.mse_loss(z_ND, q_ND)
         # Straight-through: the decoder sees the code, the encoder gets the decoder's gradient.
         # Written q + (z - z) rather than z + (q - z) because z - z is exactly 0 in floating
         # point, so the forward value is bit-for-bit the code, as in `decode`.
         q_ND = q_ND + (z_ND - z_ND.detach())
-        B, D, h, w = z_BDhw.shape
-        raw_B3HW = self._decode_raw(q_ND.view(B, h, w, D).permute(0, 3, 1, 2))
+        raw_B3HW = self._decode_raw(q_ND.view(B, h, w, -1).permute(0, 3, 1, 2))
         # The loss sees the unclamped output so that overshooting pixels still get a gradient.
         recon_loss = reconstruction_loss(raw_B3HW, x_B3HW, self.cfg.vq_edge_weight)
-        codes_Bhw = codes_N.view(B, h, w)
         return VQOutput(
-            recon_B3HW=raw_B3HW.clamp(0, 1), codes_BHW=codes_Bhw,
+            recon_B3HW=raw_B3HW.clamp(0, 1), codes_BHW=codes_N.view(B, h, w),
             loss=recon_loss + self.cfg.vq_beta * commit_loss, recon_loss=recon_loss,
             commit_loss=commit_loss, perplexity=_perplexity(codes_N, self.cfg.vq_codes),
             dead_restarts=restarts)
 
+    def code_vectors(self, codes: Tensor) -> Tensor:
+        """What the decoder reads for each code: codes [...] -> [..., code size]."""
+        if self.colour_codebook is None:
+            return self.codebook.codebook_KD[codes]
+        colours = self.cfg.vq_colours
+        return torch.cat([self.codebook.codebook_KD[codes // colours],
+                          self.colour_codebook.codebook_KD[codes % colours]], -1)
+
+    @property
+    def codebook_KD(self) -> Tensor:
+        """Every code's vector, [vq_codes, code size]."""
+        return self.code_vectors(torch.arange(self.cfg.vq_codes,
+                                              device=self.codebook.codebook_KD.device))
+
     # -- pieces -----------------------------------------------------------------------------
 
-    def _encode_continuous(self, x_B3HW: Tensor) -> Tensor:
-        return self.encoder(x_B3HW * 2 - 1)  # the nets work on zero-centred pixels in [-1,1]
+    def _bottleneck(self, x_B3HW: Tensor, train: bool):
+        """Encoder outputs z_ND (with gradient), their code vectors q_ND, the codes, how many
+        dead codes were restarted, and the grid (B, h, w). Training moves the codebooks."""
+        if self.colour_codebook is None:
+            z_BDhw = self.encoder(x_B3HW * 2 - 1)  # the nets work on zero-centred pixels
+            z_ND = _flatten(z_BDhw)
+            codes_N, q_ND, restarts = self.codebook.quantize(z_ND.detach(), train)
+            return z_ND, q_ND, codes_N, restarts, (len(z_BDhw), *z_BDhw.shape[2:])
+        form_B1HW, colours_B6hw = split_patches(x_B3HW, self.cfg.vq_downsample)
+        form_BDhw = self.encoder(form_B1HW * 2 - 1)
+        form_ND = _flatten(form_BDhw)
+        colour_ND = _flatten(self.colour_encoder(colours_B6hw * 2 - 1))
+        forms_N, form_q_ND, form_restarts = self.codebook.quantize(form_ND.detach(), train)
+        colours_N, colour_q_ND, colour_restarts = self.colour_codebook.quantize(
+            colour_ND.detach(), train)
+        return (torch.cat([form_ND, colour_ND], 1), torch.cat([form_q_ND, colour_q_ND], 1),
+                forms_N * self.cfg.vq_colours + colours_N, form_restarts + colour_restarts,
+                (len(form_BDhw), *form_BDhw.shape[2:]))
 
     def _decode_raw(self, q_BDhw: Tensor) -> Tensor:
         return self.decoder(q_BDhw) * 0.5 + 0.5
 
-    @torch.no_grad()
-    def _nearest(self, z_ND: Tensor) -> Tensor:
-        """Index of the closest code (Euclidean) for every vector, in chunks to bound memory."""
-        e_KD = self.codebook_KD
-        e_sq_K = (e_KD * e_KD).sum(1)
-        # |z - e|^2 = |z|^2 - 2 z.e + |e|^2; |z|^2 is the same for every code, so it is dropped.
-        return torch.cat([(e_sq_K - 2 * z @ e_KD.T).argmin(1) for z in z_ND.split(NEAREST_CHUNK)])
 
-    @torch.no_grad()
-    def _init_codebook(self, z_ND: Tensor) -> None:
-        """k-means++ seeding on the first batch: each next code is an encoder output drawn with
-        probability proportional to its squared distance to the nearest code so far. Spread-out
-        codes all win some vectors, so training starts with every code alive."""
-        K = self.cfg.vq_codes
-        picks = [int(torch.randint(len(z_ND), ()))]
-        dist_N = ((z_ND - z_ND[picks[0]]) ** 2).sum(1)
-        for _ in range(K - 1):
-            # + tiny: a batch with fewer distinct vectors than codes still draws (duplicates)
-            picks.append(int(torch.multinomial(dist_N + 1e-12, 1)))
-            dist_N = torch.minimum(dist_N, ((z_ND - z_ND[picks[-1]]) ** 2).sum(1))
-        self.codebook_KD.copy_(z_ND[picks])
-        self.ema_sum_KD.copy_(self.codebook_KD)
-        self.ema_count_K.fill_(1.0)
-        self.unused_steps_K.zero_()
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def _ema_update(self, z_ND: Tensor, codes_N: Tensor) -> int:
-        """Move each used code to the EMA mean of its assigned vectors; restart dead codes.
-
-        Returns how many codes were restarted."""
-        K, decay = self.cfg.vq_codes, self.cfg.vq_decay
-        count_K = torch.bincount(codes_N, minlength=K).to(z_ND.dtype)
-        sum_KD = torch.zeros_like(self.ema_sum_KD).index_add_(0, codes_N, z_ND)
-        self.ema_count_K.mul_(decay).add_(count_K, alpha=1 - decay)
-        self.ema_sum_KD.mul_(decay).add_(sum_KD, alpha=1 - decay)
-        # An unused code's sum and count decay alike, so its mean would not move: only used
-        # codes are rewritten, which also keeps long-unused ones away from the EMA_EPS clamp.
-        used_K = count_K > 0
-        mean_KD = self.ema_sum_KD / self.ema_count_K.clamp(min=EMA_EPS)[:, None]
-        self.codebook_KD[used_K] = mean_KD[used_K]
-
-        self.unused_steps_K.add_(1).masked_fill_(used_K, 0)
-        if self.cfg.vq_dead_after <= 0:  # restarts switched off
-            return 0
-        dead = (self.unused_steps_K >= self.cfg.vq_dead_after).nonzero().squeeze(1)
-        if len(dead) == 0:
-            return 0
-        # Distinct random encoder outputs from this batch (global RNG: seeded by the caller).
-        picks = torch.randperm(len(z_ND), device=z_ND.device)[:len(dead)]
-        dead = dead[:len(picks)]  # more dead codes than vectors: the rest wait for next step
-        self.codebook_KD[dead] = z_ND[picks]
-        self.ema_sum_KD[dead] = z_ND[picks] * RESTART_COUNT
-        self.ema_count_K[dead] = RESTART_COUNT
-        self.unused_steps_K[dead] = 0
-        return len(dead)
+def _codebook_keys(state_dict, prefix, *_):
+    """Accept a state dict with the codebook's buffers at its top level, as in the vq.pt
+    files of earlier runs."""
+    for name in ("codebook_KD", "ema_count_K", "ema_sum_KD", "unused_steps_K", "initialized"):
+        if prefix + name in state_dict:
+            state_dict[prefix + "codebook." + name] = state_dict.pop(prefix + name)
 
 
 def image_gradients(x_B3HW: Tensor) -> tuple[Tensor, Tensor]:

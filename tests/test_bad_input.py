@@ -119,7 +119,7 @@ def other_tokenizer(run) -> dict:
     """The run's vq.pt with its codebook moved: a tokenizer of the same shape that did not
     make the run's codes."""
     payload = checkpoint.load(run / "vq.pt")
-    payload["vq"]["codebook_KD"] += 1
+    payload["vq"]["codebook.codebook_KD"] += 1
     return {k: payload[k] for k in ("config", "vq", "report", "merges")}
 
 

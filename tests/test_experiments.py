@@ -133,9 +133,10 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("argv, work, docs, flags, steps", [
     ([], "out/experiments", "docs/experiments",
-     ["--dense-steps", "2000", "--vq-codes", "256", "--vq-edge-weight", "0", "--vq-encoder",
-      "conv", "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
-      "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2"],
+     ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
+      "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
+      "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
+      "shapes,glyphs,patterns", "--guidance", "2"],
      (2000, 600)),
     (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
@@ -263,3 +264,32 @@ def test_steps_trains_whole_runs_of_growing_length_from_one_tokenizer(tmp_path):
         (metrics,) = (work / "smoke").glob(f"eval-{name}/seed0/metrics.json")
         assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED
     assert (tmp_path / "docs" / "steps_curves.png").exists()
+
+
+def test_drawing_measures_each_image_code_lever_on_drawing_alone(tmp_path):
+    """Every arm is a dense run on shapes T2I rows alone; the arm that changes only the
+    transformer starts from its tokenizer arm's vq.pt (no stage 1 of its own); eval.py runs
+    on the validation draw and words.py's measures fill every row."""
+    import torch
+    from drawing import arms, slug
+
+    from minimoe import checkpoint
+    from minimoe.config import from_dict
+    work = tmp_path / "work"
+    _, data, table = smoke("drawing", (work, tmp_path / "docs"))
+    assert list(data["runs"]) == list(arms(True))
+    folders = {name: work / "smoke" / "drawing" / "seed0" / slug(name) for name in data["runs"]}
+    for name, (flags, tokenizer_of) in arms(True).items():
+        assert f"| {name} |" in table
+        row = data["runs"][name]
+        assert 0 <= row["geneval"] <= 1 and 0 <= row["shapes_mean"] <= 1
+        assert set(row["shapes"]) == {"circle", "square", "triangle", "cross"}
+        log = [json.loads(line) for line in (folders[name] / "log.jsonl").read_text().splitlines()]
+        assert any(r.get("stage") == "vq" and "loss" in r for r in log) == (tokenizer_of is None)
+        cfg = from_dict(checkpoint.load(folders[name] / "ckpt.pt")["config"])
+        assert cfg.data.domains == "shapes" and cfg.train.batch_mmu == cfg.train.batch_lm == 0
+    mine, copied = (torch.load(folders[n] / "vq.pt", weights_only=False)["vq"]
+                    for n in ("forms x colours", "forms x colours, shared rows"))
+    assert all(torch.equal(mine[k], copied[k]) for k in mine)
+    (metrics,) = (work / "smoke").glob("eval-drawing/seed0/metrics.json")
+    assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED

@@ -2,6 +2,7 @@
 forward, padding invariance.  Run: pytest -q tests/test_model.py"""
 import math
 
+import pytest
 import torch
 
 from minimoe.model import KVCache, apply_rotary, rotary
@@ -212,29 +213,40 @@ def test_the_dense_stage_starts_from_the_codebook_only_when_asked(tmp_path):
     assert not torch.equal(rows["random"], rows["codebook"])
 
 
+FACTORS = dict(code_features="factors", vq_colours=4)  # 16 codes: 4 forms x 4 colours
+
+
 def _pixels_model(**overrides):
     from conftest import micro_config
     from minimoe.build import build_model
     torch.manual_seed(0)
     model, v = build_model(micro_config(code_features="pixels", **overrides))
-    model.code_pixels_KF.copy_(torch.randn_like(model.code_pixels_KF).sign())
+    model.code_features_KF.copy_(torch.randn_like(model.code_features_KF).sign())
     return model, v
 
 
-def test_what_is_learnt_of_a_code_carries_over_to_a_code_with_its_pixels():
+@pytest.mark.parametrize("features", ["pixels", "factors"])
+def test_what_is_learnt_of_a_code_carries_over_to_a_code_that_draws_alike(features):
     """One step towards code A at a position raises the logit of code B, which draws A's
-    pixels, far more than it raises the other codes' logits (their shared pixel map learnt
-    it); without --code-features B moves like any other code."""
+    pixels (or A's form in another colour), far more than it raises the logits of codes that
+    share nothing with A (the shared map learnt it); without --code-features B moves like any
+    other code."""
     from conftest import micro_config
-    from minimoe.build import build_model
+    from minimoe.build import build_model, code_factors
+    from minimoe.vq import VQModel
     outlier = {}
-    for features in ("pixels", "none"):
-        if features == "pixels":
+    for kind in (features, "none"):
+        if kind == "pixels":
             model, v = _pixels_model()
-            model.code_pixels_KF[1] = model.code_pixels_KF[0]
+            model.code_features_KF[1] = model.code_features_KF[0]
+        elif kind == "factors":
+            torch.manual_seed(0)
+            cfg = micro_config(**FACTORS)
+            model, v = build_model(cfg)
+            model.code_features_KF.copy_(code_factors(VQModel(cfg.vq)))  # 1: A's form, colour 1
         else:
             torch.manual_seed(0)
-            model, v = build_model(micro_config())
+            model, v = build_model(micro_config(code_features="none"))
         tokens, groups, _ = t2i_row([104, 105], [v.mask] * 16, v, 64)
         tokens, groups = torch.tensor([tokens]), torch.tensor([groups])
         at, codes = 70, slice(v.image_offset, v.image_offset + v.codes)  # an image position
@@ -247,83 +259,68 @@ def test_what_is_learnt_of_a_code_carries_over_to_a_code_with_its_pixels():
         (-model(tokens, groups).logits_BLV[0, at, codes].log_softmax(-1)[0]).backward()
         opt.step()
         rise = code_logits() - before
-        others = rise[2:]  # neither A (code 0) nor B (code 1)
-        outlier[features] = ((rise[1] - others.mean()) / others.std()).item()
-    assert outlier["pixels"] > 3 and abs(outlier["none"]) < 3, outlier
+        ids = torch.arange(v.codes)
+        others = rise[(ids // 4 != 0) & (ids % 4 != 0)]  # neither A's form nor its colour
+        outlier[kind] = ((rise[1] - others.mean()) / others.std()).item()
+    assert outlier[features] > 3 and abs(outlier["none"]) < 3, outlier
 
 
-def test_code_pixels_reach_codes_only_not_mask_or_text():
-    """Changing what the codes draw changes nothing for a row without codes (text and [MASK]
-    positions), except the codes' own output rows; a row with codes changes everywhere."""
-    model, v = _pixels_model()
-    model.eval()
-    empty, groups, _ = t2i_row([104, 105], [v.mask] * 16, v, 64)
-    filled, _, _ = t2i_row([104, 105], [v.image_offset + i for i in range(16)], v, 64)
-    tokens, groups = torch.tensor([empty, filled]), torch.tensor([groups, groups])
-    with torch.no_grad():
-        before = model(tokens, groups).logits_BLV
-        model.code_pixels_KF.mul_(-1)
-        after = model(tokens, groups).logits_BLV
-    codes = slice(v.image_offset, v.image_offset + v.codes)
-    keep = torch.ones(v.size, dtype=torch.bool)
-    keep[codes] = False
-    assert torch.equal(before[0][:, keep], after[0][:, keep])
-    assert not torch.allclose(before[0][:, codes], after[0][:, codes])
-    assert not torch.allclose(before[1][:, keep], after[1][:, keep])
-
-
-def test_code_pixels_are_the_patch_each_code_draws():
-    """code_pixels: RGB of the centre patch of a grid filled with one code, then its brightest
-    channel, mapped to [-1, 1] and scaled to a norm of about 1."""
+def test_code_factors_add_the_form_s_and_the_colour_s_columns():
+    """Code id = form * colours + colour: the rows its shared maps add are the map of a one-hot
+    of its form and one of its colour, scaled to unit norm; --code-features factors without
+    --vq-colours is refused."""
     from conftest import micro_config
-    from minimoe.build import code_pixels, pixel_features
+    from minimoe.build import build_model, code_factors, code_feature_count
     from minimoe.vq import VQModel
-    cfg = micro_config(code_features="pixels")
+    cfg = micro_config(**FACTORS)
     torch.manual_seed(0)
-    vq = VQModel(cfg.vq).eval()
-    got = code_pixels(vq)
-    f = cfg.vq.vq_downsample
-    assert got.shape == (cfg.vq.vq_codes, pixel_features(cfg)) == (cfg.vq.vq_codes, 4 * f * f)
-    patch = vq.decode(torch.full((1, 3, 3), 5))[0, :, f:2 * f, f:2 * f]
-    scale = math.sqrt(4 * f * f)
-    assert torch.allclose(got[5, :3 * f * f] * scale, patch.flatten() * 2 - 1, atol=1e-5)
-    assert torch.allclose(got[5, 3 * f * f:] * scale, patch.amax(0).flatten() * 2 - 1, atol=1e-5)
-    assert (got.norm(dim=1) <= 1 + 1e-5).all()
+    model, _ = build_model(cfg)
+    model.code_features_KF.copy_(code_factors(VQModel(cfg.vq)))
+    assert code_feature_count(cfg) == 4 + 4
+    one_hots = torch.zeros(16, 8)
+    for code in range(16):
+        one_hots[code, [code // 4, 4 + code % 4]] = 1 / math.sqrt(2)
+    for shared in (model.features_in, model.features_out):
+        torch.testing.assert_close(model.code_rows(shared), shared(one_hots))
+    with pytest.raises(ValueError, match="--vq-colours"):
+        micro_config(code_features="factors", vq_colours=0)
 
 
-def test_the_dense_stage_fills_code_pixels_and_conversion_and_loading_keep_them(tmp_path):
-    """With --code-features pixels the fresh dense model draws its code pixels from the run's
+@pytest.mark.parametrize("flags", [dict(code_features="pixels"), FACTORS])
+def test_the_dense_stage_fills_code_features_and_conversion_and_loading_keep_them(tmp_path,
+                                                                                   flags):
+    """With --code-features the fresh dense model takes its code features from the run's
     tokenizer (0 steps: the weights dense_stage returns are the initial ones); the MoE model
-    converted from it and a checkpoint loaded back hold the same pixels and give the same
+    converted from it and a checkpoint loaded back hold the same features and give the same
     logits."""
     from conftest import micro_config
     from minimoe import checkpoint, inference
     from minimoe.batches import Batcher
-    from minimoe.build import build_model, code_pixels
-    from minimoe.config import make_config, to_dict
+    from minimoe.build import build_model, code_features
+    from minimoe.config import to_dict
     from minimoe.convert import convert_model
     from minimoe.data import BuiltinData
     from minimoe.run import RunFiles, dense_stage
     from minimoe.tokenizers import ImageTokenizer
     from minimoe.vq import VQModel
-    cfg = micro_config(code_features="pixels", dense_steps=0)
+    cfg = micro_config(dense_steps=0, **flags)
     torch.manual_seed(0)
     tok = ImageTokenizer(VQModel(cfg.vq).eval(), cfg.vq)
     _, vocab = build_model(cfg)
     dense = dense_stage(cfg, RunFiles(tmp_path / "run"), tok, vocab, torch.device("cpu"), None,
                         None, progress=False)
-    assert torch.equal(dense.code_pixels_KF, code_pixels(tok.vq))
-    assert dense.code_pixels_KF.abs().sum() > 0
-    moe_cfg = micro_config(code_features="pixels", moe="random", num_experts=4, text_experts=2)
+    assert torch.equal(dense.code_features_KF, code_features(cfg.model.code_features, tok.vq))
+    assert dense.code_features_KF.abs().sum() > 0
+    moe_cfg = micro_config(moe="random", num_experts=4, text_experts=2, **flags)
     batch = Batcher(moe_cfg, BuiltinData(16, ("shapes",), "train", 0), vocab, tok)(0)
     moe = convert_model(dense, moe_cfg, [batch], torch.Generator().manual_seed(0))
-    assert torch.equal(moe.code_pixels_KF, dense.code_pixels_KF)
-    assert torch.equal(moe.pixels_out.weight, dense.pixels_out.weight)
+    assert torch.equal(moe.code_features_KF, dense.code_features_KF)
+    assert torch.equal(moe.features_out.weight, dense.features_out.weight)
     path = tmp_path / "ckpt.pt"
     checkpoint.save({"config": to_dict(cfg), "model": dense.state_dict(), "vq": tok.vq.state_dict(),
                      "step": 0, "merges": []}, path)
     _, session, _ = inference.load(path, "cpu")
-    assert torch.equal(session.model.code_pixels_KF, dense.code_pixels_KF)
+    assert torch.equal(session.model.code_features_KF, dense.code_features_KF)
     dense.eval()
     with torch.no_grad():
         assert torch.equal(session.model(batch.tokens_BL, batch.groups_BL).logits_BLV,

@@ -104,7 +104,7 @@ def test_decode_drops_specials_and_replaces_invalid_bytes():
 
 
 def test_image_tokenizer_shapes_and_conversions():
-    cfg = VQConfig(vq_downsample=4, vq_codes=16, vq_dim=8, vq_channels=16)
+    cfg = VQConfig(vq_downsample=4, vq_codes=16, vq_colours=4, vq_dim=8, vq_channels=16)
     tok = ImageTokenizer(VQModel(cfg), cfg)
     images = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "white")]
     codes = tok.encode(images)

@@ -73,8 +73,8 @@ def synthetic_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 
 def small_cfg(**overrides) -> VQConfig:
-    """A tokenizer that runs in milliseconds: widths 4/8/16, 32 codes of size 8."""
-    base = dict(vq_downsample=4, vq_codes=32, vq_dim=8, vq_channels=16, vq_steps=20,
+    """A tokenizer that runs in milliseconds: widths 4/8/16, one codebook of 32 codes of size 8."""
+    base = dict(vq_downsample=4, vq_codes=32, vq_colours=0, vq_dim=8, vq_channels=16, vq_steps=20,
                 vq_batch=8, vq_dead_after=50)
     base.update(overrides)
     return VQConfig(**base)
@@ -92,8 +92,7 @@ def initialized_model(cfg: VQConfig, size: int = 16, n: int = 16) -> VQModel:
 def encoder_vectors(model: VQModel, x: torch.Tensor) -> torch.Tensor:
     """The continuous encoder outputs [N, D] in the order of the flattened codes."""
     with torch.no_grad():
-        z = model._encode_continuous(x)
-    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return model._bottleneck(x, train=False)[0]
 
 
 @pytest.mark.parametrize("downsample,batch,height,width", [(2, 1, 16, 16), (4, 3, 16, 16),
@@ -164,9 +163,9 @@ def test_ema_moves_used_codes_toward_their_vectors_and_leaves_unused_alone():
     model = initialized_model(cfg)
     x = synthetic_images(1, 16, seed=3)  # 16 vectors: most of the 64 codes stay unused
     z_ND = encoder_vectors(model, x)
-    codes_N = model._nearest(z_ND)
-    old_KD, old_sum_KD = model.codebook_KD.clone(), model.ema_sum_KD.clone()
-    old_count_K = model.ema_count_K.clone()
+    codes_N = model.codebook.nearest(z_ND)
+    old_KD, old_sum_KD = model.codebook_KD.clone(), model.codebook.ema_sum_KD.clone()
+    old_count_K = model.codebook.ema_count_K.clone()
     with torch.no_grad():
         model(x)
     new_KD = model.codebook_KD
@@ -197,7 +196,7 @@ def test_dead_codes_are_restarted_from_batch_vectors():
     for _ in range(3):
         z_ND = encoder_vectors(model, x)
         used = torch.zeros(cfg.vq_codes, dtype=torch.bool)
-        used[model._nearest(z_ND)] = True
+        used[model.codebook.nearest(z_ND)] = True
         old_KD = model.codebook_KD.clone()
         with torch.no_grad():
             restarts.append(model(x).dead_restarts)
@@ -207,7 +206,7 @@ def test_dead_codes_are_restarted_from_batch_vectors():
     assert restarted.sum() == restarts[2]
     # every restarted code is one of this batch's encoder vectors
     assert torch.cdist(model.codebook_KD[restarted], z_ND).min(1).values.max() < 1e-5
-    assert (model.unused_steps_K[restarted] == 0).all()
+    assert (model.codebook.unused_steps_K[restarted] == 0).all()
 
 
 def test_codebook_stats_on_known_histograms():
@@ -250,8 +249,8 @@ BOUND_STEPS = 300
 BOUND_MARGIN_DB = 6.0
 
 
-def train_small(steps: int, seed: int = 0) -> tuple[VQModel, list[dict]]:
-    cfg = VQConfig(vq_steps=steps, **BOUND_CFG)
+def train_small(steps: int, seed: int = 0, colours: int = 0) -> tuple[VQModel, list[dict]]:
+    cfg = VQConfig(vq_steps=steps, vq_colours=colours, **BOUND_CFG)
     torch.manual_seed(seed)
     model = VQModel(cfg)
     history = train_vq(model, lambda step: synthetic_images(cfg.vq_batch, 16, seed=step), cfg,
@@ -259,15 +258,16 @@ def train_small(steps: int, seed: int = 0) -> tuple[VQModel, list[dict]]:
     return model, history
 
 
-def test_training_beats_mean_colour_baseline():
+@pytest.mark.parametrize("colours", [0, 8])  # one codebook; 8 forms x 8 colours
+def test_training_beats_mean_colour_baseline(colours):
     """Held-out PSNR after a short training clearly beats predicting each image's mean colour,
     which the untrained model does not; the codebook stays in use."""
     test = synthetic_images(128, 16, seed=10_000)
     baseline = psnr(test.mean((2, 3), keepdim=True).expand_as(test), test)
-    untrained = VQModel(VQConfig(**BOUND_CFG)).eval()
+    untrained = VQModel(VQConfig(vq_colours=colours, **BOUND_CFG)).eval()
     assert psnr(untrained.decode(untrained.encode(test)), test) < baseline + BOUND_MARGIN_DB
 
-    model, history = train_small(BOUND_STEPS)
+    model, history = train_small(BOUND_STEPS, colours=colours)
     assert not model.training
     with torch.no_grad():
         codes = model.encode(test)
@@ -301,3 +301,63 @@ def test_edge_term_prices_a_blurred_edge_and_not_a_uniform_shift():
     dx, dy = image_gradients(x)
     assert dx.shape == (1, 3, 16, 15) and dy.shape == (1, 3, 15, 16)
     assert dx.abs().sum() == dy.abs().sum() == 2 * 3 * 8  # the square's two sides, 3 channels
+
+
+def _square(colour, size: int = 16, box=(3, 5, 10, 12)) -> torch.Tensor:
+    img = Image.new("RGB", (size, size))
+    ImageDraw.Draw(img).rectangle(box, fill=colour)
+    return torch.tensor(list(img.tobytes()), dtype=torch.float32).view(1, size, size, 3
+                                                                       ).permute(0, 3, 1, 2) / 255
+
+
+def test_split_patches_gives_one_form_for_every_colour_and_the_colours_apart():
+    """A red and a blue square have the same form (1 on the square, 0 on the black ground);
+    a patch's ink is its square's colour and its ground black; a flat patch has no form and
+    its colour as ground."""
+    from minimoe.vq import split_patches
+    red, blue = _square((230, 40, 40)), _square((50, 90, 230))
+    (form_red, colours_red), (form_blue, colours_blue) = (split_patches(x, 4) for x in (red, blue))
+    torch.testing.assert_close(form_red, form_blue)
+    # cell (1, 1) is cut by the square's edge (rows 5-7 of rows 4-7 lit); (2, 1) lies inside
+    lit = (red.amax(1, keepdim=True) > 0).float()
+    torch.testing.assert_close(form_red[..., 4:8, 4:8], lit[..., 4:8, 4:8])
+    assert lit[..., 4:8, 4:8].sum() == 12
+    torch.testing.assert_close(colours_red[0, :3, 1, 1], torch.tensor([230, 40, 40]) / 255)
+    torch.testing.assert_close(colours_red[0, 3:, 1, 1], torch.zeros(3))
+    torch.testing.assert_close(form_red[0, 0, 8:12, 4:8], torch.zeros(4, 4))
+    torch.testing.assert_close(colours_red[0, 3:, 2, 1], torch.tensor([230, 40, 40]) / 255)
+
+
+def test_factored_codes_pair_a_form_with_a_colour():
+    """With vq_colours, code = form * colours + colour: the same square in two colours gets the
+    same forms and other colours; training moves both codebooks; decode reads both; a state
+    dict round trip encodes alike."""
+    cfg = small_cfg(vq_codes=32, vq_colours=4)
+    model = initialized_model(cfg)
+    assert len(model.codebook) == 8 and len(model.colour_codebook) == 4
+    assert model.codebook.initialized and model.colour_codebook.initialized
+    model.eval()
+    red, blue = (model.encode(_square(c)) for c in ((230, 40, 40), (50, 90, 230)))
+    assert torch.equal(red // 4, blue // 4)
+    assert not torch.equal(red % 4, blue % 4)
+    assert model.codebook_KD.shape == (32, 2 * cfg.vq_dim)
+    torch.testing.assert_close(model.codebook_KD[4 * 3 + 1],
+                               torch.cat([model.codebook.codebook_KD[3],
+                                          model.colour_codebook.codebook_KD[1]]))
+    out = model(_square((230, 40, 40)))
+    assert torch.equal(out.codes_BHW, red) and torch.equal(out.recon_B3HW, model.decode(red))
+    clone = VQModel(cfg).eval()
+    clone.load_state_dict(model.state_dict())
+    x = synthetic_images(4, 16, seed=5)
+    assert torch.equal(clone.encode(x), model.encode(x))
+
+
+def test_a_tokenizer_saved_with_its_codebook_at_the_top_loads():
+    """Older vq.pt files hold the codebook's buffers at the top of the state dict."""
+    cfg = small_cfg()
+    model = initialized_model(cfg).eval()
+    old = {k.removeprefix("codebook."): v for k, v in model.state_dict().items()}
+    clone = VQModel(cfg).eval()
+    clone.load_state_dict(old)
+    x = synthetic_images(4, 16, seed=5)
+    assert torch.equal(clone.encode(x), model.encode(x))

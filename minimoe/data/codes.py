@@ -16,7 +16,7 @@ The manifest (JSON):
 
     {"format": "minimoe-codes", "version": 1,
      "source": the --data spec that was encoded, "seed": its seed, "domains": its --domains,
-     "tokenizer": {"image_size", "vq_downsample", "vq_codes", "vq_dim", "vq_channels",
+     "tokenizer": {"image_size", "vq_downsample", "vq_codes", "vq_colours", "vq_dim", "vq_channels",
                    "vq_encoder", "text_vocab", "vq_sha256": hash of the VQ weights},
      "grid": [h, w],
      "splits": {"train": [{"file": "train/000000.pt", "samples": n, "sha256": "..."}, ...],
