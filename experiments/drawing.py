@@ -2,7 +2,7 @@
 one per image-code lever, so that what a lever does to drawing is measured without the
 understanding and text rows that share the main job's steps.
 
-    python experiments/drawing.py            # tiny preset, CPU, alone: about 35 min
+    python experiments/drawing.py            # tiny preset, CPU, alone: about 25 min
     python experiments/drawing.py --smoke    # a micro run of everything (CI)
 
 Each run is `train.py --moe none --domains shapes --batch-mmu 0 --batch-lm 0` on the preset's
@@ -79,6 +79,7 @@ def drawn(s, run: Run, name: str, seed: int) -> dict:
 def main() -> None:
     s = parse(__doc__)
     torch.set_num_threads(2)
+    s.seeds = s.seeds[:1]
     seed = s.seeds[0]
     runs = runs_of(s, seed)
     if not evaluated(s, "drawing", seed).exists():  # eval.py and words.py need checkpoints
