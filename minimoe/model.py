@@ -293,7 +293,9 @@ class Transformer(nn.Module):
         pixels, or the sum of its form's and its colour's columns over sqrt(2), which is the
         map of a one-hot of each scaled to unit norm, looked up instead of multiplied."""
         if self.code_features_KF.dtype == torch.long:
-            return shared.weight.T[self.code_features_KF].sum(1) / math.sqrt(2)
+            # F.embedding, not weight.T[ids]: indexing's backward adds up in a thread-dependent
+            # order on CPU, which would make training irreproducible
+            return F.embedding(self.code_features_KF, shared.weight.T).sum(1) / math.sqrt(2)
         return shared(self.code_features_KF)
 
     def moe_layers(self) -> list[tuple[int, MoE]]:

@@ -286,6 +286,31 @@ def test_code_factors_add_the_form_s_and_the_colour_s_columns():
         micro_config(code_features="factors", vq_colours=0)
 
 
+def test_the_shared_rows_gradient_is_the_same_on_every_run():
+    """Training is reproducible on CPU: the gradient that reaches the form and colour columns
+    through the lookup adds up in the same order every time (2 threads, repeated)."""
+    from conftest import micro_config
+    from minimoe.build import build_model, code_factors
+    from minimoe.vq import VQModel
+    cfg = micro_config(code_features="factors", d_model=128, n_heads=4, vq_codes=1024,
+                       vq_colours=32)
+    torch.manual_seed(0)
+    model, _ = build_model(cfg)
+    model.code_features_KF.copy_(code_factors(VQModel(cfg.vq)))
+    upstream = torch.randn(1024, 128)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(10):
+            model.zero_grad()
+            (model.code_rows(model.features_out) * upstream).sum().backward()
+            grads.append(model.features_out.weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads)
+
+
 @pytest.mark.parametrize("flags", [dict(code_features="pixels"), FACTORS])
 def test_the_dense_stage_fills_code_features_and_conversion_and_loading_keep_them(tmp_path,
                                                                                    flags):
