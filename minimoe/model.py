@@ -263,7 +263,8 @@ class Transformer(nn.Module):
         if self.features_in is not None:
             K, codes_BL = len(self.code_features_KF), tokens_BL - self.image_offset
             is_code_BL = (codes_BL >= 0) & (codes_BL < K)  # not text, not [MASK]
-            features_BLD = self.code_rows(self.features_in)[codes_BL.clamp(0, K - 1)]
+            # F.embedding, not indexing: its CPU backward adds up in a fixed order
+            features_BLD = F.embedding(codes_BL.clamp(0, K - 1), self.code_rows(self.features_in))
             x_BLD = x_BLD + torch.where(is_code_BL[..., None], features_BLD, 0.0)
         if self.image_pos is not None:
             slots_BL = image_slots(all_tokens, self.image_offset)[:, -L:]
