@@ -48,7 +48,7 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-di
 STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
          "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
          "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-         "shapes,glyphs,patterns", "--guidance", "2"]
+         "shapes,glyphs,patterns", "--guidance", "2", "--vq-domains", ""]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 

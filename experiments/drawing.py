@@ -29,7 +29,7 @@ EVAL_PROMPTS = 40  # GenEval prompts a category: 480 images a model
 SCENES = 200  # single-object scenes behind the shape word's worth
 DRAWS = 10  # samples of each of the 48 one-object captions
 DRAWING = ["--moe", "none", "--domains", "shapes", "--batch-mmu", "0", "--batch-lm", "0",
-           "--sample-every", "0", "--eval-n", "0"]
+           "--sample-every", "0", "--eval-n", "0", "--vq-domains", ""]  # tokenizers: shapes too
 COLOURS = 32  # colours of the factored tokenizer: 32 forms x 32 colours, the default 1024 codes
 
 

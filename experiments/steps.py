@@ -27,8 +27,9 @@ from minimoe.plots import line_chart
 
 FACTORS = (0.5, 1, 2, 4)  # dense steps of each run, as multiples of the experiments'
 EVAL_PROMPTS = 40  # GenEval prompts a category: 480 images a model, about +-2 points
-# The tiny preset's archived runs were trained with one codebook; pinned, so a rerun matches them.
-ONE_CODEBOOK = ["--vq-colours", "0", "--code-features", "none"]
+# The tiny preset's archived runs were trained with one codebook on the run's own mix; pinned,
+# so a rerun matches them.
+ONE_CODEBOOK = ["--vq-colours", "0", "--code-features", "none", "--vq-domains", ""]
 LEVERS = {  # train.py flags, at 1x the dense steps
     "--mmu-turns 3": ["--mmu-turns", "3"],  # up to 3 questions about the image a MMU row
 }

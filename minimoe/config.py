@@ -32,6 +32,7 @@ class VQConfig:
     vq_dim: int = 32  # code vector size
     vq_channels: int = 96  # conv width at the code grid (halved per doubling of resolution)
     vq_encoder: str = "patch"  # patch (a code sees its own patch only) | conv (its neighbourhood)
+    vq_domains: str = "shapes:6,glyphs,patterns"  # built-in mix stage 1 trains on; "": --domains
     vq_steps: int = 1800  # training steps of stage 1 (0: reuse a cached tokenizer or fail)
     vq_batch: int = 32  # images per VQ step
     vq_lr: float = 3e-3  # AdamW learning rate of the encoder/decoder
@@ -153,8 +154,9 @@ class Config:
 
 
 SECTIONS = ("data", "vq", "model", "moe", "train")
-# A saved config without these fields was made with one codebook and no shared code rows.
-ABSENT = {"vq_colours": 0, "code_features": "none"}
+# A saved config without these fields was made with one codebook, no shared code rows, and a
+# tokenizer trained on the model's own mix.
+ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": ""}
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
 # never which data or what is computed from it.
 FREE_ON_RESUME = ("workers",)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from .convert import convert_model
 from .cost import format_cost
 from .curves import write_curves
 from .data import open_source
+from .data.builtin import parse_domains
 from .data.codes import PREFIX as CODES_PREFIX
 from .data.codes import TOKENIZER_FILE, check_tokenizer, read_manifest
 from .dist import (data_parallel, fsdp_, full_model_state, full_optimizer_state, is_fsdp,
@@ -360,11 +361,20 @@ def tokenizer_stage(cfg: Config, files: RunFiles, device, progress: bool = True,
     if cfg.vq.vq_steps == 0:
         raise UserError(f"--vq-steps 0 but {files.vq} does not exist; train a tokenizer first")
     vocab = learn_vocab(cfg)
-    source = open_source(cfg, "train", None)
-    images = Prefetcher(functools.partial(vq_images, source, cfg.vq.vq_batch), cfg.data.workers)
+    images = Prefetcher(functools.partial(vq_images, tokenizer_source(cfg), cfg.vq.vq_batch),
+                        cfg.data.workers)
     train_vq(vq, images, cfg.vq, device=device,
              progress=progress, log=lambda rec: files.log_line({"stage": "vq", **rec}))
     return ImageTokenizer(vq, cfg.vq), vocab, _keep_tokenizer(vq, vocab, cfg, files, device)
+
+
+def tokenizer_source(cfg: Config):
+    """The images stage 1 trains on: the built-in mix of --vq-domains (the run's own mix when it
+    is empty, and always for other data)."""
+    if cfg.data.data == "builtin" and cfg.vq.vq_domains:
+        parse_domains(cfg.vq.vq_domains, "--vq-domains")  # its own name in the error
+        cfg = replace(cfg, data=replace(cfg.data, domains=cfg.vq.vq_domains))
+    return open_source(cfg, "train", None)
 
 
 def check_same_tokenizer(payload: dict, cfg: Config, path) -> None:

@@ -180,6 +180,8 @@ SCRIPT_ROWS = [
     ("train-mmu-turns-zero", "train", ["--mmu-turns", "0"], None, "--mmu-turns 0 must be >= 1"),
     ("train-zero-domain-weight", "train", ["--domains", "shapes:0", "--out", "{tmp}/r"], None,
      "each optionally with a whole weight >= 1"),
+    ("train-unknown-tokenizer-domain", "train", ["--vq-domains", "shapes,photos", "--out",
+                                                 "{tmp}/r"], None, "--vq-domains 'shapes,photos'"),
     ("train-bad-data-spec", "train", ["--data", "imagenet", "--out", "{tmp}/r"], None,
      "use 'builtin' or 'folder:PATH'"),
     ("train-cuda-without-gpu", "train", ["--device", "cuda", "--out", "{tmp}/r"], None,

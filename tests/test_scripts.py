@@ -36,6 +36,21 @@ def test_the_tokenizer_is_a_function_of_the_seed_not_of_what_ran_before(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_tokenizer_trains_on_the_mix_of_vq_domains():
+    """Stage 1 draws its images from --vq-domains (glyphs alone here), and from the run's own
+    mix when that flag is empty."""
+    from minimoe import config
+    from minimoe.data import BuiltinData
+    from minimoe.run import tokenizer_source
+    cfg = config.make_config(image_size=16, vq_domains="glyphs", seed=3)
+    glyphs = BuiltinData(16, "glyphs", "train", seed=3)
+    assert all(tokenizer_source(cfg)[i].caption == glyphs[i].caption for i in range(8))
+    own = config.make_config(image_size=16, vq_domains="", seed=3)
+    mix = BuiltinData(16, own.data.domains, "train", seed=3)
+    assert [tokenizer_source(own)[i].caption for i in range(8)] == [mix[i].caption
+                                                                    for i in range(8)]
+
+
 def fails(capsys, fn, argv, match):
     with pytest.raises(SystemExit) as e:
         fn(argv)

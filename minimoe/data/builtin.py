@@ -176,10 +176,11 @@ _DOMAIN_FUNCTIONS = {
 }
 
 
-def parse_domains(domains: tuple[str, ...] | list[str] | str) -> dict[str, int]:
+def parse_domains(domains: tuple[str, ...] | list[str] | str,
+                  flag: str = "--domains") -> dict[str, int]:
     """"shapes:2,glyphs,patterns" -> {"shapes": 2, "glyphs": 1, "patterns": 1}: each domain
     with how many turns it takes in a round of the mix (1 unless given)."""
-    bad = ValueError(f"--domains {domains!r}: give distinct names from {', '.join(DOMAINS)}, "
+    bad = ValueError(f"{flag} {domains!r}: give distinct names from {', '.join(DOMAINS)}, "
                      f"each optionally with a whole weight >= 1 (shapes:2)")
     parts = [d.strip() for d in (domains.split(",") if isinstance(domains, str) else domains)]
     weights = {}
