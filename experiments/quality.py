@@ -28,15 +28,21 @@ from common import Run, cell, drawn_with_verdicts, evaluate, parse, run_all, tab
 
 from minimoe import config, evaluation, geneval, inference
 from minimoe.plots import image_grid
-from minimoe.run import RunFiles, tokenizer_stage
+from minimoe.data import DOMAINS, BuiltinData
+from minimoe.run import RunFiles, batch_images, tokenizer_stage
+from minimoe.vq import psnr
 
 TOKENIZER_PROMPTS = 40  # real images per GenEval category behind each tokenizer ceiling
+DOMAIN_IMAGES = 200  # held-out images per domain behind each tokenizer's PSNR by domain
 SAMPLE_PROMPTS = 12  # validation prompts in the before/after picture
 
 BEFORE = ["--vq-codes", "256", "--vq-edge-weight", "0"]  # the tokenizer of the first release
 AFTER = ["--vq-codes", "1024", "--vq-edge-weight", "1"]
 
 PATCH = ["--vq-encoder", "patch"]  # a code sees its own 4x4 patch only
+SHAPES_TWICE = ["--domains", "shapes:2,glyphs,patterns"]  # shapes are half of every batch
+SHAPES_SIX = ["--vq-domains", "shapes:6,glyphs,patterns"]  # stage 1 alone: 3/4 of its images
+FORMS = ["--vq-colours", "32"]  # a code is one of 32 forms x one of 32 colours
 
 TOKENIZER = {
     "256 codes, MSE": BEFORE,
@@ -44,13 +50,19 @@ TOKENIZER = {
     "1024 codes, MSE": ["--vq-codes", "1024", "--vq-edge-weight", "0"],
     "1024 codes, MSE + edge term": AFTER,
     "1024 codes, MSE + edge term, patch encoder": AFTER + PATCH,
+    # the model's mix (shapes twice a round) against a stage 1 of its own with shapes 6 times
+    "+ shapes twice a round": AFTER + PATCH + SHAPES_TWICE,
+    "+ shapes twice a round, tokenizer on shapes 6 times": AFTER + PATCH + SHAPES_TWICE
+    + SHAPES_SIX,
+    "+ shapes twice a round, forms x colours": AFTER + PATCH + SHAPES_TWICE + FORMS,
+    "+ shapes twice a round, forms x colours, tokenizer on shapes 6 times": AFTER + PATCH
+    + SHAPES_TWICE + FORMS + SHAPES_SIX,
 }
 OLD_SAMPLER = ["--steps", "8", "--guidance", "2", "--choice-temperature", "4.5"]
 NEW_SAMPLER = ["--steps", "8", "--guidance", "5", "--choice-temperature", "4.5"]
 BPE = ["--text-vocab", "512", "--text-len", "24"]  # 512 text ids: merges of the training texts
 GRID = ["--image-pos", "rotary2d"]  # 2-D rotary: codes know their row and column offsets
 CAPTIONS = ["--caption-share", "0.5"]  # half the MMU rows caption their image
-SHAPES_TWICE = ["--domains", "shapes:2,glyphs,patterns"]  # shapes are half of every batch
 RUNS = {  # the dense runs: train.py flags (common.STUDY pins what they leave out)
     "before": BEFORE,
     "edge": ["--vq-codes", "256", "--vq-edge-weight", "1"],
@@ -115,12 +127,26 @@ def tokenizer_row(s, name: str, flags: list[str], seed: int) -> dict:
     ceiling = evaluation.tokenizer_ceiling(image_tok, cfg.data.image_size, per_category,
                                            evaluation.VALIDATION_SEED)
     row = {"ceiling": ceiling["overall"], "per_category": ceiling["per_category"],
-           "psnr": report["psnr"], "used_fraction": report["used_fraction"], "wall_s": wall}
+           "psnr": report["psnr"], "used_fraction": report["used_fraction"], "wall_s": wall,
+           "psnr_per_domain": domain_psnr(image_tok, cfg.data.image_size,
+                                          4 if s.smoke else DOMAIN_IMAGES)}
     archived.parent.mkdir(parents=True, exist_ok=True)
     archived.write_text(json.dumps(row, indent=2))
     print(f"  tokenizer {name}, seed {seed}: ceiling {row['ceiling']:.1%}, "
           f"PSNR {row['psnr']:.2f}, {wall:.0f} s", flush=True)
     return row
+
+
+def domain_psnr(image_tok, image_size: int, n: int) -> dict[str, float]:
+    """Held-out PSNR of reconstructions per built-in domain, on n validation images each: what
+    a tokenizer weighted towards one domain costs the others."""
+    out = {}
+    with torch.no_grad():
+        for domain in DOMAINS:
+            data = BuiltinData(image_size, domain, "heldout", seed=evaluation.VALIDATION_SEED)
+            x = batch_images(data, 0, n)
+            out[domain] = psnr(image_tok.decode(image_tok.encode(x)), x)
+    return out
 
 
 def recipe_run(s, name: str, flags: list[str], seed: int) -> Run:
@@ -201,11 +227,13 @@ def main() -> None:
         rows.append([name, cell([r["ceiling"] for r in results], percent=True)]
                     + [cell([r["per_category"][c] for r in results], percent=True)
                        for c in geneval.CATEGORIES]
-                    + [cell([r["psnr"] for r in results], digits=2),
-                       cell([r["wall_s"] for r in results], digits=0)])
+                    + [cell([r["psnr"] for r in results], digits=2)]
+                    + [cell([r.get("psnr_per_domain", {}).get(d) for r in results], digits=2)
+                       for d in DOMAINS]
+                    + [cell([r["wall_s"] for r in results], digits=0)])
     tokenizer_md = table(["tokenizer", "ceiling %"] + [f"{SHORT[c]} %" for c in
                                                        geneval.CATEGORIES]
-                         + ["PSNR dB", "VQ s"], rows)
+                         + ["PSNR dB"] + [f"{d} dB" for d in DOMAINS] + ["VQ s"], rows)
     print(tokenizer_md)
 
     # the picture needs both checkpoints; from the archive alone the committed one stays

@@ -136,7 +136,7 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
      ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
       "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
       "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-      "shapes,glyphs,patterns", "--guidance", "2"],
+      "shapes,glyphs,patterns", "--guidance", "2", "--vq-domains", ""],
      (2000, 600)),
     (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
@@ -197,6 +197,8 @@ def test_quality(dirs):
     assert set(data["sampler"]) == set(SAMPLER)
     for rows in data["tokenizer"].values():
         assert all(0 <= r["ceiling"] <= 1 and r["wall_s"] > 0 for r in rows)
+        assert all(r["psnr_per_domain"].keys() == {"shapes", "glyphs", "patterns"}
+                   for r in rows)  # what weighting stage 1 towards one domain costs the others
     assert all(r["wall_s"] > 0 for r in data["recipe"].values())
     work, docs = dirs
     evals = list((work / "smoke").glob("eval-quality-*/seed0/metrics.json"))
