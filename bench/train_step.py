@@ -48,8 +48,8 @@ def time_mode(cfg, mode: str, steps: int, warmup: int) -> tuple[float, float, in
     for i, b in enumerate(batches):
         t0 = time.perf_counter()
         with autocast:
-            out = forward(b.tokens_BL, b.groups_BL, domain_B=b.domain_B)
-            loss = total_loss(task_losses(out.logits_BLV, b), cfg)
+            out = forward(b.tokens_BL, b.groups_BL, domain_B=b.domain_B, at_BL=b.labelled_BL)
+            loss = total_loss(task_losses(out.logits_NV, b), cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

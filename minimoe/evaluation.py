@@ -107,8 +107,8 @@ def mean_losses(model, batches, device) -> dict[str, float]:
     sums: dict[str, float] = {}
     for b in batches:
         b = b.to(device)
-        out = model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B)
-        for k, v in task_losses(out.logits_BLV, b).items():
+        out = model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B, at_BL=b.labelled_BL)
+        for k, v in task_losses(out.logits_NV, b).items():
             sums[k] = sums.get(k, 0.0) + v.item() / len(batches)
     return {k: round(v, 4) for k, v in sums.items()}
 

@@ -14,9 +14,11 @@ from .config import Config
 from .sequences import IGNORE, TASKS, Batch
 
 
-def task_losses(logits_BLV: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
+def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
                 scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Mean cross-entropy over the labelled positions of each task present in the batch.
+    logits: [B, L, V] at every position, or [N, V] at the labelled ones only (the model's
+    output for at_BL=batch.labelled_BL).
 
     With `counts` (labels per task of a larger batch this one is part of: see label_counts)
     each task's loss is scale x (this batch's sum) / count instead, so that the losses of the
@@ -24,7 +26,8 @@ def task_losses(logits_BLV: torch.Tensor, batch: Batch, counts: torch.Tensor | N
     the mean over everything (a plain per-part mean would weigh a part's few labels like many).
     """
     sel = batch.labels_BL != IGNORE
-    ce = F.cross_entropy(logits_BLV[sel].float(), batch.labels_BL[sel], reduction="none")
+    logits_NV = logits[sel] if logits.dim() == 3 else logits
+    ce = F.cross_entropy(logits_NV.float(), batch.labels_BL[sel], reduction="none")
     task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
     if counts is None:
         return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}

@@ -35,8 +35,9 @@ INIT_STD = 0.02  # GPT-2 style initialisation of embeddings and matrices
 
 @dataclass
 class ModelOutput:
-    logits_BLV: torch.Tensor
+    logits_BLV: torch.Tensor | None  # every position's (None when forward's at_BL picked some)
     routing: list[Routing | None] = field(default_factory=list)  # per layer (None: dense FFN)
+    logits_NV: torch.Tensor | None = None  # at the positions at_BL picked, row by row
 
 
 class KVCache:
@@ -240,11 +241,14 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=INIT_STD)
 
     def forward(self, tokens_BL: torch.Tensor, groups_BL: torch.Tensor,
-                cache: KVCache | None = None, domain_B: torch.Tensor | None = None
-                ) -> ModelOutput:
-        """Logits for every position. With a cache, the new positions also attend to (and are
-        appended to) everything cached before them. domain_B (the data domain of each row)
-        only matters to a router with a domain prior."""
+                cache: KVCache | None = None, domain_B: torch.Tensor | None = None,
+                at_BL: torch.Tensor | None = None) -> ModelOutput:
+        """Logits for every position, or with at_BL (bool) only for the positions it picks:
+        training needs them only where there is a label, a quarter of a tiny batch's
+        positions, and the vocabulary projection is the largest matmul of a tiny model. With a
+        cache, the new positions also attend to (and are appended to) everything cached before
+        them. domain_B (the data domain of each row) only matters to a router with a domain
+        prior."""
         all_tokens, all_groups = (tokens_BL, groups_BL) if cache is None else \
             cache.extend(tokens_BL, groups_BL)
         L = tokens_BL.shape[1]
@@ -279,7 +283,9 @@ class Transformer(nn.Module):
             else:
                 x_BLD, layer_routing = block(x_BLD, cos, sin, mask_B1LS, cache, i, info)
             routing.append(layer_routing)
-        return ModelOutput(F.linear(self.norm(x_BLD), self.output_rows()), routing)
+        if at_BL is None:
+            return ModelOutput(F.linear(self.norm(x_BLD), self.output_rows()), routing)
+        return ModelOutput(None, routing, F.linear(self.norm(x_BLD[at_BL]), self.output_rows()))
 
     def output_rows(self) -> torch.Tensor:
         """The output projection [vocab, d_model]: the head, plus each image code's features."""

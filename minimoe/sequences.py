@@ -44,6 +44,11 @@ class Batch:
     def to(self, device) -> "Batch":
         return Batch(*(getattr(self, f).to(device) for f in BATCH_FIELDS))
 
+    @property
+    def labelled_BL(self) -> torch.Tensor:
+        """Where a loss is taken: the positions whose logits training needs."""
+        return self.labels_BL != IGNORE
+
 
 BATCH_FIELDS = ("tokens_BL", "groups_BL", "labels_BL", "task_B", "domain_B")
 

@@ -171,8 +171,9 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
                 else model.no_sync()
             with sync, autocast:
-                out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B)
-                part = task_losses(out.logits_BLV, batch, counts, world)
+                out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B,
+                              at_BL=batch.labelled_BL)
+                part = task_losses(out.logits_NV, batch, counts, world)
                 micro_loss = total_loss(part, cfg)
                 if router:
                     aux = {k: v / len(micro) for k, v in router.losses(out.routing).items()}

@@ -17,6 +17,20 @@ def test_logits_shape_and_aux_per_layer(cfg, model_and_vocab):
     assert len(out.routing) == cfg.model.n_layers
 
 
+def test_the_head_at_picked_positions_gives_the_full_heads_rows(cfg, model_and_vocab):
+    """at_BL computes logits only where it is True: the same rows as the full head's, in
+    row-major order, and nothing else."""
+    model, v = model_and_vocab
+    rows = [t2i_row([104 + i], [v.image_offset + i] * cfg.image_tokens, v, cfg.data.text_len)
+            for i in range(3)]
+    tokens, groups = (torch.tensor([r[k] for r in rows]) for k in (0, 1))
+    at_BL = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    full = model(tokens, groups)
+    picked = model(tokens, groups, at_BL=at_BL)
+    assert picked.logits_BLV is None and picked.logits_NV.shape == (at_BL.sum(), v.size)
+    assert torch.allclose(picked.logits_NV, full.logits_BLV[at_BL], atol=1e-6)
+
+
 def test_rotary_preserves_norm_and_depends_only_on_offsets():
     x = torch.randn(1, 1, 4, 8)
     pos = torch.arange(4)[None]

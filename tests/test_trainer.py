@@ -142,10 +142,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model, batcher, tok, files = setup(cfg, tmp_path)
     forward = model.forward
 
-    def poisoned(tokens, groups, cache=None, domain_B=None):
-        out = forward(tokens, groups, cache, domain_B)
+    def poisoned(tokens, groups, cache=None, domain_B=None, at_BL=None):
+        out = forward(tokens, groups, cache, domain_B, at_BL)
         if poisoned.calls == 6:
-            out.logits_BLV = out.logits_BLV * float("nan")
+            out.logits_NV = out.logits_NV * float("nan")
         poisoned.calls += 1
         return out
     poisoned.calls = 0
@@ -153,6 +153,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match="step 7: .*last good checkpoint"):
         fit(model, cfg, files, "dense", 12, batcher, torch.device("cpu"), progress=False)
     assert checkpoint.load(files.ckpt)["step"] == 4
+
+
+def test_training_asks_for_logits_only_at_the_labelled_positions(tmp_path):
+    """The vocabulary projection runs where a loss is taken, not at every position (its
+    step equals one on the full head's logits: test_gradient_accumulation_equals_...)."""
+    cfg = micro_config(dense_steps=3, ckpt_every=100)
+    model, batcher, tok, files = setup(cfg, tmp_path)
+    forward, asked = model.forward, []
+
+    def recording(tokens, groups, cache=None, domain_B=None, at_BL=None):
+        asked.append(at_BL)
+        return forward(tokens, groups, cache, domain_B, at_BL)
+    model.forward = recording
+    fit(model, cfg, files, "dense", 3, batcher, torch.device("cpu"), progress=False)
+    assert len(asked) == 3
+    for step, at_BL in enumerate(asked):
+        labelled = batcher(step).labelled_BL
+        assert torch.equal(at_BL, labelled) and 0 < labelled.sum() < labelled.numel()
 
 
 def test_samples_without_questions_train_captioning_at_full_caption_length(tmp_path):
