@@ -18,7 +18,9 @@ Norms, activations, rotary, softmax and the optimizer are left out: they scale w
 and are a few per cent at these widths. The attention term counts the full L x L score
 matrix that the masked attention kernel computes, not only the unmasked part. A padding
 position costs what any other position costs, except in a MoE layer, which routes padding to
-no expert.
+no expert. The head is counted at every token, as sampling pays it, though training runs it
+only where a loss is taken (a quarter of a tiny batch's positions), so a tiny training
+count is about a sixth too high, alike for every method.
 """
 from __future__ import annotations
 
