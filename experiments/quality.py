@@ -15,7 +15,7 @@ does not tune on the reported numbers. Three tables:
 3. sampler: the `after` recipe's model under each sampler setting.
 The tokenizer rows run on every seed of --seeds (0,1,2); the recipe rows on the first only.
 Writes docs/experiments/quality.{md,json} and quality_samples.png (the same validation prompts
-drawn by the `before` model and by today's defaults, `now`).
+drawn by the `before` model and by the recipe's last row, `now`).
 """
 import argparse
 import json
@@ -71,7 +71,8 @@ RUNS = {  # the dense runs: train.py flags (common.STUDY pins what they leave ou
     "patch": AFTER + BPE + PATCH,
     "patch-grid": AFTER + BPE + PATCH + GRID,
     "patch-grid-captions": AFTER + BPE + PATCH + GRID + CAPTIONS,
-    "now": AFTER + BPE + PATCH + GRID + CAPTIONS + SHAPES_TWICE,  # today's defaults
+    # the recipe's last row; the tokenizer table measures forms x colours and stage 1's own mix
+    "now": AFTER + BPE + PATCH + GRID + CAPTIONS + SHAPES_TWICE,
 }
 RECIPE = {  # table row: (run, eval.py sampler flags)
     "before": ("before", OLD_SAMPLER),
@@ -82,7 +83,7 @@ RECIPE = {  # table row: (run, eval.py sampler flags)
     "+ patch encoder": ("patch", NEW_SAMPLER),
     "+ 2-D rotary": ("patch-grid", NEW_SAMPLER),
     "+ half the MMU rows captioning": ("patch-grid-captions", NEW_SAMPLER),
-    "+ shapes twice a round (today's defaults)": ("now", NEW_SAMPLER),
+    "+ shapes twice a round (the recipe's last row)": ("now", NEW_SAMPLER),
 }
 SAMPLER = {  # eval.py flags on the `after` model
     "8 steps, guidance 2, temperature 4.5": OLD_SAMPLER,
