@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .config import Config
-from .sequences import IGNORE, TASKS, Batch
+from .sequences import TASKS, Batch
 
 
 def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
@@ -25,7 +25,7 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
     parts add up, and DDP's gradient average (scale = W) comes out exactly as the gradient of
     the mean over everything (a plain per-part mean would weigh a part's few labels like many).
     """
-    sel = batch.labels_BL != IGNORE
+    sel = batch.labelled_BL
     logits_NV = logits[sel] if logits.dim() == 3 else logits
     ce = F.cross_entropy(logits_NV.float(), batch.labels_BL[sel], reduction="none")
     task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
@@ -38,7 +38,7 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
 def label_counts(batches: list[Batch], data_parallel: bool) -> torch.Tensor:
     """Labelled positions per task over `batches` (micro-batches of one step) and, under data
     parallelism, over every rank's."""
-    counts = sum(torch.stack([((b.labels_BL != IGNORE) & (b.task_B[:, None] == i)).sum()
+    counts = sum(torch.stack([(b.labelled_BL & (b.task_B[:, None] == i)).sum()
                               for i in range(len(TASKS))]).float() for b in batches)
     if data_parallel:
         dist.all_reduce(counts)

@@ -14,7 +14,7 @@ from minimoe.losses import task_losses, total_loss
 from minimoe.run import RunWriter
 from minimoe.tokenizers import ImageTokenizer, Vocab
 from minimoe.trainer import TrainingError, fit, lr_at, make_optimizer
-from minimoe.sequences import IGNORE, TASKS
+from minimoe.sequences import IGNORE, TASKS, Batch
 from minimoe.vq import VQModel
 from conftest import micro_config
 
@@ -42,7 +42,8 @@ def test_task_losses_average_each_tasks_labelled_positions():
     logits = torch.randn(3, 5, 7)
     labels = torch.full((3, 5), IGNORE)
     labels[0, 1], labels[1, 2], labels[1, 3], labels[2, 0] = 1, 2, 3, 4
-    batch = type("B", (), {"labels_BL": labels, "task_B": torch.tensor([0, 1, 2])})
+    zeros = torch.zeros(3, dtype=torch.long)
+    batch = Batch(labels.clamp(min=0), labels.clamp(min=0), labels, torch.tensor([0, 1, 2]), zeros)
     out = task_losses(logits, batch)
     ce = lambda r, c: torch.nn.functional.cross_entropy(logits[r, c][None], labels[r, c][None])
     assert set(out) == {"t2i", "mmu", "lm"}
