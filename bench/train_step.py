@@ -5,9 +5,11 @@ the same run.
     python bench/train_step.py                     # tiny preset, 2 threads, dense model
     python bench/train_step.py --moe taylor        # the MoE model (random experts: speed only)
     python bench/train_step.py --steps 30 --modes eager,bf16
+    python bench/train_step.py --modes eager -- --vq-colours 0 --code-features none
 
 Prints a table: milliseconds a step (median of --steps after --warmup), tokens/s and the ratio
-to the first mode. Compile time is reported separately: it is paid once per run.
+to the first mode. Compile time is reported separately: it is paid once per run. Flags after
+`--` are train.py's and change the timed config.
 """
 import argparse
 import statistics
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minimoe.batches import Batcher  # noqa: E402
 from minimoe.cli import about  # noqa: E402
 from minimoe.build import build_model  # noqa: E402
-from minimoe.config import make_config  # noqa: E402
+from minimoe.config import add_arguments, explicit_overrides, make_config  # noqa: E402
 from minimoe.data import open_source  # noqa: E402
 from minimoe.losses import task_losses, total_loss  # noqa: E402
 from minimoe.run import learn_vocab  # noqa: E402
@@ -70,19 +72,24 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--text-lens", default="64,24", help="text block sizes to time")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then train.py flags")
     args = p.parse_args()
+    flags = argparse.ArgumentParser(prog="train.py flags")
+    add_arguments(flags)
+    train_flags = [f for f in args.train_flags if f != "--"]
+    overrides = explicit_overrides(flags.parse_args(train_flags))
     torch.set_num_threads(args.threads)
     rows, base = [], None
     for text_len in (int(x) for x in args.text_lens.split(",")):
         extra = {} if text_len == 64 else {"text_vocab": 512}
-        cfg = make_config(moe=args.moe, text_len=text_len, **extra)
+        cfg = make_config(**{"moe": args.moe, "text_len": text_len, **extra, **overrides})
         for mode in args.modes.split(","):
             ms, first, tokens = time_mode(cfg, mode, args.steps, args.warmup)
             base = base or ms
             rows.append(f"| {text_len} | {mode} | {1000 * ms:.0f} | {tokens / ms:,.0f} | "
                         f"{base / ms:.2f}x | {first:.1f} |")
-    print(f"# tiny preset, --moe {args.moe}, {args.threads} threads, torch {torch.__version__}; "
-          f"median of {args.steps} steps")
+    print(f"# tiny preset, --moe {args.moe} {' '.join(train_flags)}, {args.threads} "
+          f"threads, torch {torch.__version__}; median of {args.steps} steps")
     print("| text_len | mode | ms a step | tokens/s | vs first row | first step s |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
