@@ -32,7 +32,7 @@ from minimoe.batches import Batcher  # noqa: E402
 from minimoe.build import build_model  # noqa: E402
 from minimoe.cli import about, pick_device  # noqa: E402
 from minimoe.data import open_source  # noqa: E402
-from minimoe.losses import task_losses, total_loss  # noqa: E402
+from minimoe.losses import labelled_losses, total_loss  # noqa: E402
 from minimoe.pretokenize import pretokenize  # noqa: E402
 from minimoe.run import learn_vocab  # noqa: E402
 from minimoe.tokenizers import ImageTokenizer  # noqa: E402
@@ -64,8 +64,7 @@ def time_steps(cfg, source, vocab, tok, device, steps: int, warmup: int):
         b = batcher(step).to(device)
         sync(device)
         t1 = time.perf_counter()
-        out = model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B, at_BL=b.labelled_BL)
-        loss = total_loss(task_losses(out.logits_NV, b), cfg)
+        loss = total_loss(labelled_losses(model, b)[1], cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

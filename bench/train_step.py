@@ -26,7 +26,7 @@ from minimoe.cli import about  # noqa: E402
 from minimoe.build import build_model  # noqa: E402
 from minimoe.config import add_arguments, explicit_overrides, make_config  # noqa: E402
 from minimoe.data import open_source  # noqa: E402
-from minimoe.losses import task_losses, total_loss  # noqa: E402
+from minimoe.losses import labelled_losses, total_loss  # noqa: E402
 from minimoe.run import learn_vocab  # noqa: E402
 from minimoe.tokenizers import ImageTokenizer  # noqa: E402
 from minimoe.trainer import make_optimizer  # noqa: E402
@@ -50,8 +50,7 @@ def time_mode(cfg, mode: str, steps: int, warmup: int) -> tuple[float, float, in
     for i, b in enumerate(batches):
         t0 = time.perf_counter()
         with autocast:
-            out = forward(b.tokens_BL, b.groups_BL, domain_B=b.domain_B, at_BL=b.labelled_BL)
-            loss = total_loss(task_losses(out.logits_NV, b), cfg)
+            loss = total_loss(labelled_losses(forward, b)[1], cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

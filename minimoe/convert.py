@@ -21,7 +21,7 @@ import torch
 
 from .build import build_model
 from .config import UPCYCLED, Config
-from .losses import task_losses
+from .losses import labelled_losses
 from .model import FFN
 from .moe import MoE, MoESpec
 from .sequences import Batch
@@ -51,8 +51,7 @@ def taylor_scores(model, batches: Iterable[Batch], tasks: tuple[str, ...],
     sums = [torch.zeros(b.ffn.w2.in_features, dtype=torch.float64) for b in model.blocks]
     try:
         for batch in batches:
-            out = model(batch.tokens_BL, batch.groups_BL, at_BL=batch.labelled_BL)
-            losses = task_losses(out.logits_NV, batch)
+            losses = labelled_losses(model, batch)[1]
             loss = sum(losses[t] for t in tasks if t in losses)
             if not torch.is_tensor(loss):
                 continue  # no row of these tasks in this batch

@@ -30,7 +30,7 @@ from .batches import Batcher
 from .config import Config
 from .data import DOMAINS, BuiltinData, open_source
 from .inference import Session, generate
-from .losses import task_losses
+from .losses import labelled_losses
 from .metrics import RoutingStats, colour_report, mmu_report
 from .plots import bar_chart, image_grid, routing_heatmaps
 from .tokenizers import tensor_to_images
@@ -107,8 +107,7 @@ def mean_losses(model, batches, device) -> dict[str, float]:
     sums: dict[str, float] = {}
     for b in batches:
         b = b.to(device)
-        out = model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B, at_BL=b.labelled_BL)
-        for k, v in task_losses(out.logits_NV, b).items():
+        for k, v in labelled_losses(model, b)[1].items():
             sums[k] = sums.get(k, 0.0) + v.item() / len(batches)
     return {k: round(v, 4) for k, v in sums.items()}
 

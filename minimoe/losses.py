@@ -35,6 +35,15 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
             if counts[i] > 0}
 
 
+def labelled_losses(forward, batch: Batch, counts: torch.Tensor | None = None,
+                    scale: float = 1.0):
+    """(model output, task losses) of `batch`, the head run at its labelled positions only:
+    `forward` is the model or its compiled or DDP wrapper."""
+    out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B,
+                  at_BL=batch.labelled_BL)
+    return out, task_losses(out.logits_NV, batch, counts, scale)
+
+
 def label_counts(batches: list[Batch], data_parallel: bool) -> torch.Tensor:
     """Labelled positions per task over `batches` (micro-batches of one step) and, under data
     parallelism, over every rank's."""

@@ -24,7 +24,7 @@ from .batches import STEP_SEED_STRIDE, Batcher
 from .cli import UserError
 from .config import Config
 from .dist import clip_grad_norm_, sync_expert_grads_
-from .losses import label_counts, task_losses, total_loss
+from .losses import label_counts, labelled_losses, total_loss
 from .schedules import warmup_cosine
 
 
@@ -171,9 +171,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
                 else model.no_sync()
             with sync, autocast:
-                out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B,
-                              at_BL=batch.labelled_BL)
-                part = task_losses(out.logits_NV, batch, counts, world)
+                out, part = labelled_losses(forward, batch, counts, world)
                 micro_loss = total_loss(part, cfg)
                 if router:
                     aux = {k: v / len(micro) for k, v in router.losses(out.routing).items()}
