@@ -61,6 +61,7 @@ class Setting:
     smoke: bool
     jobs: int
     preset: str = "tiny"  # tiny: CPU, minutes a run; small: one GPU (train.py picks it)
+    recipe: str = "study"  # tiny only: study (STUDY pinned) | defaults (the preset's own)
 
     @property
     def steps(self) -> dict:
@@ -72,13 +73,20 @@ class Setting:
 
     def flags(self) -> list[str]:
         preset = [] if self.preset == "tiny" else ["--preset", self.preset]
-        study = STUDY if self.preset == "tiny" else []  # the small preset has no archive yet
+        study = STUDY if (self.preset, self.recipe) == ("tiny", "study") else []
         return preset + study + (SMOKE if self.smoke else [])
 
 
-def parse(doc: str) -> Setting:
+def parse(doc: str, recipes: bool = False) -> Setting:
+    """The command line of an experiment script; `recipes`: it offers --recipe (else its
+    tiny runs are pinned to STUDY, which its rows are defined against)."""
     p = ArgumentParser(description=about(doc),
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    if recipes:
+        p.add_argument("--recipe", default="defaults", choices=("defaults", "study"),
+                       help="tiny preset: defaults trains with today's defaults (into "
+                       "out/experiments-defaults, docs/experiments/defaults); study with the "
+                       "first recipe the archived runs of docs/experiments were trained with")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--smoke", action="store_true",
                    help="micro model, a few steps, one seed: checks that the script runs")
@@ -90,9 +98,14 @@ def parse(doc: str) -> Setting:
     p.add_argument("--docs", default=None,
                    help="where results are written (default docs/experiments[/PRESET])")
     args = p.parse_args()
-    tiny = args.preset == "tiny"  # its folders carry no preset name
-    args.work = args.work or ("out/experiments" if tiny else f"out/experiments-{args.preset}")
-    args.docs = args.docs or ("docs/experiments" if tiny else f"docs/experiments/{args.preset}")
+    recipe = getattr(args, "recipe", "study")
+    if args.preset != "tiny" and recipe == "study" and recipes:
+        p.error(f"--recipe study is the tiny preset's first recipe; --preset {args.preset} "
+                "has only its defaults")
+    # the tiny study recipe's folders carry no name: they hold the first archive
+    name = args.preset if args.preset != "tiny" else "" if recipe == "study" else recipe
+    args.work = args.work or ("out/experiments" + (f"-{name}" if name else ""))
+    args.docs = args.docs or ("docs/experiments" + (f"/{name}" if name else ""))
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -101,7 +114,8 @@ def parse(doc: str) -> Setting:
         seeds, args.work = seeds[:1], str(Path(args.work) / "smoke")
     if not seeds or args.jobs < 1:
         p.error("--seeds needs at least one seed and --jobs at least 1")
-    return Setting(seeds, Path(args.work), Path(args.docs), args.smoke, args.jobs, args.preset)
+    return Setting(seeds, Path(args.work), Path(args.docs), args.smoke, args.jobs, args.preset,
+                   recipe)
 
 
 @dataclass

@@ -24,7 +24,7 @@ ARMS = {
 
 
 def main() -> None:
-    s = parse(__doc__)
+    s = parse(__doc__, recipes=True)
     runs = train_arms(s, ARMS)
     rows, data = [], {}
     for name, rs in runs.items():

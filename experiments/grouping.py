@@ -80,7 +80,7 @@ def extra_numbers(report: dict, run) -> dict:
 
 
 def main() -> None:
-    s = parse(__doc__)
+    s = parse(__doc__, recipes=True)
     runs = {seed: runs_of(s, seed) for seed in s.seeds}
     for seed, rs in runs.items():
         if not evaluated(s, "grouping", seed).exists():  # eval.py will need the checkpoints

@@ -57,7 +57,7 @@ def numbers(report: dict, run) -> dict:
 
 
 def main() -> None:
-    s = parse(__doc__)
+    s = parse(__doc__, recipes=True)
     groups = {(name, seed): runs_for(s, seed) for name, runs_for in GROUPS.items()
               for seed in s.seeds}
     for (name, seed), runs in groups.items():

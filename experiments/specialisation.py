@@ -33,7 +33,7 @@ def first_logged(run, key: str) -> float | None:
 
 
 def main() -> None:
-    s = parse(__doc__)
+    s = parse(__doc__, recipes=True)
     runs = train_arms(s, ARMS)
     rows, data = [], {}
     for name, rs in runs.items():

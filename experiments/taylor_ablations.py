@@ -29,7 +29,7 @@ COLUMNS = (("T2I loss before conversion", "t2i_dense", False),
 
 
 def main() -> None:
-    s = parse(__doc__)
+    s = parse(__doc__, recipes=True)
     runs = train_arms(s, ARMS)
     data = {}
     for name, rs in runs.items():

@@ -131,24 +131,32 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
         assert "preset = small" in (work / "smoke" / "seed0" / run / "train.txt").read_text()
 
 
-@pytest.mark.parametrize("argv, work, docs, flags, steps", [
-    ([], "out/experiments", "docs/experiments",
-     ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
-      "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
-      "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-      "shapes,glyphs,patterns", "--guidance", "2", "--vq-domains", ""],
+STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0",
+               "--code-features", "none", "--vq-edge-weight", "0", "--vq-encoder", "conv",
+               "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
+               "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2",
+               "--vq-domains", ""]
+
+
+@pytest.mark.parametrize("recipes, argv, work, docs, flags, steps", [
+    (False, [], "out/experiments", "docs/experiments", STUDY_FLAGS, (2000, 600)),
+    (True, ["--recipe", "study"], "out/experiments", "docs/experiments", STUDY_FLAGS,
      (2000, 600)),
-    (["--preset", "small"], "out/experiments-small", "docs/experiments/small",
+    (True, [], "out/experiments-defaults", "docs/experiments/defaults", [], (2800, 600)),
+    (True, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
+     ["--preset", "small"], (20000, 5000)),
+    (False, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
 ])
-def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, argv, work, docs,
-                                                                flags, steps):
-    """Runs of another preset never mix with the tiny ones, tiny runs keep the tokenizer and
-    sampler of the archived study runs, and dense-continued trains as many extra steps as
-    that preset's MoE stage."""
+def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, recipes, argv, work,
+                                                                docs, flags, steps):
+    """Runs of another preset or recipe never mix with the tiny study recipe's, those keep the
+    tokenizer and sampler of the archived study runs (always, in a script whose rows are
+    defined against them), and dense-continued trains as many extra steps as that setting's
+    MoE stage."""
     import common
     monkeypatch.setattr(sys, "argv", ["x"] + argv)
-    s = common.parse("doc")
+    s = common.parse("doc", recipes=recipes)
     assert (str(s.work), str(s.docs), s.flags()) == (work, docs, flags)
     assert (s.steps["dense_steps"], s.steps["moe_steps"]) == steps
     continued = common.dense_continued(s, 0).cmd
@@ -162,6 +170,8 @@ def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, arg
     (["--seeds", ","], "at least one seed"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--job", "2"], "unrecognized arguments: --job 2"),  # not taken for --jobs
+    (["--preset", "small", "--recipe", "study"], "has only its defaults"),
+    (["--recipe", "old"], "invalid choice: 'old'"),
 ])
 def test_a_bad_command_line_is_one_line_and_exit_2(argv, says):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "domains.py"), *argv],
