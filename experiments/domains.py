@@ -1,6 +1,7 @@
 """Experiment 3: do experts separate data domains, with and without an annealed domain bias?
 
     python experiments/domains.py                 # 3 seeds, tiny preset, CPU: about 40 min
+    python experiments/domains.py --recipe study  # the first recipe, of the archived tables
     python experiments/domains.py --smoke         # a micro run of everything (CI)
 
 The built-in data has three domains (shapes, glyphs, patterns) in turn. Arms: `taylor` and
@@ -9,7 +10,8 @@ bias b_i(t) that starts at +2 logits for a block of experts per domain and is an
 zero over the MoE stage (the study's attempt). Reports held-out domain NMI (0: every domain
 routed alike, 1: disjoint experts per domain) beside modality NMI and MMU accuracy, domain NMI
 over training, and seed 0's routing heatmaps.
-Writes docs/experiments/domains.{md,json}, _curves.png and _heatmaps_*.png.
+Writes docs/experiments/defaults/domains.{md,json}, _curves.png and _heatmaps_*.png
+(docs/experiments/ with --recipe study).
 """
 from common import cell, curves, layer_mean, parse, table, train_arms, write
 

@@ -2,6 +2,7 @@
 what each arm costs, at equal training steps.
 
     python experiments/grouping.py                # 3 seeds, tiny preset, CPU
+    python experiments/grouping.py --recipe study # the first recipe, of the archived tables
     python experiments/grouping.py --smoke        # a micro run of everything (CI)
 
 Per seed, every arm starts from the seed's dense model and trains the same MoE steps on the
@@ -16,7 +17,8 @@ end, and each arm's cost: active parameters and training FLOPs a token (minimoe/
 the measured seconds a MoE step. The charts draw the held-out losses of the MoE stage
 (--heldout-every) against the training FLOPs and against the training seconds spent after the
 dense stage, the dense model continued beside the MoE arms.
-Writes docs/experiments/grouping.{md,json} and grouping_{flops,seconds}.png.
+Writes docs/experiments/defaults/grouping.{md,json} and grouping_{flops,seconds}.png
+(docs/experiments/ with --recipe study).
 """
 from common import (arm, cell, dense_continued, evaluate, evaluated, parse, run_all, table,
                     write)

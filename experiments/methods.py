@@ -2,6 +2,7 @@
 
     python experiments/methods.py                 # 3 seeds, tiny preset, CPU: about 2 hours
     python experiments/methods.py --jobs 2        # two runs at once
+    python experiments/methods.py --recipe study  # the first recipe, of the archived tables
     python experiments/methods.py --smoke         # a micro run of everything (CI)
 
 Per seed: the dense model (stages 1-2), then five arms that each train 600 more steps on the
@@ -10,7 +11,8 @@ taylor) with their MoE stage. eval.py measures every arm and the dense model as 
 GenEval-style accuracy, FID, MMU accuracy, routing NMI; wall time is the arm's train.py time
 (conversion included). Each conversion is also evaluated before its first MoE step
 (`--moe-steps 0`), to separate what the conversion costs from what the router's learning does.
-Writes docs/experiments/methods.{md,json,png}.
+Writes docs/experiments/defaults/methods.{md,json,png}
+(docs/experiments/ with --recipe study).
 """
 from common import (arm, bar_stats, cell, dense, dense_continued, evaluate, evaluated, parse,
                     run_all, table, write)

@@ -1,6 +1,7 @@
 """Experiment 2: does modality specialisation emerge, and which router schedule drives it?
 
     python experiments/specialisation.py          # 3 seeds, tiny preset, CPU: about 1 hour
+    python experiments/specialisation.py --recipe study   # the first recipe (archived tables)
     python experiments/specialisation.py --smoke  # a micro run of everything (CI)
 
 The `random` conversion (experts are random neuron slices, the router starts from zero, so
@@ -10,7 +11,8 @@ balance coefficient 0.01 -> 0), no temperature annealing (1 throughout), no bala
 rate 1e-3). `taylor`, whose router starts as a modality probe, is shown beside them.
 Modality NMI per layer over the MoE steps comes from the training log; the table adds the
 held-out NMI, MMU accuracy and held-out T2I loss at the end.
-Writes docs/experiments/specialisation.{md,json} and _curves.png.
+Writes docs/experiments/defaults/specialisation.{md,json} and _curves.png
+(docs/experiments/ with --recipe study).
 """
 from common import cell, curves, layer_mean, parse, table, train_arms, write
 

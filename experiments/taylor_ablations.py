@@ -1,6 +1,7 @@
 """Experiment 4: which parts of the Taylor-score construction matter?
 
     python experiments/taylor_ablations.py        # 3 seeds, tiny preset, CPU: about 1 hour
+    python experiments/taylor_ablations.py --recipe study   # the first recipe (archived tables)
     python experiments/taylor_ablations.py --smoke   # a micro run of everything (CI)
 
 Arms, each converted from the seed's dense model and trained 600 MoE steps: the default
@@ -9,7 +10,8 @@ started as a text/image probe); 2 shared experts (6 routed + 2 always-on slices 
 8, 3 text + 3 image); per-token scores (sum |a*g| per token); and no router start (router
 from zero). Reports held-out losses right after conversion and after training, MMU accuracy,
 caption-colour agreement of generated images, and modality NMI.
-Writes docs/experiments/taylor_ablations.{md,json,png}.
+Writes docs/experiments/defaults/taylor_ablations.{md,json,png}
+(docs/experiments/ with --recipe study).
 """
 from common import bar_stats, cell, layer_mean, parse, table, train_arms, write
 
