@@ -10,8 +10,9 @@ Every arm of a seed starts from that seed's dense model, WORK/seed{S}/dense.
 What the tables need of a finished run (summary.json, the MoE stage's routing statistics,
 eval.py's metrics) is also archived, a few kB per run, in DOCS/runs/, which is committed: a
 later checkout (WORK is not committed) counts those runs as done and only trains what is new,
-retraining a seed's dense model when a new arm needs it (CPU training is deterministic, so it
-is the same model).
+retraining a seed's dense model when a new arm needs it. CPU training is deterministic at a
+given thread count, so with the --jobs it was trained under it is the same model; another
+thread count sums in another order, and the rounding grows into another training of the seed.
 """
 from __future__ import annotations
 
