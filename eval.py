@@ -85,7 +85,8 @@ def full(runs, args, out: Path) -> dict:
                                                not args.no_progress)
         featurize, features = (lambda images: fid.features(net, images)), \
             "minimoe feature net (fid.py)"
-    print(f"checker on real images {checker['real']:.1%}, with wrong captions "
+    print(f"checker on real images {checker['real']:.1%} (exact {checker['real_exact']:.1%}), "
+          f"with wrong captions "
           f"{checker['wrong_captions']:.1%}; FID features: {features}"
           + (f", held-out accuracy {accuracy}" if accuracy else ""))
     if checker["real"] < geneval.TRUSTED_REAL or checker["wrong_captions"] > geneval.TRUSTED_WRONG:

@@ -222,6 +222,8 @@ def geneval_eval(cfg, session, image_tok, s: Settings, out: Path) -> dict:
                   for i in idx for ok in scored["verdicts"][i]]
         save_png(image_grid(ims, labels, cols=2 * s.samples), out / f"geneval_{category}.png")
     return {"per_category": scored["per_category"], "overall": scored["overall"],
+            "exact": scored["exact"], "exact_per_category": scored["exact_per_category"],
+            "objects_found": scored["objects_found"],
             "prompts": len(prompts), "samples_per_prompt": s.samples,
             "ceiling": tokenizer_ceiling(image_tok, cfg.data.image_size, s.per_category,
                                          s.draw)}
@@ -242,6 +244,8 @@ def fid_eval(cfg, session, image_tok, s: Settings, featurize, features: str) -> 
 def headline(report: dict) -> dict[str, float]:
     """The few numbers a comparison table shows."""
     row = {"GenEval": report["geneval"]["overall"]}
+    if "exact" in report["geneval"]:  # reports written before it was measured lack it
+        row["GenEval exact (nothing else drawn)"] = report["geneval"]["exact"]
     if "ceiling" in report["geneval"]:
         row["GenEval ceiling"] = report["geneval"]["ceiling"]["overall"]
     row.update({"MMU": report["mmu"]["accuracy"], "FID": report["fid"]["fid"],

@@ -160,14 +160,26 @@ def check(prompt: Prompt, found: list[Found]) -> bool:
 
 def score(prompts: list[Prompt], images_per_prompt: list[list]) -> dict:
     """Accuracy per category and overall (the mean of the categories), with each image's
-    verdict. images_per_prompt[i] are the samples generated for prompts[i]."""
-    verdicts = [[check(p, find_objects(im)) for im in ims]
-                for p, ims in zip(prompts, images_per_prompt)]
-    per = {c: float(np.mean([v for p, vs in zip(prompts, verdicts) if p.category == c
-                             for v in vs]))
-           for c in CATEGORIES if any(p.category == c for p in prompts)}
+    verdict. images_per_prompt[i] are the samples generated for prompts[i].
+
+    A prompt passes when the objects it asks for are found, whatever else is (as in GenEval),
+    so clutter passes by chance: many specks of many colours hold some silhouette of the
+    asked-for shape. `exact` also asks that nothing else be found (as many objects as the
+    prompt names): a real image passes both, clutter only the first."""
+    found = [[find_objects(im) for im in ims] for ims in images_per_prompt]
+    verdicts = [[check(p, f) for f in fs] for p, fs in zip(prompts, found)]
+    exact = [[ok and len(f) == len(p.objects) for ok, f in zip(oks, fs)]
+             for p, oks, fs in zip(prompts, verdicts, found)]
+
+    def per_category(passed):
+        return {c: float(np.mean([v for p, vs in zip(prompts, passed) if p.category == c
+                                  for v in vs]))
+                for c in CATEGORIES if any(p.category == c for p in prompts)}
+    per, per_exact = per_category(verdicts), per_category(exact)
     return {"per_category": per, "overall": float(np.mean(list(per.values()))),
-            "verdicts": verdicts}
+            "exact_per_category": per_exact,
+            "exact": float(np.mean(list(per_exact.values()))), "verdicts": verdicts,
+            "objects_found": float(np.mean([len(f) for fs in found for f in fs]))}
 
 
 def requirement(prompt: Prompt):
@@ -220,4 +232,5 @@ def validate_checker(image_size: int, per_category: int, seed: int = 0) -> dict:
     right = score(prompts, images)
     wrong = score(wrong_prompts(prompts), images)
     return {"real": right["overall"], "real_per_category": right["per_category"],
+            "real_exact": right["exact"],
             "wrong_captions": wrong["overall"], "wrong_per_category": wrong["per_category"]}
