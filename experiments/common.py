@@ -95,9 +95,9 @@ def parse(doc: str, recipes: bool = False) -> Setting:
     p.add_argument("--preset", default="tiny", choices=("tiny", "small"),
                    help="tiny: 2 CPU cores; small: one GPU (64 px, 8 layers, d_model 512)")
     p.add_argument("--work", default=None,
-                   help="folder of the training runs (default out/experiments[-PRESET])")
+                   help="folder of the training runs (default out/experiments[-defaults|-PRESET])")
     p.add_argument("--docs", default=None,
-                   help="where results are written (default docs/experiments[/PRESET])")
+                   help="where results are written (default docs/experiments[/defaults|/PRESET])")
     args = p.parse_args()
     recipe = getattr(args, "recipe", "study")
     if args.preset != "tiny" and recipe == "study" and recipes:
