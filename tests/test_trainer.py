@@ -320,10 +320,9 @@ def test_mmu_turns_ask_several_distinct_questions_of_one_image(tmp_path):
         counts[turns] = []
         for row, i in zip(batch.tokens_BL, range(16)):
             sample = batcher.source[i]
-            ids = row.tolist()
-            ids = ids[ids.index(batcher.vocab.sot) + 1:]
-            ends = [j for j, t in enumerate(ids) if t == batcher.vocab.eot]
-            pairs = [text.decode(ids[a + 1:b]) for a, b in zip([-1] + ends, ends)]
+            ids, v = row.tolist(), batcher.vocab
+            starts = [j for j, t in enumerate(ids) if t == v.sot]  # each turn: [sot] q a [eot]
+            pairs = [text.decode(ids[a + 1:ids.index(v.eot, a)]) for a in starts]
             # each turn is "question answer": one of the sample's pairs, none repeated
             asked = [next(qa for qa in sample.qa if p == f"{qa[0]} {qa[1]}") for p in pairs]
             assert len(set(asked)) == len(asked)
