@@ -81,7 +81,7 @@ def markdown(results: dict[str, list[dict]]) -> str:
     lines = ["## The router probe at conversion: z along the text/image mean difference "
              "(text +1, image -1), by token kind, and a Fisher discriminant's held-out accuracy",
              "", "| model | layer | text z | wrong side | code z | wrong side | [MASK] z | "
-             "wrong side | Fisher: text | Fisher: image |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "wrong side | Fisher: text | Fisher: image |", "|---" * 10 + "|"]
     for name, layers in results.items():
         for i, r in enumerate(layers):
             cells = [f"{r[k]['z_mean']:+.2f} ± {r[k]['z_sd']:.2f} | {100 * r[k]['wrong']:.1f} %"

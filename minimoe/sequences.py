@@ -71,11 +71,14 @@ def attention_mask(groups_q: torch.Tensor, groups_k: torch.Tensor) -> torch.Tens
     return ((k & low) <= (q & low)) & ((turn_k == 0) | (turn_k == turn_q))
 
 
-def positions(tokens_BL: torch.Tensor, pad: int, groups_BL: torch.Tensor) -> torch.Tensor:
+def positions(tokens_BL: torch.Tensor, pad: int, groups_BL: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """Rotary positions that ignore padding: the k-th real token of a row is at position k,
-    except that every MMU turn starts where the row's first turn starts."""
+    except that every MMU turn (told by `groups_BL`) starts where the row's first turn starts."""
     real = tokens_BL != pad
     pos_BL = (real.long().cumsum(1) - 1).clamp(min=0)
+    if groups_BL is None:
+        return pos_BL
     turn_BL = torch.where(real, groups_BL >> TURN_SHIFT, 0)
     in_turn = (turn_BL > 0).long()
     before_BL = in_turn.cumsum(1) - in_turn  # real turn tokens left of each position
