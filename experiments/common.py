@@ -43,13 +43,16 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-di
          "--heldout-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
 # The study's archived runs (DOCS/runs) were trained with the first tokenizers (one codebook of
-# 256 codes, MSE alone, a conv encoder; byte text in 64 slots), 1-D rotary, question-only MMU
-# rows and an even domain mix, 2000 dense steps, and sampled at guidance 2; pinned, so that a
-# tiny run trained now is comparable with them.
+# 256 codes, MSE alone, a conv encoder; byte text in 64 slots), 1-D rotary, MMU rows of one
+# question (no captions) and an even domain mix, 2000 dense steps, and sampled at guidance 2;
+# pinned, so that a tiny run trained now is comparable with them.
 STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
          "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
          "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-         "shapes,glyphs,patterns", "--guidance", "2", "--vq-domains", ""]
+         "shapes,glyphs,patterns", "--guidance", "2", "--vq-domains", "", "--mmu-turns", "1"]
+# The defaults recipe's archived runs (DOCS/defaults/runs) were trained before MMU rows packed
+# several questions; pinned likewise.
+DEFAULTS = ["--mmu-turns", "1"]
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 
@@ -62,7 +65,7 @@ class Setting:
     smoke: bool
     jobs: int
     preset: str = "tiny"  # tiny: CPU, minutes a run; small: one GPU (train.py picks it)
-    recipe: str = "study"  # tiny only: study (STUDY pinned) | defaults (the preset's own)
+    recipe: str = "study"  # tiny only: study (STUDY pinned) | defaults (the preset's; DEFAULTS)
 
     @property
     def steps(self) -> dict:
@@ -74,8 +77,9 @@ class Setting:
 
     def flags(self) -> list[str]:
         preset = [] if self.preset == "tiny" else ["--preset", self.preset]
-        study = STUDY if (self.preset, self.recipe) == ("tiny", "study") else []
-        return preset + study + (SMOKE if self.smoke else [])
+        pinned = {"study": STUDY, "defaults": DEFAULTS}[self.recipe] if self.preset == "tiny" \
+            else []
+        return preset + pinned + (SMOKE if self.smoke else [])
 
 
 def parse(doc: str, recipes: bool = False) -> Setting:
@@ -85,8 +89,9 @@ def parse(doc: str, recipes: bool = False) -> Setting:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     if recipes:
         p.add_argument("--recipe", default="defaults", choices=("defaults", "study"),
-                       help="tiny preset: defaults trains with today's defaults (into "
-                       "out/experiments-defaults, docs/experiments/defaults); study with the "
+                       help="tiny preset: defaults trains with today's defaults but one question a "
+                       "MMU row, as its archive (into out/experiments-defaults, "
+                       "docs/experiments/defaults); study with the "
                        "first recipe the archived runs of docs/experiments were trained with")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--smoke", action="store_true",

@@ -114,7 +114,7 @@ class TrainConfig:
     w_lm: float = 0.1  # loss weight of text next-token prediction
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
-    mmu_turns: int = 1  # questions about its image a MMU row may carry (packed while they fit)
+    mmu_turns: int = 3  # questions a MMU row may carry about its image (no turn sees another)
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)

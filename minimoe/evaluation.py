@@ -16,7 +16,7 @@ Nothing here trains: this module imports no part of the training loop.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,9 @@ def format_report(s: dict) -> str:
 # --- held-out losses and routing -------------------------------------------------------------
 
 def heldout_batches(cfg: Config, vocab, image_tok, n: int) -> list:
+    # One question a row, as inference asks, so that runs with and without packed turns
+    # (--mmu-turns) are measured on the same rows.
+    cfg = replace(cfg, train=replace(cfg.train, mmu_turns=1))
     batcher = Batcher(cfg, open_source(cfg, "heldout", vocab.merges), vocab, image_tok)
     return [batcher(i) for i in range(n)]
 

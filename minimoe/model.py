@@ -252,7 +252,7 @@ class Transformer(nn.Module):
         all_tokens, all_groups = (tokens_BL, groups_BL) if cache is None else \
             cache.extend(tokens_BL, groups_BL)
         L = tokens_BL.shape[1]
-        pos_BL, cols_BL = positions(all_tokens, self.pad_id), None
+        pos_BL, cols_BL = positions(all_tokens, self.pad_id, all_groups), None
         if self.grid_side:
             pos_BL, cols_BL = grid_positions(all_tokens, pos_BL, self.image_offset,
                                              self.grid_side)

@@ -14,6 +14,14 @@ block (the T2I image block, the MMU prefix up to [eoi]) shares one group; paddin
 PAD_GROUP, larger than every real group, so no real position ever attends to it (pad rows
 attend to everything, which keeps softmax finite and is never read).
 
+A training MMU row may pack several questions about its image (--mmu-turns). Each *turn*,
+[sot] question answer [eot], must see the image and itself but no other turn: a later turn
+that read an earlier answer ("what colour is the circle? red") could answer from the text
+("what shape is the red object?"). So a group's bits from TURN_SHIFT up number its turn
+(0: seen by every turn), and i may attend to j iff j's order (the low bits) is at most i's
+and j's turn is 0 or i's. Every turn's rotary positions start where the first one's do, so
+each turn is the row inference builds for its question alone (`sequences.positions`).
+
 Labels are aligned with the inputs: labels[i] is what the output at position i must predict,
 IGNORE where there is no loss. T2I: the true code at masked image positions (not shifted). MMU
 and LM: the next token (shifted), on the answer (MMU) or the whole text (LM), [eot] included.
@@ -24,11 +32,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .tokenizers import Vocab
 
 IGNORE = -100  # label of positions without a loss (torch's cross_entropy ignore_index)
-PAD_GROUP = 1 << 30  # attention group of padding: above every real position
+TURN_SHIFT = 20  # a group's bits from here up number its MMU turn (see the docstring)
+PAD_GROUP = 1 << 30  # attention group of padding: its turn (1024) is no real row's
 T2I, MMU, LM = 0, 1, 2  # task ids of batch rows
 TASKS = ("t2i", "mmu", "lm")
 
@@ -55,13 +65,27 @@ BATCH_FIELDS = ("tokens_BL", "groups_BL", "labels_BL", "task_B", "domain_B")
 
 def attention_mask(groups_q: torch.Tensor, groups_k: torch.Tensor) -> torch.Tensor:
     """Boolean [B, 1, Lq, Lk] mask (True = may attend) from query and key groups."""
-    return (groups_k[:, None, None, :] <= groups_q[:, None, :, None])
+    low = (1 << TURN_SHIFT) - 1
+    q, k = groups_q[:, None, :, None], groups_k[:, None, None, :]
+    turn_q, turn_k = q >> TURN_SHIFT, k >> TURN_SHIFT
+    return ((k & low) <= (q & low)) & ((turn_k == 0) | (turn_k == turn_q))
 
 
-def positions(tokens_BL: torch.Tensor, pad: int) -> torch.Tensor:
-    """Rotary positions that ignore padding: the k-th real token of a row is at position k."""
-    real = (tokens_BL != pad).long()
-    return (real.cumsum(1) - 1).clamp(min=0)
+def positions(tokens_BL: torch.Tensor, pad: int, groups_BL: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Rotary positions that ignore padding: the k-th real token of a row is at position k,
+    except that every MMU turn (told by `groups_BL`) starts where the row's first turn starts."""
+    real = tokens_BL != pad
+    pos_BL = (real.long().cumsum(1) - 1).clamp(min=0)
+    if groups_BL is None:
+        return pos_BL
+    turn_BL = torch.where(real, groups_BL >> TURN_SHIFT, 0)
+    in_turn = (turn_BL > 0).long()
+    before_BL = in_turn.cumsum(1) - in_turn  # real turn tokens left of each position
+    starts = (turn_BL > 0) & (turn_BL != F.pad(turn_BL, (1, 0))[:, :-1])
+    # turns are contiguous and in order, so the latest start's count is the own turn's
+    offset_BL = torch.where(starts, before_BL, 0).cummax(1).values
+    return pos_BL - torch.where(turn_BL > 0, offset_BL, 0)
 
 
 def t2i_row(caption: list[int], codes: list[int], vocab: Vocab, text_len: int):
@@ -97,23 +121,22 @@ def mmu_prefix(codes: list[int], question: list[int], vocab: Vocab):
 def mmu_row(codes: list[int], turns: list[tuple[list[int], list[int]]], vocab: Vocab,
             seq_len: int):
     """(tokens, groups, labels) of one training MMU row: the image, then (question, answer)
-    turns, each answer closed by [eot] and supervised. The first turn must fit; the others
-    are packed in order while the row has room (LLaVA-style turns about one image, so that
-    the image block is paid once for several answers)."""
-    (question, answer), *_ = turns
-    tokens, groups = mmu_prefix(codes, question, vocab)
-    supervised = [False] * len(tokens)
-    for i, (q, a) in enumerate(turns):
-        ask = q if i else []  # the first question is part of the prefix
-        if len(tokens) + len(ask) + len(a) + 1 > seq_len:
-            if i == 0:
-                fit = seq_len - (len(tokens) - len(question)) - 1
-                raise ValueError(f"question + answer are {len(question) + len(answer)} "
-                                 f"bytes; at most {fit} fit")
+    turns, each [sot] question answer [eot] with the answer and [eot] supervised. The first
+    turn must fit; the others are packed in order while the row has room, so that the image
+    block is paid once for several answers. Each turn sees the image and itself only."""
+    tokens = [vocab.mmu, vocab.soi, *codes, vocab.eoi]  # each turn then opens its own [sot]
+    groups, supervised = [0] * len(tokens), [False] * len(tokens)
+    start = len(tokens)  # every turn's first order, as in the row of its question alone
+    for i, (q, a) in enumerate(turns, start=1):
+        turn = [vocab.sot, *q, *a, vocab.eot]
+        if len(tokens) + len(turn) > seq_len:
+            if i == 1:
+                raise ValueError(f"question + answer are {len(q) + len(a)} "
+                                 f"bytes; at most {seq_len - start - 2} fit")
             break
-        tokens = tokens + ask + a + [vocab.eot]
-        supervised += [False] * len(ask) + [True] * (len(a) + 1)
-    groups = groups + list(range(len(groups), len(tokens)))
+        groups += [(i << TURN_SHIFT) | order for order in range(start, start + len(turn))]
+        tokens += turn
+        supervised += [False] * (1 + len(q)) + [True] * (len(a) + 1)
     # shifted: the position before each answer token (and before its [eot]) predicts it
     labels = [t if s else IGNORE for t, s in zip(tokens[1:], supervised[1:])] + [IGNORE]
     return _pad_right(tokens, groups, labels, vocab, seq_len)

@@ -135,14 +135,15 @@ STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0"
                "--code-features", "none", "--vq-edge-weight", "0", "--vq-encoder", "conv",
                "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
                "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2",
-               "--vq-domains", ""]
+               "--vq-domains", "", "--mmu-turns", "1"]
 
 
 @pytest.mark.parametrize("recipes, argv, work, docs, flags, steps", [
     (False, [], "out/experiments", "docs/experiments", STUDY_FLAGS, (2000, 600)),
     (True, ["--recipe", "study"], "out/experiments", "docs/experiments", STUDY_FLAGS,
      (2000, 600)),
-    (True, [], "out/experiments-defaults", "docs/experiments/defaults", [], (2800, 600)),
+    (True, [], "out/experiments-defaults", "docs/experiments/defaults", ["--mmu-turns", "1"],
+     (2800, 600)),
     (True, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
     (False, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
@@ -243,6 +244,38 @@ def test_reading_compares_a_conv_reader_and_the_transformer(tmp_path):
         assert [p["examples"] for p in curve] == [0, 128, 256]
         assert all(0 <= p["accuracy"] <= 1 for p in curve)
     assert "| 256 |" in (tmp_path / "reading.md").read_text()
+
+
+def test_probe_errs_where_text_spreads_along_the_mean_difference_and_fisher_does_not():
+    """The router probe ranks tokens by their offset along the difference of the two means;
+    if text spreads widely along it, a share of the text falls on the image side, while a
+    discriminant that weighs directions by their spread still separates the two."""
+    import torch
+    from probe import separation
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    noise = torch.randn(2 * n, 2, generator=gen)
+    text = torch.arange(2 * n) < n
+    for sd_text, ambiguous in ((3.0, True), (0.05, False)):
+        x = torch.where(text[:, None], torch.tensor([1.0, 0.2]), torch.tensor([-1.0, -0.2]))
+        x = x + noise * torch.where(text[:, None], torch.tensor([sd_text, 0.01]),
+                                    torch.tensor([0.05, 0.01]))
+        r = separation(x, text, {"text": text, "code": ~text})
+        assert abs(r["text"]["z_mean"] - 1) < 1e-6 and abs(r["code"]["z_mean"] + 1) < 1e-6
+        assert (r["text"]["wrong"] > 0.2) == ambiguous, r
+        assert r["fisher_text"] > 0.99 and r["fisher_image"] > 0.99, r
+
+
+def test_probe_measures_every_layer_of_a_dense_model(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "probe.py"), "--smoke",
+                        "--docs", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (layers,) = json.loads((tmp_path / "probe.json").read_text()).values()
+    assert len(layers) == 2  # the micro model's blocks
+    for row in layers:
+        assert set(row) >= {"text", "code", "mask", "fisher_text", "fisher_image"}
+        assert abs(row["text"]["z_mean"] - 1) < 1e-3  # z is +1 at the text mean by design
+    assert "| 1 |" in (tmp_path / "probe.md").read_text()
 
 
 def test_steps_trains_whole_runs_of_growing_length_from_one_tokenizer(tmp_path):

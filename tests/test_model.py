@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minimoe.model import KVCache, apply_rotary, rotary
-from minimoe.sequences import PAD_GROUP, mmu_prefix, t2i_row
+from minimoe.sequences import PAD_GROUP, mmu_prefix, mmu_row, t2i_row
 
 
 def test_logits_shape_and_aux_per_layer(cfg, model_and_vocab):
@@ -84,6 +84,25 @@ def test_left_padding_does_not_change_a_rows_logits(cfg, model_and_vocab):
     padded = model(torch.tensor([[v.pad] * 5 + tokens]),
                    torch.tensor([[PAD_GROUP] * 5 + groups])).logits_BLV
     assert torch.allclose(alone, padded[:, 5:], atol=1e-5)
+
+
+def test_a_packed_mmu_turn_computes_what_its_question_alone_computes(cfg, model_and_vocab):
+    """Packing questions about one image into a row (--mmu-turns) must not let a turn read
+    another's answer: every turn's logits are those of its own single-turn row, which is the
+    prompt inference builds."""
+    model, v = model_and_vocab
+    codes = [v.image_offset + i % v.codes for i in range(cfg.image_tokens)]
+    turns = [([119, 104, 63], [114, 101, 100]), ([104, 63], [50]), ([115, 63], [97, 98])]
+    seq_len = 3 + len(codes) + sum(len(q) + len(a) + 2 for q, a in turns) + 2
+    packed_t, packed_g, _ = mmu_row(codes, turns, v, seq_len)
+    packed = model(torch.tensor([packed_t]), torch.tensor([packed_g])).logits_BLV[0]
+    at = start = 3 + len(codes)
+    for q, a in turns:
+        n = len(q) + len(a) + 2
+        alone_t, alone_g, _ = mmu_row(codes, [(q, a)], v, seq_len)
+        alone = model(torch.tensor([alone_t]), torch.tensor([alone_g])).logits_BLV[0]
+        assert torch.allclose(packed[at:at + n], alone[start:start + n], atol=1e-5)
+        at += n
 
 
 def test_activation_checkpointing_gives_the_same_losses_and_gradients():

@@ -65,11 +65,11 @@ def test_mmu_turns_supervise_every_answer_and_pack_only_what_fits():
     """Each answer (and the [eot] closing it) is predicted from the position before it, the
     questions are not; a turn that would not fit is left out, never cut."""
     turns = [([113, 63], [114, 101]), ([104, 63], [120]), ([105, 106, 63], [121, 122])]
-    prefix = 3 + N_IMG + 1  # [mmu] [soi] codes [eoi] [sot]
-    one = [113, 63, 114, 101, V.eot]
-    two = one + [104, 63, 120, V.eot]
-    for room, text in ((len(one), one), (len(two), two), (len(two) + 5, two),
-                       (len(two) + 6, two + [105, 106, 63, 121, 122, V.eot])):
+    prefix = 3 + N_IMG  # [mmu] [soi] codes [eoi]
+    one = [V.sot, 113, 63, 114, 101, V.eot]
+    two = one + [V.sot, 104, 63, 120, V.eot]
+    for room, text in ((len(one), one), (len(two), two), (len(two) + 6, two),
+                       (len(two) + 7, two + [V.sot, 105, 106, 63, 121, 122, V.eot])):
         tokens, groups, labels = mmu_row(CODES, turns, V, prefix + room)
         assert tokens[prefix:prefix + len(text)] == text
         assert set(tokens[prefix + len(text):]) <= {V.pad}
@@ -77,11 +77,31 @@ def test_mmu_turns_supervise_every_answer_and_pack_only_what_fits():
         assert [l for l in labels if l != IGNORE] == answers
         for i, l in enumerate(labels):
             assert l == IGNORE or l == tokens[i + 1]
-        m = allowed(tokens, groups)
-        txt = torch.arange(prefix - 1, prefix + len(text))
-        assert torch.equal(m[txt][:, txt], torch.ones(len(txt), len(txt)).tril().bool())
     with pytest.raises(ValueError, match="at most"):
         mmu_row(CODES, turns, V, prefix + len(one) - 1)
+
+
+def test_mmu_turns_see_the_image_and_themselves_only():
+    """A later turn must not read an earlier answer: each turn attends to the image block and
+    causally to itself, and its rotary positions are those of its question asked alone."""
+    turns = [([113, 63], [114, 101]), ([104, 63], [120]), ([105, 106, 63], [121, 122])]
+    tokens, groups, _ = mmu_row(CODES, turns, V, SEQ_LEN + 20)
+    prefix = 3 + N_IMG
+    m = allowed(tokens, groups)
+    pos = positions(torch.tensor([tokens]), V.pad, torch.tensor([groups]))[0]
+    spans, at = [], prefix
+    for q, a in turns:
+        spans.append(torch.arange(at, at + len(q) + len(a) + 2))
+        at += len(q) + len(a) + 2
+    for i, span in enumerate(spans):
+        assert m[span][:, :prefix].all(), "a turn does not see the image"
+        assert torch.equal(m[span][:, span], torch.ones(len(span), len(span)).tril().bool())
+        assert not m[:prefix, span].any(), "the image sees a turn"
+        for j, other in enumerate(spans):
+            assert j == i or not m[span][:, other].any(), f"turn {i} sees turn {j}"
+        assert pos[span].tolist() == list(range(prefix, prefix + len(span)))
+    pad = torch.tensor(tokens) == V.pad
+    assert not m[~pad][:, pad].any()
 
 
 def test_lm_row_is_causal_and_predicts_every_next_token():
@@ -95,7 +115,8 @@ def test_lm_row_is_causal_and_predicts_every_next_token():
 
 def test_positions_skip_padding():
     tokens = torch.tensor([[V.pad, V.pad, 1, 2], [1, 2, V.pad, V.pad]])
-    assert positions(tokens, V.pad).tolist() == [[0, 0, 0, 1], [0, 1, 1, 1]]
+    groups = torch.tensor([[PAD_GROUP, PAD_GROUP, 2, 3], [0, 1, PAD_GROUP, PAD_GROUP]])
+    assert positions(tokens, V.pad, groups).tolist() == [[0, 0, 0, 1], [0, 1, 1, 1]]
 
 
 def test_mask_images_masks_at_least_one_and_labels_exactly_the_masked():

@@ -320,16 +320,32 @@ def test_mmu_turns_ask_several_distinct_questions_of_one_image(tmp_path):
         counts[turns] = []
         for row, i in zip(batch.tokens_BL, range(16)):
             sample = batcher.source[i]
-            ids = row.tolist()
-            ids = ids[ids.index(batcher.vocab.sot) + 1:]
-            ends = [j for j, t in enumerate(ids) if t == batcher.vocab.eot]
-            pairs = [text.decode(ids[a + 1:b]) for a, b in zip([-1] + ends, ends)]
+            ids, v = row.tolist(), batcher.vocab
+            starts = [j for j, t in enumerate(ids) if t == v.sot]  # each turn: [sot] q a [eot]
+            pairs = [text.decode(ids[a + 1:ids.index(v.eot, a)]) for a in starts]
             # each turn is "question answer": one of the sample's pairs, none repeated
             asked = [next(qa for qa in sample.qa if p == f"{qa[0]} {qa[1]}") for p in pairs]
             assert len(set(asked)) == len(asked)
             counts[turns].append(len(asked))
     assert set(counts[1]) == {1}
     assert max(counts[3]) > 1 and set(counts[3]) <= {1, 2, 3}
+
+
+def test_heldout_rows_ask_one_question_whatever_the_training_packs(tmp_path):
+    """Held-out losses compare runs: packing turns into training rows (--mmu-turns) must not
+    change the held-out rows they are measured on."""
+    from minimoe.evaluation import heldout_batches
+    batches = {}
+    for turns in (1, 3):
+        cfg = micro_config(batch_mmu=16, caption_share=0.0, mmu_turns=turns, text_len=128)
+        _, batcher, tok, _ = setup(cfg, tmp_path)
+        batches[turns] = heldout_batches(cfg, batcher.vocab, tok, 2)
+        packed = batcher(0)  # the training rows do pack several
+        sot_per_row = (packed.tokens_BL == batcher.vocab.sot).sum(1)
+        assert (sot_per_row.max() > 1) == (turns > 1)
+    for one, three in zip(batches[1], batches[3]):
+        assert torch.equal(one.tokens_BL, three.tokens_BL)
+        assert torch.equal(one.labels_BL, three.labels_BL)
 
 
 def test_autocast_auto_is_bf16_on_cuda_only_and_the_flag_forces_it():
