@@ -20,6 +20,7 @@ import torch
 from common import write_measured
 
 from minimoe import cli
+from minimoe.convert import each_ffn_input
 from minimoe.evaluation import heldout_batches
 from minimoe.inference import load
 
@@ -57,19 +58,7 @@ def measure(path: str) -> list[dict]:
     model, v = session.model.eval(), session.vocab
     batches = heldout_batches(cfg, v, image_tok, BATCHES)
     inputs = [[] for _ in model.blocks]
-
-    def keep(i):
-        def hook(module, args):
-            inputs[i].append(args[0].reshape(-1, args[0].shape[-1]))
-        return hook
-
-    handles = [b.ffn.register_forward_pre_hook(keep(i)) for i, b in enumerate(model.blocks)]
-    try:
-        for b in batches:
-            model(b.tokens_BL, b.groups_BL)
-    finally:
-        for h in handles:
-            h.remove()
+    each_ffn_input(model, batches, lambda i, x_TD, info: inputs[i].append(x_TD))
     tokens = torch.cat([b.tokens_BL.flatten() for b in batches])
     real, image = tokens != v.pad, tokens >= v.image_offset
     kinds = {"text": ~image, "code": image & (tokens != v.mask), "mask": tokens == v.mask}

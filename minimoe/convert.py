@@ -194,19 +194,12 @@ def moe_from_dense(ffn: FFN, method: str, num_experts: int, top_k: int, num_shar
 
 
 @torch.no_grad()
-def modality_means(model, batches: Iterable[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per block: the mean FFN input (what the router sees) of text and of image tokens."""
-    sums = [[torch.zeros(model.cfg.d_model, dtype=torch.float64) for _ in range(2)]
-            for _ in model.blocks]
-    counts = [[0, 0] for _ in model.blocks]
-
+def each_ffn_input(model, batches: Iterable[Batch], take) -> None:
+    """Run `batches` through `model`, calling take(layer, x [T, D], info) with every block's
+    FFN input: what a router in that block sees."""
     def keep(layer):
         def hook(module, args):
-            x_TD, info = args[0].reshape(-1, args[0].shape[-1]).double(), args[1]
-            for m, tokens in enumerate((info.valid_T & ~info.image_T,
-                                        info.valid_T & info.image_T)):
-                sums[layer][m] += x_TD[tokens].sum(0).cpu()
-                counts[layer][m] += int(tokens.sum())
+            take(layer, args[0].reshape(-1, args[0].shape[-1]), args[1])
         return hook
 
     handles = [b.ffn.register_forward_pre_hook(keep(i)) for i, b in enumerate(model.blocks)]
@@ -216,6 +209,20 @@ def modality_means(model, batches: Iterable[Batch]) -> list[tuple[torch.Tensor, 
     finally:
         for h in handles:
             h.remove()
+
+
+def modality_means(model, batches: Iterable[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per block: the mean FFN input (what the router sees) of text and of image tokens."""
+    sums = [[torch.zeros(model.cfg.d_model, dtype=torch.float64) for _ in range(2)]
+            for _ in model.blocks]
+    counts = [[0, 0] for _ in model.blocks]
+
+    def take(layer, x_TD, info):
+        for m, tokens in enumerate((info.valid_T & ~info.image_T, info.valid_T & info.image_T)):
+            sums[layer][m] += x_TD[tokens].double().sum(0).cpu()
+            counts[layer][m] += int(tokens.sum())
+
+    each_ffn_input(model, batches, take)
     return [tuple((s / max(1, c)).float() for s, c in zip(sums[i], counts[i]))
             for i in range(len(model.blocks))]
 
