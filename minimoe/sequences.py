@@ -110,9 +110,14 @@ def question_text(question: str) -> str:
     return f"{question} " if question else ""
 
 
+def mmu_image(codes: list[int], vocab: Vocab) -> list[int]:
+    """The image block that opens every MMU row: [mmu] [soi] codes [eoi]."""
+    return [vocab.mmu, vocab.soi, *codes, vocab.eoi]
+
+
 def mmu_prefix(codes: list[int], question: list[int], vocab: Vocab):
     """(tokens, groups) of an MMU prompt up to and including the question bytes."""
-    prefix = [vocab.mmu, vocab.soi, *codes, vocab.eoi]
+    prefix = mmu_image(codes, vocab)
     tokens = prefix + [vocab.sot, *question]
     groups = [0] * len(prefix) + list(range(len(prefix), len(tokens)))
     return tokens, groups
@@ -124,7 +129,7 @@ def mmu_row(codes: list[int], turns: list[tuple[list[int], list[int]]], vocab: V
     turns, each [sot] question answer [eot] with the answer and [eot] supervised. The first
     turn must fit; the others are packed in order while the row has room, so that the image
     block is paid once for several answers. Each turn sees the image and itself only."""
-    tokens = [vocab.mmu, vocab.soi, *codes, vocab.eoi]  # each turn then opens its own [sot]
+    tokens = mmu_image(codes, vocab)  # each turn then opens its own [sot]
     groups, supervised = [0] * len(tokens), [False] * len(tokens)
     start = len(tokens)  # every turn's first order, as in the row of its question alone
     for i, (q, a) in enumerate(turns, start=1):
