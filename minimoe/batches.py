@@ -6,12 +6,14 @@ batches it would have seen, and a checkpoint needs no RNG state.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from .config import Config
 from .loading import Prefetcher
+from .metrics import answer_type
 from .sequences import LM, MMU, T2I, Batch, collate, concat, lm_row, mask_images, mmu_row, \
     question_text, t2i_row
 from .tokenizers import ImageTokenizer, TextTokenizer, Vocab
@@ -93,8 +95,9 @@ class Batcher:
         # Captioning rows (Show-o trains understanding on captions too) supervise every word
         # of the caption from the image, where a question supervises one answer.
         captioning = torch.rand(len(mmu), generator=gen) < cfg.train.caption_share
+        types = self._type_counts(mmu, captioning)
         for s, c, cap in zip(mmu, codes[len(t2i):], captioning):
-            turns = [("", s.caption)] if cap else self._pick_turns(s, gen)
+            turns = [("", s.caption)] if cap else self._pick_turns(s, gen, types)
             rows.append(mmu_row(c.tolist(), [(self.text.encode(question_text(q)),
                                               self.text.encode(a)) for q, a in turns],
                                 v, seq_len))
@@ -119,9 +122,25 @@ class Batcher:
         return torch.stack([s.codes.flatten().long() if s.codes is not None else next(encoded)
                             for s in samples])
 
-    def _pick_turns(self, sample, gen: torch.Generator) -> list[tuple[str, str]]:
-        """Up to --mmu-turns of the sample's questions, distinct, in random order."""
+    def _type_counts(self, mmu, captioning) -> Counter | None:
+        """With --question-mix balanced, how many of the step's question rows' questions have
+        each answer type (None: uniform picks)."""
+        if self.cfg.train.question_mix == "uniform":
+            return None
+        return Counter(answer_type(a) for s, cap in zip(mmu, captioning) if not cap
+                       for _, a in s.qa)
+
+    def _pick_turns(self, sample, gen: torch.Generator,
+                    types: Counter | None = None) -> list[tuple[str, str]]:
+        """Up to --mmu-turns of the sample's questions, distinct, in random order; with type
+        counts, each drawn with weight 1 / (the step's questions of its answer type), so a
+        rare type (where two objects lie) is asked as often as its scenes allow, not at its
+        share of the data."""
         turns = self.cfg.train.mmu_turns
+        if types is not None and sample.qa:
+            weights = torch.tensor([1.0 / types[answer_type(a)] for _, a in sample.qa])
+            order = torch.multinomial(weights, min(turns, len(weights)), generator=gen)
+            return [sample.qa[i] for i in order.tolist()]
         if turns == 1 or not sample.qa:  # one draw, as the LM rows make: one turn's batches
             return [self._pick_qa(sample, gen)]  # are those of a run without turns
         order = torch.randperm(len(sample.qa), generator=gen)[:turns].tolist()

@@ -52,6 +52,7 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
     image_pos: str = "rotary2d"  # a code's grid slot: rotary2d (row, column) | none (1-D) | learned
+    # (a vector per slot) | rotary2d+learned (both)
     code_features: str = "factors"  # none | pixels | factors: rows shared by codes that look alike
 
 
@@ -115,6 +116,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
     mmu_turns: int = 3  # questions a MMU row may carry about its image (no turn sees another)
+    question_mix: str = "uniform"  # uniform | balanced: rare answer types (position) asked more
     log_every: int = 10  # steps between log lines
     ckpt_every: int = 200  # steps between checkpoints
     sample_every: int = 400  # steps between PNG sample grids (0: never)
@@ -194,8 +196,8 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
-           "autocast": ("auto", "bf16", "off"),
-           "image_pos": ("none", "learned", "rotary2d"),
+           "autocast": ("auto", "bf16", "off"), "question_mix": ("uniform", "balanced"),
+           "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned"),
            "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook"),
            "code_features": ("none", "pixels", "factors")}
 

@@ -204,9 +204,9 @@ class Transformer(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.image_pos = (nn.Embedding(image_tokens, cfg.d_model)
-                          if cfg.image_pos == "learned" and image_tokens else None)
+                          if "learned" in cfg.image_pos and image_tokens else None)
         # 2-D rotary needs the grid's side; 0 keeps every position 1-D
-        self.grid_side = math.isqrt(image_tokens) if cfg.image_pos == "rotary2d" else 0
+        self.grid_side = math.isqrt(image_tokens) if "rotary2d" in cfg.image_pos else 0
         self.blocks = nn.ModuleList(
             Block(cfg, moe if i in moe_layers else None, backend, untie)
             for i in range(cfg.n_layers))

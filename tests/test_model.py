@@ -187,14 +187,17 @@ def test_2d_rotary_scores_depend_on_row_and_column_offsets_only():
     assert torch.equal(c1, c2) and torch.equal(s1, s2)
 
 
-def test_2d_rotary_model_keeps_the_cache_exact_and_padding_invariant():
+@pytest.mark.parametrize("image_pos", ["rotary2d", "rotary2d+learned"])
+def test_2d_rotary_model_keeps_the_cache_exact_and_padding_invariant(image_pos):
+    """Both 2-D modes rotate by the grid; the combined one also adds a vector per slot."""
     from conftest import micro_config
     from minimoe.build import build_model
-    cfg = micro_config(image_pos="rotary2d")
+    cfg = micro_config(image_pos=image_pos)
     torch.manual_seed(0)
     model, v = build_model(cfg)
     model.eval()
     assert model.grid_side ** 2 == cfg.image_tokens
+    assert (model.image_pos is not None) == image_pos.endswith("learned")
     test_kv_cache_decoding_equals_full_forward(cfg, (model, v))
     test_left_padding_does_not_change_a_rows_logits(cfg, (model, v))
 

@@ -2,6 +2,7 @@
 keeps the last good checkpoint.  Run: pytest -q tests/test_trainer.py"""
 import copy
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -329,6 +330,36 @@ def test_mmu_turns_ask_several_distinct_questions_of_one_image(tmp_path):
             counts[turns].append(len(asked))
     assert set(counts[1]) == {1}
     assert max(counts[3]) > 1 and set(counts[3]) <= {1, 2, 3}
+
+
+def test_a_balanced_question_mix_asks_rare_answer_types_more_often(tmp_path):
+    """--question-mix balanced: position questions (asked of two-object scenes only) and shape
+    questions take a larger share of the turns than uniform picks give them, count questions
+    (several in every scene) a smaller one; every turn is still one of its sample's pairs,
+    none twice, and the batches stay a function of the step."""
+    from minimoe.metrics import answer_type
+    from minimoe.tokenizers import TextTokenizer
+    shares = {}
+    for mix in ("uniform", "balanced"):
+        cfg = micro_config(batch_t2i=0, batch_mmu=16, batch_lm=0, caption_share=0.0,
+                           mmu_turns=2, text_len=128, question_mix=mix)
+        _, batcher, _, _ = setup(cfg, tmp_path)
+        text, v = TextTokenizer(batcher.vocab), batcher.vocab
+        types = Counter()
+        for step in range(8):
+            batch = batcher(step)
+            assert torch.equal(batch.tokens_BL, batcher(step).tokens_BL)
+            for k, row in enumerate(batch.tokens_BL.tolist()):
+                sample = batcher.source[step * 16 + k]
+                starts = [j for j, t in enumerate(row) if t == v.sot]
+                pairs = [text.decode(row[a + 1:row.index(v.eot, a)]) for a in starts]
+                asked = [next(qa for qa in sample.qa if p == f"{qa[0]} {qa[1]}") for p in pairs]
+                assert len(set(asked)) == len(asked)
+                types.update(answer_type(a) for _, a in asked)
+        shares[mix] = {t: n / sum(types.values()) for t, n in types.items()}
+    uniform, balanced = shares["uniform"], shares["balanced"]
+    assert balanced["position"] > 1.5 * uniform["position"]
+    assert balanced["shape"] > uniform["shape"] and balanced["count"] < uniform["count"]
 
 
 def test_heldout_rows_ask_one_question_whatever_the_training_packs(tmp_path):
