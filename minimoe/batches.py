@@ -95,9 +95,12 @@ class Batcher:
         # Captioning rows (Show-o trains understanding on captions too) supervise every word
         # of the caption from the image, where a question supervises one answer.
         captioning = torch.rand(len(mmu), generator=gen) < cfg.train.caption_share
-        types = self._type_counts(mmu, captioning)
-        for s, c, cap in zip(mmu, codes[len(t2i):], captioning):
-            turns = [("", s.caption)] if cap else self._pick_turns(s, gen, types)
+        asks = ~captioning | cfg.train.caption_questions  # rows that ask questions
+        types = self._type_counts(mmu, asks)
+        for s, c, cap, ask in zip(mmu, codes[len(t2i):], captioning, asks):
+            turns = [("", s.caption)] if cap else []
+            if ask:  # after a caption, the questions that still fit
+                turns += self._pick_turns(s, gen, types)
             rows.append(mmu_row(c.tolist(), [(self.text.encode(question_text(q)),
                                               self.text.encode(a)) for q, a in turns],
                                 v, seq_len))
@@ -122,13 +125,12 @@ class Batcher:
         return torch.stack([s.codes.flatten().long() if s.codes is not None else next(encoded)
                             for s in samples])
 
-    def _type_counts(self, mmu, captioning) -> Counter | None:
-        """With --question-mix balanced, how many of the step's question rows' questions have
-        each answer type (None: uniform picks)."""
+    def _type_counts(self, mmu, asks) -> Counter | None:
+        """With --question-mix balanced, how many of the questions of the step's rows that ask
+        have each answer type (None: uniform picks)."""
         if self.cfg.train.question_mix == "uniform":
             return None
-        return Counter(answer_type(a) for s, cap in zip(mmu, captioning) if not cap
-                       for _, a in s.qa)
+        return Counter(answer_type(a) for s, ask in zip(mmu, asks) if ask for _, a in s.qa)
 
     def _pick_turns(self, sample, gen: torch.Generator,
                     types: Counter | None = None) -> list[tuple[str, str]]:

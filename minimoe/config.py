@@ -115,6 +115,7 @@ class TrainConfig:
     w_lm: float = 0.1  # loss weight of text next-token prediction
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
+    caption_questions: bool = False  # a captioning row then asks what fits (--mmu-turns)
     mmu_turns: int = 3  # questions a MMU row may carry about its image (no turn sees another)
     question_mix: str = "uniform"  # uniform | balanced: rare answer types (position) asked more
     log_every: int = 10  # steps between log lines

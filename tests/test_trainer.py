@@ -307,6 +307,26 @@ def test_caption_share_turns_that_share_of_mmu_rows_into_captioning(tmp_path):
     assert 0 < sum(answers[0.5]) < 16
 
 
+def test_caption_questions_ask_what_fits_after_each_caption(tmp_path):
+    """--caption-questions true: a captioning row's first turn is its caption (the empty
+    question), and the room left holds some of the sample's own questions, none twice."""
+    from minimoe.tokenizers import TextTokenizer
+    cfg = micro_config(batch_t2i=0, batch_mmu=16, batch_lm=0, caption_share=1.0,
+                       caption_questions=True, mmu_turns=3, text_len=96)
+    _, batcher, _, _ = setup(cfg, tmp_path)
+    text, v = TextTokenizer(batcher.vocab), batcher.vocab
+    extra = 0
+    for k, row in enumerate(batcher(0).tokens_BL.tolist()):
+        sample = batcher.source[k]
+        starts = [j for j, t in enumerate(row) if t == v.sot]
+        turns = [text.decode(row[a + 1:row.index(v.eot, a)]) for a in starts]
+        assert turns[0] == sample.caption
+        asked = [next(qa for qa in sample.qa if t == f"{qa[0]} {qa[1]}") for t in turns[1:]]
+        assert len(set(asked)) == len(asked)
+        extra += len(asked)
+    assert extra > 0
+
+
 def test_mmu_turns_ask_several_distinct_questions_of_one_image(tmp_path):
     """--mmu-turns 3: question rows answer up to three of their sample's questions, no
     question twice, each answer one the sample gives; 1: one question a row."""
