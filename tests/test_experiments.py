@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 from quality import RECIPE, SAMPLER, TOKENIZER  # noqa: E402  (needs the path above)
+from reading import COLOUR_IDS, RELATIONS, scenes  # noqa: E402
 from steps import LEVERS  # noqa: E402
 
+from minimoe.data import COLOURS  # noqa: E402
 from minimoe.evaluation import VALIDATION_SEED  # noqa: E402
 
 
@@ -234,16 +237,39 @@ def test_quality_rebuilds_from_the_archive_and_keeps_its_picture(dirs):
     assert table == before and (docs / "quality_samples.png").read_bytes() == picture
 
 
-def test_reading_compares_a_conv_reader_and_the_transformer(tmp_path):
+@pytest.mark.parametrize("task, name, readers", [("shape", "reading", {"conv", "transformer"}),
+                                                  ("position", "reading_position",
+                                                   {"transformer"})])
+def test_reading_curves_each_reader_of_a_task(tmp_path, task, name, readers):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "reading.py"), "--smoke",
-                        "--docs", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                        "--task", task, "--docs", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    curves = json.loads((tmp_path / "reading.json").read_text())
-    assert set(curves) == {"conv", "transformer"}
+    curves = json.loads((tmp_path / f"{name}.json").read_text())
+    assert set(curves) == readers
     for curve in curves.values():
         assert [p["examples"] for p in curve] == [0, 128, 256]
         assert all(0 <= p["accuracy"] <= 1 for p in curve)
-    assert "| 256 |" in (tmp_path / "reading.md").read_text()
+    assert "| 256 |" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_position_scenes_name_two_colours_and_label_the_first_objects_relation():
+    """Each position scene's question is the two objects' colour ids, and its label is the
+    relation of the first to the second as the captions state it: the label agrees with
+    where the first colour's pixels lie against the second's."""
+    images, questions, labels = scenes(40, 32, seed=3, task="position")
+    names = {i: c for c, i in COLOUR_IDS.items()}
+    for image, (a, b), label in zip(images, questions, labels.tolist()):
+        pixels = np.asarray(image).astype(int)
+        centre = []
+        for colour in (names[a], names[b]):
+            ys, xs = np.nonzero((np.abs(pixels - COLOURS[colour]).sum(-1) == 0))
+            centre.append((xs.mean(), ys.mean()))
+        (xa, ya), (xb, yb) = centre
+        horizontal = abs(xb - xa) >= abs(yb - ya)
+        truth = (("left of" if xa < xb else "right of") if horizontal
+                 else ("above" if ya < yb else "below"))
+        assert RELATIONS[label] == truth
 
 
 def test_probe_errs_where_text_spreads_along_the_mean_difference_and_fisher_does_not():
