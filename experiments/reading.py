@@ -45,6 +45,7 @@ LR = 2e-3
 
 
 RELATIONS = ("left of", "right of", "above", "below")
+CLASSES = 4  # a reader's answers: the four shapes, or the four relations
 COLOUR_IDS = {c: ord("a") + k for k, c in enumerate(COLOURS)}  # a colour's one text id
 
 
@@ -74,14 +75,14 @@ class ConvReader(nn.Module):
         self.embed = nn.Embedding(codes, width)
         self.net = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-                                 nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(width, len(SHAPES)))
+                                 nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(width, CLASSES))
 
     def forward(self, codes_BHW, questions):
         return self.net(self.embed(codes_BHW).permute(0, 3, 1, 2))
 
 
 class TransformerReader(nn.Module):
-    """The run's transformer; the logits of ids 0-3 at the last position are the 4 shapes."""
+    """The run's transformer; the logits of ids 0-3 at the last position are the 4 answers."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -92,7 +93,7 @@ class TransformerReader(nn.Module):
         rows = [mmu_prefix((c.flatten() + v.image_offset).tolist(), q, v)
                 for c, q in zip(codes_BHW, questions)]
         tokens, groups = (torch.tensor([r[i] for r in rows]) for i in range(2))
-        return self.model(tokens, groups).logits_BLV[:, -1, :4]
+        return self.model(tokens, groups).logits_BLV[:, -1, :CLASSES]
 
 
 def learn(reader: nn.Module, train, test, steps: int, every: int):

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 from quality import RECIPE, SAMPLER, TOKENIZER  # noqa: E402  (needs the path above)
-from reading import COLOUR_IDS, RELATIONS, scenes  # noqa: E402
+from reading import CLASSES, COLOUR_IDS, RELATIONS, scenes  # noqa: E402
 from steps import LEVERS  # noqa: E402
 
-from minimoe.data import COLOURS  # noqa: E402
+from minimoe.data import COLOURS, SHAPES  # noqa: E402
 from minimoe.evaluation import VALIDATION_SEED  # noqa: E402
 
 
@@ -257,6 +257,7 @@ def test_position_scenes_name_two_colours_and_label_the_first_objects_relation()
     """Each position scene's question is the two objects' colour ids, and its label is the
     relation of the first to the second as the captions state it: the label agrees with
     where the first colour's pixels lie against the second's."""
+    assert len(RELATIONS) == len(SHAPES) == CLASSES  # one answer head serves both tasks
     images, questions, labels = scenes(40, 32, seed=3, task="position")
     names = {i: c for c, i in COLOUR_IDS.items()}
     for image, (a, b), label in zip(images, questions, labels.tolist()):
