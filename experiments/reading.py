@@ -3,6 +3,8 @@ that is all it is taught?
 
     python experiments/reading.py --vq out/moe-taylor/vq.pt     # about 4 min on 2 cores
     python experiments/reading.py --vq out/moe-taylor/vq.pt --task position   # about 6 min
+    python experiments/reading.py --vq out/moe-taylor/vq.pt --task position \
+        --image-pos rotary2d,rotary2d+learned,learned   # one transformer reader a mode
     python experiments/reading.py --smoke                       # an untrained micro tokenizer (CI)
 
 Scenes of the shapes domain are encoded by a run's tokenizer, and readers learn from the code
@@ -18,11 +20,14 @@ grid alone, on the same examples, scored on held-out scenes every few steps.
   of, right of, above, below: the relation the captions and position questions use). Only
   the transformer reads it (a max over the grid forgets where things are). The dense stage
   asks a few hundred position questions.
+`--image-pos` lists the ways the transformer readers are told a code's grid slot (the run's
+own by default); each mode is a reader of its own on the same examples.
 The curves show how many examples each skill takes when a model sees nothing else. Writes
 docs/experiments/reading.{md,json} (shape) or reading_position.{md,json}.
 """
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +131,8 @@ def main() -> None:
     p.add_argument("--vq", default=None, help="a run's vq.pt (its tokenizer and sizes)")
     p.add_argument("--task", choices=("shape", "position"), default="shape")
     p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--image-pos", default="", help="comma-separated --image-pos modes, one "
+                   "transformer reader each (default: the tokenizer run's)")
     p.add_argument("--smoke", action="store_true", help="an untrained micro tokenizer, 4 steps")
     p.add_argument("--docs", default="docs/experiments")
     args = p.parse_args()
@@ -150,7 +157,14 @@ def main() -> None:
         images, questions, labels = scenes(n, cfg.data.image_size, seed, args.task)
         codes = torch.cat([tok.encode(images[i:i + 256]) for i in range(0, n, 256)])
         data.append((codes.view(-1, side, side), questions, labels))
-    readers = [("transformer", TransformerReader(cfg))]
+    modes = [m for m in args.image_pos.split(",") if m] or [cfg.model.image_pos]
+    known = config.CHOICES["image_pos"]
+    for mode in modes:
+        if mode not in known:
+            p.error(f"--image-pos {mode!r}: choose from {', '.join(known)}")
+    readers = [("transformer" if len(modes) == 1 else f"transformer, {mode}",
+                TransformerReader(replace(cfg, model=replace(cfg.model, image_pos=mode))))
+               for mode in modes]
     if args.task == "shape":
         readers.insert(0, ("conv", ConvReader(cfg.vq.vq_codes)))
     curves = {}
@@ -168,7 +182,7 @@ def main() -> None:
     md = (f"## {title} (held-out scenes; chance 25 %)\n\n"
           + "\n".join(rows) + f"\n\nTokenizer: {args.vq or 'untrained micro'}; transformer: "
           f"d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, --image-pos "
-          f"{cfg.model.image_pos}; {BATCH} scenes a step; "
+          f"{','.join(modes)}; {BATCH} scenes a step; "
           f"{max(p['seconds'] for p in first)} s for the first reader's {steps} steps.")
     write_measured(Path(args.docs), "reading" if args.task == "shape" else "reading_position",
                    md, curves)

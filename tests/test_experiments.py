@@ -237,12 +237,16 @@ def test_quality_rebuilds_from_the_archive_and_keeps_its_picture(dirs):
     assert table == before and (docs / "quality_samples.png").read_bytes() == picture
 
 
-@pytest.mark.parametrize("task, name, readers", [("shape", "reading", {"conv", "transformer"}),
-                                                  ("position", "reading_position",
-                                                   {"transformer"})])
-def test_reading_curves_each_reader_of_a_task(tmp_path, task, name, readers):
+@pytest.mark.parametrize("task, name, modes, readers", [
+    ("shape", "reading", "", {"conv", "transformer"}),
+    ("position", "reading_position", "", {"transformer"}),
+    ("position", "reading_position", "rotary2d,learned",
+     {"transformer, rotary2d", "transformer, learned"})])
+def test_reading_curves_each_reader_of_a_task(tmp_path, task, name, modes, readers):
+    """One curve a reader: the conv reference for shapes only, and one transformer a mode of
+    --image-pos."""
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "reading.py"), "--smoke",
-                        "--task", task, "--docs", str(tmp_path)],
+                        "--task", task, "--docs", str(tmp_path), "--image-pos", modes],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     curves = json.loads((tmp_path / f"{name}.json").read_text())
@@ -251,6 +255,15 @@ def test_reading_curves_each_reader_of_a_task(tmp_path, task, name, readers):
         assert [p["examples"] for p in curve] == [0, 128, 256]
         assert all(0 <= p["accuracy"] <= 1 for p in curve)
     assert "| 256 |" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_reading_refuses_an_unknown_image_pos_mode_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "reading.py"), "--smoke",
+                        "--task", "position", "--docs", str(tmp_path),
+                        "--image-pos", "rotary2d,sideways"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "'sideways': choose from" in r.stderr.splitlines()[-1]
+    assert not list(tmp_path.iterdir())
 
 
 def test_position_scenes_name_two_colours_and_label_the_first_objects_relation():
