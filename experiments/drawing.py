@@ -2,7 +2,7 @@
 one per image-code lever, so that what a lever does to drawing is measured without the
 understanding and text rows that share the main job's steps.
 
-    python experiments/drawing.py            # tiny preset, CPU, alone: about 25 min
+    python experiments/drawing.py            # tiny preset, CPU, alone: about 25 min a seed
     python experiments/drawing.py --smoke    # a micro run of everything (CI)
 
 Each run is `train.py --moe none --domains shapes --batch-mmu 0 --batch-lm 0` on the preset's
@@ -76,19 +76,11 @@ def drawn(s, run: Run, name: str, seed: int) -> dict:
     return result
 
 
-def main() -> None:
-    s = parse(__doc__)
-    torch.set_num_threads(2)
-    s.seeds = s.seeds[:1]
-    seed = s.seeds[0]
-    runs = runs_of(s, seed)
-    if not evaluated(s, "drawing", seed).exists():  # eval.py and words.py need checkpoints
-        for r in runs.values():
-            r.local = True
-    run_all(list(runs.values()), s.jobs)
+def measured(s, seed: int, runs: dict[str, Run]) -> dict[str, dict]:
+    """{arm: its measures} of one seed's runs."""
     reports = evaluate(s, "drawing", seed, runs,
                        tuple(VALIDATION + ["--n", "1" if s.smoke else str(EVAL_PROMPTS)]))
-    data, rows = {}, []
+    data = {}
     for name, run in runs.items():
         g, words = reports[name]["geneval"], drawn(s, run, name, seed)
         data[name] = {"ceiling": g["ceiling"]["overall"], "geneval": g["overall"],
@@ -96,17 +88,33 @@ def main() -> None:
                       "fid": reports[name]["fid"]["fid"],
                       "heldout_t2i": last_heldout(run).get("t2i"),
                       "stage2_min": stage2_minutes(run), **words}
-        d = data[name]
-        rows.append([name, cell([d["ceiling"]], percent=True), cell([d["heldout_t2i"]]),
-                     cell([d["geneval"]], percent=True), cell([d["single_object"]], percent=True),
-                     cell([d["shapes_mean"]], percent=True), cell([d["shape_word"]], digits=2),
-                     cell([d["fid"]], digits=1), f"{d['stage2_min']:.1f}"])
+    return data
+
+
+def main() -> None:
+    s = parse(__doc__)
+    torch.set_num_threads(2)
+    every = {seed: runs_of(s, seed) for seed in s.seeds}
+    for seed, runs in every.items():
+        if not evaluated(s, "drawing", seed).exists():  # eval.py and words.py need checkpoints
+            for r in runs.values():
+                r.local = True
+    run_all([r for runs in every.values() for r in runs.values()], s.jobs)
+    by_seed = {seed: measured(s, seed, runs) for seed, runs in every.items()}
+    # {arm: {measure: its values over the seeds}}
+    data = {name: {key: [by_seed[seed][name][key] for seed in s.seeds] for key in measures}
+            for name, measures in by_seed[s.seeds[0]].items()}
+    rows = [[name, cell(d["ceiling"], percent=True), cell(d["heldout_t2i"]),
+             cell(d["geneval"], percent=True), cell(d["single_object"], percent=True),
+             cell(d["shapes_mean"], percent=True), cell(d["shape_word"], digits=2),
+             cell(d["fid"], digits=1), cell(d["stage2_min"], digits=1)]
+            for name, d in data.items()]
     md = table(["arm", "ceiling %", "held-out T2I", "GenEval %", f"{SHORT['single_object']} %",
                 "one-object captions drawn %", "shape word (nats)", "FID", "stage-2 min"], rows)
-    write(s, "drawing", f"## Drawing alone (seed {seed}, validation draw, {EVAL_PROMPTS} "
-          f"prompts a category; one-object captions: each of the 48 drawn {DRAWS} times, "
-          f"the share with the asked-for shape, mean over shapes and caption splits)\n\n{md}",
-          {"runs": data, "seed": seed}, {})
+    write(s, "drawing", f"## Drawing alone (mean ± sd over seeds, validation draw, "
+          f"{EVAL_PROMPTS} prompts a category; one-object captions: each of the 48 drawn "
+          f"{DRAWS} times, the share with the asked-for shape, mean over shapes and caption "
+          f"splits)\n\n{md}", {"runs": data, "seeds": s.seeds}, {})
     print(md)
 
 

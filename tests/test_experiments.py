@@ -366,9 +366,10 @@ def test_drawing_measures_each_image_code_lever_on_drawing_alone(tmp_path):
     folders = {name: work / "smoke" / "drawing" / "seed0" / slug(name) for name in data["runs"]}
     for name, (flags, tokenizer_of) in arms(True).items():
         assert f"| {name} |" in table
-        row = data["runs"][name]
-        assert 0 <= row["geneval"] <= 1 and 0 <= row["shapes_mean"] <= 1
-        assert set(row["shapes"]) == {"circle", "square", "triangle", "cross"}
+        row = data["runs"][name]  # each measure over the seeds (the smoke run has one)
+        assert len(row["geneval"]) == len(data["seeds"]) == 1
+        assert 0 <= row["geneval"][0] <= 1 and 0 <= row["shapes_mean"][0] <= 1
+        assert set(row["shapes"][0]) == {"circle", "square", "triangle", "cross"}
         log = [json.loads(line) for line in (folders[name] / "log.jsonl").read_text().splitlines()]
         assert any(r.get("stage") == "vq" and "loss" in r for r in log) == (tokenizer_of is None)
         cfg = from_dict(checkpoint.load(folders[name] / "ckpt.pt")["config"])
