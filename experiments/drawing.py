@@ -91,6 +91,24 @@ def measured(s, seed: int, runs: dict[str, Run]) -> dict[str, dict]:
     return data
 
 
+def across_seeds(by_seed: dict[int, dict[str, dict]]) -> dict[str, dict[str, list]]:
+    """{seed: {arm: measures}} -> {arm: {measure: [its value in each seed, in order]}}."""
+    seeds = list(by_seed)
+    return {name: {key: [by_seed[seed][name][key] for seed in seeds] for key in measures}
+            for name, measures in by_seed[seeds[0]].items()}
+
+
+def table_of(data: dict[str, dict[str, list]]) -> str:
+    """One row an arm, each cell the mean ± sd of its values over the seeds."""
+    rows = [[name, cell(d["ceiling"], percent=True), cell(d["heldout_t2i"]),
+             cell(d["geneval"], percent=True), cell(d["single_object"], percent=True),
+             cell(d["shapes_mean"], percent=True), cell(d["shape_word"], digits=2),
+             cell(d["fid"], digits=1), cell(d["stage2_min"], digits=1)]
+            for name, d in data.items()]
+    return table(["arm", "ceiling %", "held-out T2I", "GenEval %", f"{SHORT['single_object']} %",
+                  "one-object captions drawn %", "shape word (nats)", "FID", "stage-2 min"], rows)
+
+
 def main() -> None:
     s = parse(__doc__)
     torch.set_num_threads(2)
@@ -100,17 +118,8 @@ def main() -> None:
             for r in runs.values():
                 r.local = True
     run_all([r for runs in every.values() for r in runs.values()], s.jobs)
-    by_seed = {seed: measured(s, seed, runs) for seed, runs in every.items()}
-    # {arm: {measure: its values over the seeds}}
-    data = {name: {key: [by_seed[seed][name][key] for seed in s.seeds] for key in measures}
-            for name, measures in by_seed[s.seeds[0]].items()}
-    rows = [[name, cell(d["ceiling"], percent=True), cell(d["heldout_t2i"]),
-             cell(d["geneval"], percent=True), cell(d["single_object"], percent=True),
-             cell(d["shapes_mean"], percent=True), cell(d["shape_word"], digits=2),
-             cell(d["fid"], digits=1), cell(d["stage2_min"], digits=1)]
-            for name, d in data.items()]
-    md = table(["arm", "ceiling %", "held-out T2I", "GenEval %", f"{SHORT['single_object']} %",
-                "one-object captions drawn %", "shape word (nats)", "FID", "stage-2 min"], rows)
+    data = across_seeds({seed: measured(s, seed, runs) for seed, runs in every.items()})
+    md = table_of(data)
     write(s, "drawing", f"## Drawing alone (mean ± sd over seeds, validation draw, "
           f"{EVAL_PROMPTS} prompts a category; one-object captions: each of the 48 drawn "
           f"{DRAWS} times, the share with the asked-for shape, mean over shapes and caption "

@@ -351,6 +351,20 @@ def test_steps_trains_whole_runs_of_growing_length_from_one_tokenizer(tmp_path):
     assert (tmp_path / "docs" / "steps_curves.png").exists()
 
 
+def test_drawing_tables_each_measure_over_the_seeds():
+    """Each arm's measures are listed one value a seed, in the seeds' order, and its cells show
+    their mean ± sd (the smoke run trains one seed only, so this is checked on values)."""
+    from drawing import across_seeds, table_of
+    measures = {"ceiling": 0.9, "heldout_t2i": 1.0, "geneval": 0.1, "single_object": 0.2,
+                "shapes_mean": 0.3, "shape_word": 0.25, "fid": 10.0, "stage2_min": 5.0}
+    by_seed = {2: {"a": {**measures, "geneval": 0.3}, "b": measures},
+               0: {"a": {**measures, "geneval": 0.1}, "b": measures}}
+    data = across_seeds(by_seed)
+    assert list(data) == ["a", "b"] and data["a"]["geneval"] == [0.3, 0.1]
+    row = next(line for line in table_of(data).splitlines() if line.startswith("| a |"))
+    assert "| 20.0 ± 14.1 |" in row and "| 90.0 ± 0.0 |" in row
+
+
 def test_drawing_measures_each_image_code_lever_on_drawing_alone(tmp_path):
     """Every arm is a dense run on shapes T2I rows alone; the arm that changes only the
     transformer starts from its tokenizer arm's vq.pt (no stage 1 of its own); eval.py runs
