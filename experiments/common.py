@@ -296,6 +296,14 @@ def evaluated(s: Setting, name: str, seed: int) -> Path:
     return s.docs / "runs" / f"eval-{name}" / f"seed{seed}.json"
 
 
+def train_unless_evaluated(s: Setting, name: str, seed: int, runs) -> None:
+    """Runs of a seed whose evaluation is not archived yet must be trained here (an archived
+    run has no checkpoint, and eval.py needs one)."""
+    if not evaluated(s, name, seed).exists():
+        for r in runs:
+            r.local = True
+
+
 def evaluate(s: Setting, name: str, seed: int, runs: dict[str, Run],
              flags: tuple[str, ...] = ()) -> dict:
     """eval.py (with `flags`, e.g. the validation draw) on the runs' checkpoints (cached in

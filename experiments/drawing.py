@@ -18,7 +18,8 @@ docs/experiments/drawing.{md,json}.
 import json
 
 import torch
-from common import Run, SMOKE, cell, evaluate, evaluated, parse, run_all, table, write
+from common import (Run, SMOKE, cell, evaluate, parse, run_all, table,
+                    train_unless_evaluated, write)
 from quality import SHORT, VALIDATION
 from steps import ONE_CODEBOOK, _copy_tokenizer, last_heldout, stage2_minutes
 from words import measure, per_shape
@@ -113,10 +114,8 @@ def main() -> None:
     s = parse(__doc__)
     torch.set_num_threads(2)
     every = {seed: runs_of(s, seed) for seed in s.seeds}
-    for seed, runs in every.items():
-        if not evaluated(s, "drawing", seed).exists():  # eval.py and words.py need checkpoints
-            for r in runs.values():
-                r.local = True
+    for seed, runs in every.items():  # words.py needs the checkpoints too
+        train_unless_evaluated(s, "drawing", seed, runs.values())
     run_all([r for runs in every.values() for r in runs.values()], s.jobs)
     data = across_seeds({seed: measured(s, seed, runs) for seed, runs in every.items()})
     md = table_of(data)

@@ -20,8 +20,8 @@ dense stage, the dense model continued beside the MoE arms.
 Writes docs/experiments/defaults/grouping.{md,json} and grouping_{flops,seconds}.png
 (docs/experiments/ with --recipe study).
 """
-from common import (arm, cell, dense_continued, evaluate, evaluated, parse, run_all, table,
-                    write)
+from common import (arm, cell, dense_continued, evaluate, parse, run_all, table,
+                    train_unless_evaluated, write)
 from methods import numbers
 
 from minimoe.geneval import CATEGORIES
@@ -85,9 +85,7 @@ def main() -> None:
     s = parse(__doc__, recipes=True)
     runs = {seed: runs_of(s, seed) for seed in s.seeds}
     for seed, rs in runs.items():
-        if not evaluated(s, "grouping", seed).exists():  # eval.py will need the checkpoints
-            for r in rs.values():
-                r.local = True
+        train_unless_evaluated(s, "grouping", seed, rs.values())
     run_all([r for rs in runs.values() for r in rs.values()], s.jobs)
     found = {}  # arm -> seed -> numbers
     for seed, rs in runs.items():

@@ -15,8 +15,8 @@ accuracy, routing NMI; wall time is the arm's train.py time
 Writes docs/experiments/defaults/methods.{md,json,png}
 (docs/experiments/ with --recipe study).
 """
-from common import (arm, bar_stats, cell, dense, dense_continued, evaluate, evaluated, parse,
-                    run_all, table, write)
+from common import (arm, bar_stats, cell, dense, dense_continued, evaluate, parse, run_all,
+                    table, train_unless_evaluated, write)
 
 from minimoe.plots import bar_chart
 
@@ -66,9 +66,7 @@ def main() -> None:
     groups = {(name, seed): runs_for(s, seed) for name, runs_for in GROUPS.items()
               for seed in s.seeds}
     for (name, seed), runs in groups.items():
-        if not evaluated(s, name, seed).exists():  # eval.py will need the checkpoints
-            for r in runs.values():
-                r.local = True
+        train_unless_evaluated(s, name, seed, runs.values())
     run_all([r for runs in groups.values() for r in runs.values()], s.jobs)
     found = {name: {} for name in GROUPS}  # evaluation name -> arm -> seed -> numbers
     for (name, seed), runs in groups.items():

@@ -20,7 +20,8 @@ tokenizer, so that a lever and more steps are weighed on one scale. Runs use the
 """
 import shutil
 
-from common import Run, SMOKE, cell, evaluate, evaluated, parse, run_all, table, write
+from common import (Run, SMOKE, cell, evaluate, parse, run_all, table, train_unless_evaluated,
+                    write)
 from quality import MODEL_HEADER, VALIDATION, model_cells, model_columns
 
 from minimoe.plots import line_chart
@@ -98,9 +99,7 @@ def main() -> None:
     runs, flags = runs_of(s, seed), tuple(VALIDATION + ["--n", str(EVAL_PROMPTS)])
     levers = lever_runs(s, seed, runs)
     for name, group in (("steps", runs), ("steps-levers", levers)):
-        if not evaluated(s, name, seed).exists():  # eval.py will need the checkpoints
-            for r in group.values():
-                r.local = True
+        train_unless_evaluated(s, name, seed, group.values())
     run_all(list(runs.values()) + list(levers.values()), s.jobs)
     reports = evaluate(s, "steps", seed, {str(n): r for n, r in runs.items()}, flags)
     lever_reports = evaluate(s, "steps-levers", seed, levers, flags)
