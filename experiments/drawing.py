@@ -61,10 +61,10 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name)
 
 
-def drawn(s, run: Run, name: str, seed: int) -> dict:
-    """words.py's two measures of `run` (cached in the archive): the share of one-object
+def drawn(s, run: Run, name: str, seed: int, script: str = "drawing") -> dict:
+    """words.py's two measures of `run` (cached in `script`'s archive): the share of one-object
     captions drawn with their shape, and the shape word's worth at 90 % masked."""
-    archived = s.docs / "runs" / "drawing" / f"seed{seed}" / f"words-{slug(name)}.json"
+    archived = s.docs / "runs" / script / f"seed{seed}" / f"words-{slug(name)}.json"
     if archived.exists():
         return json.loads(archived.read_text())
     cfg, session, tok = inference.load(run.folder / "ckpt.pt", "cpu")
@@ -77,13 +77,13 @@ def drawn(s, run: Run, name: str, seed: int) -> dict:
     return result
 
 
-def measured(s, seed: int, runs: dict[str, Run]) -> dict[str, dict]:
-    """{arm: its measures} of one seed's runs."""
-    reports = evaluate(s, "drawing", seed, runs,
+def measured(s, seed: int, runs: dict[str, Run], script: str = "drawing") -> dict[str, dict]:
+    """{arm: its measures} of one seed's runs (evaluations archived under `script`)."""
+    reports = evaluate(s, script, seed, runs,
                        tuple(VALIDATION + ["--n", "1" if s.smoke else str(EVAL_PROMPTS)]))
     data = {}
     for name, run in runs.items():
-        g, words = reports[name]["geneval"], drawn(s, run, name, seed)
+        g, words = reports[name]["geneval"], drawn(s, run, name, seed, script)
         data[name] = {"ceiling": g["ceiling"]["overall"], "geneval": g["overall"],
                       "single_object": g["per_category"]["single_object"],
                       "fid": reports[name]["fid"]["fid"],

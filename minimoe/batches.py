@@ -89,7 +89,7 @@ class Batcher:
         b_t2i = collate(rows, T2I, self.domain_ids(t2i)) if rows else None
         if b_t2i is not None:
             b_t2i.tokens_BL, b_t2i.labels_BL = mask_images(
-                b_t2i.tokens_BL, text_len + 1, cfg.image_tokens, v, gen)
+                b_t2i.tokens_BL, text_len + 1, cfg.image_tokens, v, gen, cfg.train.mask_power)
 
         rows = []
         # Captioning rows (Show-o trains understanding on captions too) supervise every word

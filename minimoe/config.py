@@ -113,6 +113,7 @@ class TrainConfig:
     w_t2i: float = 1.0  # loss weight of masked-token prediction on images
     w_mmu: float = 1.0  # loss weight of answer prediction
     w_lm: float = 0.1  # loss weight of text next-token prediction
+    mask_power: float = 1.0  # T2I masks a cos(pi t / 2) ** mask_power share (< 1: more masked)
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
     caption_questions: bool = False  # a captioning row then asks what fits (--mmu-turns)
@@ -293,6 +294,9 @@ def validate(cfg: Config) -> None:
                             choice_temperature=cfg.train.choice_temperature).items():
         if not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} {value} is not a finite number")
+    if not 0 < cfg.train.mask_power < math.inf:  # also refuses NaN
+        raise ValueError(f"--mask-power {cfg.train.mask_power} must be a positive number (1: "
+                         f"the cosine schedule; below 1 masks more of each image)")
     for name, value in dict(caption_dropout=cfg.train.caption_dropout,
                             caption_share=cfg.train.caption_share).items():
         if not 0 <= value <= 1:  # also refuses NaN

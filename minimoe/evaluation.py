@@ -96,9 +96,10 @@ def format_report(s: dict) -> str:
 # --- held-out losses and routing -------------------------------------------------------------
 
 def heldout_batches(cfg: Config, vocab, image_tok, n: int) -> list:
-    # One question a row, as inference asks, so that runs with and without packed turns
-    # (--mmu-turns) are measured on the same rows.
-    cfg = replace(cfg, train=replace(cfg.train, mmu_turns=1))
+    # One question a row, as inference asks, and the cosine masking schedule, so that runs
+    # with and without packed turns (--mmu-turns) or another --mask-power are measured on the
+    # same rows.
+    cfg = replace(cfg, train=replace(cfg.train, mmu_turns=1, mask_power=1.0))
     batcher = Batcher(cfg, open_source(cfg, "heldout", vocab.merges), vocab, image_tok)
     return [batcher(i) for i in range(n)]
 

@@ -161,20 +161,22 @@ def _pad_right(tokens, groups, labels, vocab: Vocab, seq_len: int):
     return (tokens + [vocab.pad] * n, groups + [PAD_GROUP] * n, labels + [IGNORE] * n)
 
 
-def mask_ratio(t: torch.Tensor) -> torch.Tensor:
-    """Masked fraction for diffusion time t in [0, 1]: cos(pi t / 2) (MaskGIT's cosine schedule)."""
-    return torch.cos(math.pi * t / 2)
+def mask_ratio(t: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Masked fraction for diffusion time t in [0, 1]: cos(pi t / 2) (MaskGIT's cosine
+    schedule), raised to `power`. A power below 1 spends more rows near the fully masked grid
+    that sampling starts from; above 1, more on the last few codes."""
+    return torch.cos(math.pi * t / 2) ** power
 
 
 def mask_images(tokens_BL: torch.Tensor, image_start: int, n_image: int, vocab: Vocab,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask a cos-schedule fraction (at least one) of each row's image codes.
+                gen: torch.Generator, power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask a mask_ratio fraction (at least one) of each row's image codes.
 
     Returns (masked tokens, labels): labels hold the true code at masked positions only.
     """
     B = tokens_BL.shape[0]
     t = torch.rand(B, generator=gen)
-    n_mask = (mask_ratio(t) * n_image).floor().long().clamp(1, n_image)
+    n_mask = (mask_ratio(t, power) * n_image).floor().long().clamp(1, n_image)
     # The n_mask lowest of a random score per position: a uniform random subset of that size.
     scores = torch.rand(B, n_image, generator=gen)
     rank = scores.argsort(1).argsort(1)

@@ -177,6 +177,8 @@ SCRIPT_ROWS = [
      "--max-skips -1 must be >= 0"),
     ("train-caption-share-over-one", "train", ["--caption-share", "1.5"], None,
      "--caption-share 1.5: use a probability in [0, 1]"),
+    ("train-mask-power-zero", "train", ["--mask-power", "0"], None,
+     "--mask-power 0.0 must be a positive number"),
     ("train-mmu-turns-zero", "train", ["--mmu-turns", "0"], None, "--mmu-turns 0 must be >= 1"),
     ("train-zero-domain-weight", "train", ["--domains", "shapes:0", "--out", "{tmp}/r"], None,
      "each optionally with a whole weight >= 1"),

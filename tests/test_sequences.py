@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minimoe.sequences import (IGNORE, LM, MMU, PAD_GROUP, T2I, attention_mask, collate,
-                               lm_row, mask_images, mmu_row, positions, t2i_row)
+                               lm_row, mask_images, mask_ratio, mmu_row, positions, t2i_row)
 from minimoe.tokenizers import Vocab
 
 V = Vocab(16)
@@ -133,6 +133,23 @@ def test_mask_images_masks_at_least_one_and_labels_exactly_the_masked():
     # the cosine schedule masks more than half on average (E[cos(pi t/2)] = 2/pi)
     frac = is_mask.float().sum(1).mean() / N_IMG
     assert 0.5 < frac < 0.8
+
+
+def test_mask_power_below_one_masks_more_of_each_image_and_above_one_less():
+    """cos(pi t / 2) ** p: p = 1 is the cosine schedule; a smaller power raises every ratio
+    (t fixed), so the same draws mask at least as many codes, and on average more."""
+    rows = [t2i_row([104], CODES, V, TEXT_LEN) for _ in range(256)]
+    b = collate(rows, T2I)
+    counts = {}
+    for power in (0.5, 1.0, 2.0):
+        masked, _ = mask_images(b.tokens_BL, TEXT_LEN + 1, N_IMG, V,
+                                torch.Generator().manual_seed(0), power)
+        counts[power] = (masked == V.mask).sum(1)
+        assert (counts[power] >= 1).all()
+    assert (counts[0.5] >= counts[1.0]).all() and (counts[1.0] >= counts[2.0]).all()
+    assert counts[0.5].float().mean() > counts[1.0].float().mean() > counts[2.0].float().mean()
+    t = torch.linspace(0, 1, 11)
+    assert torch.allclose(mask_ratio(t, 2.0), mask_ratio(t) ** 2)
 
 
 def test_collate_marks_tasks():

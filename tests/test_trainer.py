@@ -15,7 +15,7 @@ from minimoe.losses import task_losses, total_loss
 from minimoe.run import RunWriter
 from minimoe.tokenizers import ImageTokenizer, Vocab
 from minimoe.trainer import TrainingError, fit, lr_at, make_optimizer
-from minimoe.sequences import IGNORE, TASKS, Batch
+from minimoe.sequences import IGNORE, T2I, TASKS, Batch
 from minimoe.vq import VQModel
 from conftest import micro_config
 
@@ -383,18 +383,21 @@ def test_a_balanced_question_mix_asks_rare_answer_types_more_often(tmp_path):
 
 
 def test_heldout_rows_ask_one_question_whatever_the_training_packs(tmp_path):
-    """Held-out losses compare runs: packing turns into training rows (--mmu-turns) must not
-    change the held-out rows they are measured on."""
+    """Held-out losses compare runs: packing turns into training rows (--mmu-turns) or
+    another masking schedule (--mask-power) must not change the held-out rows they are
+    measured on."""
     from minimoe.evaluation import heldout_batches
     batches = {}
     for turns in (1, 3):
-        cfg = micro_config(batch_mmu=16, caption_share=0.0, mmu_turns=turns, text_len=128)
+        cfg = micro_config(batch_mmu=16, caption_share=0.0, mmu_turns=turns, text_len=128,
+                           mask_power=1.0 if turns == 1 else 0.5)
         _, batcher, tok, _ = setup(cfg, tmp_path)
         batches[turns] = heldout_batches(cfg, batcher.vocab, tok, 2)
         packed = batcher(0)  # the training rows do pack several
         sot_per_row = (packed.tokens_BL == batcher.vocab.sot).sum(1)
         assert (sot_per_row.max() > 1) == (turns > 1)
     for one, three in zip(batches[1], batches[3]):
+        assert (one.task_B == T2I).any(), "the held-out rows must mask some images"
         assert torch.equal(one.tokens_BL, three.tokens_BL)
         assert torch.equal(one.labels_BL, three.labels_BL)
 

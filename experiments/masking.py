@@ -1,0 +1,58 @@
+"""The masking schedule of training, measured on drawing alone: how often text-to-image rows
+see a grid masked almost whole (where sampling starts) against a grid with a few codes left.
+
+    python experiments/masking.py --seeds 1,2 --jobs 2   # tiny preset, CPU: about 50 min
+    python experiments/masking.py --smoke                # a micro run of everything (CI)
+
+Training masks a cos(pi t / 2) ** p share of an image's codes, t uniform (`--mask-power p`).
+p = 1 is MaskGIT's cosine schedule (the default); p < 1 masks more of every row, p > 1 less.
+The arms are experiments/drawing.py's default arm (shapes' text-to-image rows alone, forms x
+colours with shared rows; the very run, not a copy) and the same run with another power,
+starting from a copy of its tokenizer, so that they differ in the schedule alone. Each is
+measured as drawing.py measures: eval.py and words.py on the validation draw. The held-out
+T2I loss is taken on cosine-masked rows whatever the arm trains on, so it compares. Writes
+docs/experiments/masking.{md,json}.
+"""
+import torch
+from common import Run, parse, run_all, train_unless_evaluated, write
+from drawing import DRAWS, EVAL_PROMPTS, across_seeds, measured, runs_of, slug, table_of
+from steps import _copy_tokenizer
+
+DEFAULT = "forms x colours, shared rows"  # drawing.py's arm: the preset's image codes
+POWERS = [0.5, 2.0]  # the schedules set against the cosine one
+
+
+def masking_runs(s, seed: int) -> dict[str, Run]:
+    """{arm: its run}: drawing.py's default arm as `p = 1`, and one run a power in POWERS."""
+    drawing = runs_of(s, seed)
+    base, tokenizer = drawing[DEFAULT], drawing["forms x colours"]
+    runs = {"p = 1 (cosine, default)": base}
+    for power in POWERS:
+        name = f"p = {power:g}"
+        folder = s.work / "masking" / f"seed{seed}" / slug(name)
+        flags = base.cmd[:-2] + ["--mask-power", str(power)]  # base.cmd ends in --out FOLDER
+        runs[name] = Run(folder, flags + ["--out", str(folder)],
+                         s.docs / "runs" / "masking" / f"seed{seed}" / slug(name),
+                         _copy_tokenizer(tokenizer.folder, folder), [tokenizer])
+    return runs
+
+
+def main() -> None:
+    s = parse(__doc__)
+    torch.set_num_threads(2)
+    every = {seed: masking_runs(s, seed) for seed in s.seeds}
+    for seed, runs in every.items():  # words.py needs the checkpoints too
+        train_unless_evaluated(s, "masking", seed, runs.values())
+    run_all([r for runs in every.values() for r in runs.values()], s.jobs)
+    data = across_seeds({seed: measured(s, seed, runs, "masking")
+                         for seed, runs in every.items()})
+    md = table_of(data)
+    write(s, "masking", f"## The masking schedule on drawing alone (mean ± sd over seeds "
+          f"{', '.join(map(str, s.seeds))}, validation draw, {EVAL_PROMPTS} prompts a category; "
+          f"one-object captions: each of the 48 drawn {DRAWS} times)\n\n{md}",
+          {"runs": data, "seeds": s.seeds}, {})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
