@@ -1,17 +1,19 @@
-"""The masking schedule of training, measured on drawing alone: how often text-to-image rows
-see a grid masked almost whole (where sampling starts) against a grid with a few codes left.
+"""The masked-token objective, measured on drawing alone: which rows the T2I loss sees (the
+masking schedule) and which codes it weighs (a focal loss).
 
-    python experiments/masking.py --seeds 1,2 --jobs 2   # tiny preset, CPU: about 50 min
+    python experiments/masking.py --seeds 1,2 --jobs 2   # tiny preset, CPU: about 70 min
     python experiments/masking.py --smoke                # a micro run of everything (CI)
 
 Training masks a cos(pi t / 2) ** p share of an image's codes, t uniform (`--mask-power p`).
 p = 1 is MaskGIT's cosine schedule (the default); p < 1 masks more of every row, p > 1 less.
+`--t2i-focal g` weighs a code the model predicts with probability p by (1 - p) ** g, so that
+the codes it already gets right (mostly plain background) give way to the object's.
 The arms are experiments/drawing.py's default arm (shapes' text-to-image rows alone, forms x
-colours with shared rows; the very run, not a copy) and the same run with another power,
-starting from a copy of its tokenizer, so that they differ in the schedule alone. Each is
+colours with shared rows; the very run, not a copy) and the same run with one flag more
+(ARMS), starting from a copy of its tokenizer, so that they differ in that flag alone. Each is
 measured as drawing.py measures: eval.py and words.py on the validation draw. The held-out
-T2I loss is taken on cosine-masked rows whatever the arm trains on, so it compares. Writes
-docs/experiments/masking.{md,json}.
+T2I loss is plain cross-entropy on cosine-masked rows whatever the arm trains on, so it
+compares. Writes docs/experiments/masking.{md,json}.
 """
 import torch
 from common import Run, parse, run_all, train_unless_evaluated, write
@@ -19,18 +21,18 @@ from drawing import DRAWS, EVAL_PROMPTS, across_seeds, measured, runs_of, slug, 
 from steps import _copy_tokenizer
 
 DEFAULT = "forms x colours, shared rows"  # drawing.py's arm: the preset's image codes
-POWERS = [0.5, 2.0]  # the schedules set against the cosine one
+ARMS = {"p = 0.5": ["--mask-power", "0.5"], "p = 2": ["--mask-power", "2"],
+        "focal, g = 2": ["--t2i-focal", "2"]}  # each set against the default run
 
 
 def masking_runs(s, seed: int) -> dict[str, Run]:
-    """{arm: its run}: drawing.py's default arm as `p = 1`, and one run a power in POWERS."""
+    """{arm: its run}: drawing.py's default arm, then one run an arm of ARMS."""
     drawing = runs_of(s, seed)
     base, tokenizer = drawing[DEFAULT], drawing["forms x colours"]
     runs = {"p = 1 (cosine, default)": base}
-    for power in POWERS:
-        name = f"p = {power:g}"
+    for name, flags in ARMS.items():
         folder = s.work / "masking" / f"seed{seed}" / slug(name)
-        flags = base.cmd[:-2] + ["--mask-power", str(power)]  # base.cmd ends in --out FOLDER
+        flags = base.cmd[:-2] + flags  # base.cmd ends in --out FOLDER
         runs[name] = Run(folder, flags + ["--out", str(folder)],
                          s.docs / "runs" / "masking" / f"seed{seed}" / slug(name),
                          _copy_tokenizer(tokenizer.folder, folder), [tokenizer])

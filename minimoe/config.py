@@ -113,6 +113,7 @@ class TrainConfig:
     w_t2i: float = 1.0  # loss weight of masked-token prediction on images
     w_mmu: float = 1.0  # loss weight of answer prediction
     w_lm: float = 0.1  # loss weight of text next-token prediction
+    t2i_focal: float = 0.0  # focal T2I loss: a code predicted at probability p weighs (1-p)**this
     mask_power: float = 1.0  # T2I masks a cos(pi t / 2) ** mask_power share (< 1: more masked)
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
@@ -285,12 +286,13 @@ def validate(cfg: Config) -> None:
                   capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
                   anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
                   max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature,
-                  vq_edge_weight=v.vq_edge_weight, sample_every=cfg.train.sample_every,
+                  vq_edge_weight=v.vq_edge_weight, t2i_focal=cfg.train.t2i_focal,
+                  sample_every=cfg.train.sample_every,
                   heldout_every=cfg.train.heldout_every, workers=d.workers)
     for name, value in counts.items():
         if not value >= 0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")
-    for name, value in dict(guidance=cfg.train.guidance,
+    for name, value in dict(guidance=cfg.train.guidance, t2i_focal=cfg.train.t2i_focal,
                             choice_temperature=cfg.train.choice_temperature).items():
         if not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} {value} is not a finite number")

@@ -11,11 +11,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .config import Config
-from .sequences import TASKS, Batch
+from .sequences import T2I, TASKS, Batch
 
 
 def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
-                scale: float = 1.0) -> dict[str, torch.Tensor]:
+                scale: float = 1.0, focal: float = 0.0) -> dict[str, torch.Tensor]:
     """Mean cross-entropy over the labelled positions of each task present in the batch.
     logits: [B, L, V] at every position, or [N, V] at the labelled ones only (the model's
     output for at_BL=batch.labelled_BL).
@@ -24,11 +24,17 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
     each task's loss is scale x (this batch's sum) / count instead, so that the losses of the
     parts add up, and DDP's gradient average (scale = W) comes out exactly as the gradient of
     the mean over everything (a plain per-part mean would weigh a part's few labels like many).
+
+    `focal` > 0 turns T2I into a focal loss (Lin et al. 2017): a code predicted with
+    probability p counts (1 - p) ** focal times, so that the codes a model already gets right
+    (mostly plain background) give way to those it does not.
     """
     sel = batch.labelled_BL
     logits_NV = logits[sel] if logits.dim() == 3 else logits
     ce = F.cross_entropy(logits_NV.float(), batch.labels_BL[sel], reduction="none")
     task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
+    if focal:
+        ce = torch.where(task == T2I, ce * (1 - torch.exp(-ce)) ** focal, ce)
     if counts is None:
         return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
     return {name: scale * ce[task == i].sum() / counts[i] for i, name in enumerate(TASKS)
@@ -36,12 +42,12 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
 
 
 def labelled_losses(forward, batch: Batch, counts: torch.Tensor | None = None,
-                    scale: float = 1.0):
+                    scale: float = 1.0, focal: float = 0.0):
     """(model output, task losses) of `batch`, the head run at its labelled positions only:
     `forward` is the model or its compiled or DDP wrapper."""
     out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B,
                   at_BL=batch.labelled_BL)
-    return out, task_losses(out.logits_NV, batch, counts, scale)
+    return out, task_losses(out.logits_NV, batch, counts, scale, focal)
 
 
 def label_counts(batches: list[Batch], data_parallel: bool) -> torch.Tensor:

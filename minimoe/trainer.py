@@ -171,7 +171,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
                 else model.no_sync()
             with sync, autocast:
-                out, part = labelled_losses(forward, batch, counts, world)
+                out, part = labelled_losses(forward, batch, counts, world, t.t2i_focal)
                 micro_loss = total_loss(part, cfg)
                 if router:
                     aux = {k: v / len(micro) for k, v in router.losses(out.routing).items()}

@@ -393,3 +393,35 @@ def test_drawing_measures_each_image_code_lever_on_drawing_alone(tmp_path):
     assert all(torch.equal(mine[k], copied[k]) for k in mine)
     (metrics,) = (work / "smoke").glob("eval-drawing/seed0/metrics.json")
     assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED
+
+
+def test_masking_sets_each_arm_against_drawings_default_run(tmp_path):
+    """The default arm is drawing.py's default run itself; every other arm trains with its
+    own flag from a copy of that run's tokenizer (no stage 1 of its own), and all are
+    evaluated on the validation draw."""
+    import torch
+    from drawing import slug
+    from masking import ARMS, DEFAULT
+
+    from minimoe import checkpoint
+    from minimoe.config import from_dict
+    work = tmp_path / "work"
+    _, data, table = smoke("masking", (work, tmp_path / "docs"))
+    assert list(data["runs"]) == ["p = 1 (cosine, default)"] + list(ARMS)
+    drawing = work / "smoke" / "drawing" / "seed0"
+    folders = dict(zip(data["runs"], [drawing / slug(DEFAULT)]
+                       + [work / "smoke" / "masking" / "seed0" / slug(n) for n in ARMS]))
+    settings = {"p = 1 (cosine, default)": (1.0, 0.0), "p = 0.5": (0.5, 0.0),
+                "p = 2": (2.0, 0.0), "focal, g = 2": (1.0, 2.0)}
+    for name, (power, focal) in settings.items():
+        assert f"| {name} |" in table and len(data["runs"][name]["geneval"]) == 1
+        cfg = from_dict(checkpoint.load(folders[name] / "ckpt.pt")["config"])
+        assert (cfg.train.mask_power, cfg.train.t2i_focal) == (power, focal)
+        assert cfg.data.domains == "shapes"
+        log = [json.loads(line) for line in (folders[name] / "log.jsonl").read_text().splitlines()]
+        assert not any(r.get("stage") == "vq" and "loss" in r for r in log)
+        copied = torch.load(folders[name] / "vq.pt", weights_only=False)["vq"]
+        mine = torch.load(drawing / "forms-x-colours" / "vq.pt", weights_only=False)["vq"]
+        assert all(torch.equal(mine[k], copied[k]) for k in mine)
+    (metrics,) = (work / "smoke").glob("eval-masking/seed0/metrics.json")
+    assert json.loads(metrics.read_text())["settings"]["draw"] == VALIDATION_SEED
