@@ -179,6 +179,8 @@ SCRIPT_ROWS = [
      "--caption-share 1.5: use a probability in [0, 1]"),
     ("train-mask-power-zero", "train", ["--mask-power", "0"], None,
      "--mask-power 0.0 must be a positive number"),
+    ("train-t2i-focal-negative", "train", ["--t2i-focal", "-1"], None,
+     "--t2i-focal -1.0 must be >= 0"),
     ("train-mmu-turns-zero", "train", ["--mmu-turns", "0"], None, "--mmu-turns 0 must be >= 1"),
     ("train-zero-domain-weight", "train", ["--domains", "shapes:0", "--out", "{tmp}/r"], None,
      "each optionally with a whole weight >= 1"),

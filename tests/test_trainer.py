@@ -55,6 +55,37 @@ def test_task_losses_average_each_tasks_labelled_positions():
     assert set(task_losses(logits, batch)) == {"mmu"}, "absent tasks have no entry"
 
 
+def test_focal_t2i_loss_weighs_each_code_by_how_far_off_it_is_and_leaves_other_tasks():
+    """--t2i-focal g: each image code's cross-entropy times (1 - p) ** g, p the probability
+    the model gave the true code (Lin et al. 2017); MMU and LM stay plain cross-entropy."""
+    logits = torch.randn(3, 5, 7)
+    labels = torch.full((3, 5), IGNORE)
+    labels[0, 1], labels[0, 2], labels[1, 3], labels[2, 0] = 1, 2, 3, 4
+    zeros = torch.zeros(3, dtype=torch.long)
+    batch = Batch(labels.clamp(min=0), labels.clamp(min=0), labels, torch.tensor([0, 1, 2]), zeros)
+    plain, focal = task_losses(logits, batch), task_losses(logits, batch, focal=2.0)
+    p = torch.softmax(logits, -1)
+    ref = [-(1 - p[0, c, labels[0, c]]) ** 2 * torch.log(p[0, c, labels[0, c]]) for c in (1, 2)]
+    assert torch.allclose(focal["t2i"], sum(ref) / 2)
+    assert focal["t2i"] < plain["t2i"]
+    assert torch.equal(focal["mmu"], plain["mmu"]) and torch.equal(focal["lm"], plain["lm"])
+    assert task_losses(logits, batch, focal=0.0)["t2i"] == plain["t2i"]
+
+
+def test_training_weighs_its_t2i_loss_with_t2i_focal(tmp_path):
+    """The trainer passes --t2i-focal to the loss: the same first step logs a smaller T2I
+    loss under it (every factor is below 1) and the same MMU loss."""
+    first = {}
+    for focal in (0.0, 2.0):
+        cfg = micro_config(dense_steps=1, ckpt_every=100, t2i_focal=focal)
+        model, batcher, _, files = setup(cfg, tmp_path / str(focal))
+        (tmp_path / str(focal)).mkdir()
+        first[focal] = fit(model, cfg, files, "dense", 1, batcher, torch.device("cpu"),
+                           progress=False)[0]
+    assert first[2.0]["t2i"] < first[0.0]["t2i"]
+    assert first[2.0]["mmu"] == pytest.approx(first[0.0]["mmu"])
+
+
 def test_lr_warms_up_then_decays_to_the_floor():
     cfg = micro_config(lr=1.0, warmup=4, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg, 20) for s in range(21)]
