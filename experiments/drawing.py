@@ -110,20 +110,26 @@ def table_of(data: dict[str, dict[str, list]]) -> str:
                   "one-object captions drawn %", "shape word (nats)", "FID", "stage-2 min"], rows)
 
 
+def train_and_table(s, script: str, every: dict[int, dict[str, Run]], title: str) -> None:
+    """Train what `every` ({seed: {arm: run}}) lacks, measure each arm over the seeds and
+    write `script`'s table (headed `title`) and JSON."""
+    for seed, runs in every.items():  # words.py needs the checkpoints too
+        train_unless_evaluated(s, script, seed, runs.values())
+    run_all([r for runs in every.values() for r in runs.values()], s.jobs)
+    data = across_seeds({seed: measured(s, seed, runs, script) for seed, runs in every.items()})
+    md = table_of(data)
+    write(s, script, f"## {title}\n\n{md}", {"runs": data, "seeds": s.seeds}, {})
+    print(md)
+
+
 def main() -> None:
     s = parse(__doc__)
     torch.set_num_threads(2)
-    every = {seed: runs_of(s, seed) for seed in s.seeds}
-    for seed, runs in every.items():  # words.py needs the checkpoints too
-        train_unless_evaluated(s, "drawing", seed, runs.values())
-    run_all([r for runs in every.values() for r in runs.values()], s.jobs)
-    data = across_seeds({seed: measured(s, seed, runs) for seed, runs in every.items()})
-    md = table_of(data)
-    write(s, "drawing", f"## Drawing alone (mean ± sd over seeds, validation draw, "
-          f"{EVAL_PROMPTS} prompts a category; one-object captions: each of the 48 drawn "
-          f"{DRAWS} times, the share with the asked-for shape, mean over shapes and caption "
-          f"splits)\n\n{md}", {"runs": data, "seeds": s.seeds}, {})
-    print(md)
+    train_and_table(s, "drawing", {seed: runs_of(s, seed) for seed in s.seeds},
+                    f"Drawing alone (mean ± sd over seeds, validation draw, {EVAL_PROMPTS} "
+                    f"prompts a category; one-object captions: each of the 48 drawn {DRAWS} "
+                    f"times, the share with the asked-for shape, mean over shapes and caption "
+                    f"splits)")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ T2I loss is plain cross-entropy on cosine-masked rows whatever the arm trains on
 compares. Writes docs/experiments/masking.{md,json}.
 """
 import torch
-from common import Run, parse, run_all, train_unless_evaluated, write
-from drawing import DRAWS, EVAL_PROMPTS, across_seeds, measured, runs_of, slug, table_of
+from common import Run, parse
+from drawing import DRAWS, EVAL_PROMPTS, runs_of, slug, train_and_table
 from steps import _copy_tokenizer
 
 DEFAULT = "forms x colours, shared rows"  # drawing.py's arm: the preset's image codes
@@ -42,18 +42,10 @@ def masking_runs(s, seed: int) -> dict[str, Run]:
 def main() -> None:
     s = parse(__doc__)
     torch.set_num_threads(2)
-    every = {seed: masking_runs(s, seed) for seed in s.seeds}
-    for seed, runs in every.items():  # words.py needs the checkpoints too
-        train_unless_evaluated(s, "masking", seed, runs.values())
-    run_all([r for runs in every.values() for r in runs.values()], s.jobs)
-    data = across_seeds({seed: measured(s, seed, runs, "masking")
-                         for seed, runs in every.items()})
-    md = table_of(data)
-    write(s, "masking", f"## The masking schedule on drawing alone (mean ± sd over seeds "
-          f"{', '.join(map(str, s.seeds))}, validation draw, {EVAL_PROMPTS} prompts a category; "
-          f"one-object captions: each of the 48 drawn {DRAWS} times)\n\n{md}",
-          {"runs": data, "seeds": s.seeds}, {})
-    print(md)
+    train_and_table(s, "masking", {seed: masking_runs(s, seed) for seed in s.seeds},
+                    f"The masked-token objective on drawing alone (mean ± sd over seeds "
+                    f"{', '.join(map(str, s.seeds))}, validation draw, {EVAL_PROMPTS} prompts "
+                    f"a category; one-object captions: each of the 48 drawn {DRAWS} times)")
 
 
 if __name__ == "__main__":
