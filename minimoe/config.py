@@ -51,8 +51,9 @@ class ModelConfig:
     rope_base: float = 10000.0  # rotary embedding base
     dropout: float = 0.0  # residual dropout (0 for the small presets: they underfit)
     code_init: str = "random"  # code embeddings start as: random | codebook (projected VQ codes)
-    image_pos: str = "rotary2d"  # a code's grid slot: rotary2d (row, column) | none (1-D) | learned
-    # (a vector per slot) | rotary2d+learned (both)
+    image_pos: str = "rotary2d+conv"  # a code's grid slot: rotary2d+conv (2-D rotary and a grid
+    # convolution in every block) | rotary2d (row, column) | none (1-D) | learned (a vector per
+    # slot) | rotary2d+learned
     code_features: str = "factors"  # none | pixels | factors: rows shared by codes that look alike
 
 
@@ -200,7 +201,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
            "autocast": ("auto", "bf16", "off"), "question_mix": ("uniform", "balanced"),
-           "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned"),
+           "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned", "rotary2d+conv"),
            "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook"),
            "code_features": ("none", "pixels", "factors")}
 

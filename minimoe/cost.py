@@ -14,8 +14,9 @@ forwards (the gradients of the inputs and of the weights), so
 
     training FLOPs / token = 3 * 2 * (sum of the multiply-adds above)
 
-Norms, activations, rotary, softmax and the optimizer are left out: they scale with d, not d^2,
-and are a few per cent at these widths. The attention term counts the full L x L score
+Norms, activations, rotary, softmax, the grid convolution of `--image-pos rotary2d+conv` (9 d
+an image code a block) and the optimizer are left out: they scale with d, not d^2, and are a
+few per cent at these widths. The attention term counts the full L x L score
 matrix that the masked attention kernel computes, not only the unmasked part. A padding
 position costs what any other position costs, except in a MoE layer, which routes padding to
 no expert. The head is counted at every token, as sampling pays it, though training runs it

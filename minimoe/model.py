@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .gridconv import GridConv
 from .moe import TORCH, Backend, MoE, MoESpec, Routing, TokenInfo
 from .sequences import attention_mask, positions
 from .untie import PerModality, per_position, tied_name
@@ -158,8 +159,9 @@ def make_ffn(cfg: ModelConfig, moe: MoESpec | None, backend: Backend) -> nn.Modu
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, moe: MoESpec | None, backend: Backend,
-                 untie: bool = False):
+                 untie: bool = False, grid_side: int = 0):
         super().__init__()
+        self.conv = GridConv(cfg.d_model, grid_side) if grid_side else None
         self.attn_norm = nn.RMSNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model)
@@ -171,6 +173,8 @@ class Block(nn.Module):
 
     def forward(self, x_BLD, cos, sin, mask_B1LS, cache, layer, info: TokenInfo):
         image_BL = info.image_T.view(x_BLD.shape[:2])
+        if self.conv is not None:
+            x_BLD = self.conv(x_BLD, image_BL)
         h_BLD = per_position(self.attn_norm, x_BLD, image_BL)
         x_BLD = x_BLD + self.dropout(self.attn(h_BLD, cos, sin, mask_B1LS, cache, layer,
                                                image_BL))
@@ -207,8 +211,9 @@ class Transformer(nn.Module):
                           if "learned" in cfg.image_pos and image_tokens else None)
         # 2-D rotary needs the grid's side; 0 keeps every position 1-D
         self.grid_side = math.isqrt(image_tokens) if "rotary2d" in cfg.image_pos else 0
+        conv_side = math.isqrt(image_tokens) if "conv" in cfg.image_pos else 0
         self.blocks = nn.ModuleList(
-            Block(cfg, moe if i in moe_layers else None, backend, untie)
+            Block(cfg, moe if i in moe_layers else None, backend, untie, conv_side)
             for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)

@@ -1,5 +1,6 @@
 """Dense-to-MoE conversion: Taylor scores are the first-order change of the task loss when a
 neuron's activation is scaled.  Run: pytest -q tests/test_convert.py"""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,8 +14,8 @@ from minimoe.vq import VQModel
 from conftest import micro_config
 
 
-def _setup():
-    cfg = micro_config()
+def _setup(**overrides):
+    cfg = micro_config(**overrides)
     torch.manual_seed(0)
     tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
     model, vocab = build_model(cfg)
@@ -164,12 +165,12 @@ def test_taylor_groups_partition_neurons_by_importance():
     assert set(groups["shared"][0].tolist()) == {8, 9, 10, 11}
 
 
-def _converted(method, **overrides):
+def _converted(method, image_pos="rotary2d", **overrides):
     from minimoe.config import make_config
     from minimoe.convert import convert_model
-    dense, batch = _setup()
+    dense, batch = _setup(image_pos=image_pos)
     dense = dense.float()
-    base = micro_config()
+    base = micro_config(image_pos=image_pos)
     cfg = make_config("tiny", **{**{k: v for k, v in _flat(base).items()}, "moe": method,
                                  "num_experts": 4, "text_experts": 2, **overrides})
     model = convert_model(dense, cfg, [batch], torch.Generator().manual_seed(0))
@@ -191,9 +192,11 @@ def test_naive_model_reproduces_the_dense_model_right_after_conversion():
     assert torch.equal(model.embed.weight, dense.embed.weight), "non-FFN weights are copied"
 
 
-def test_split_models_with_every_expert_on_reproduce_the_dense_model():
+@pytest.mark.parametrize("image_pos", ["rotary2d", "rotary2d+conv"])
+def test_split_models_with_every_expert_on_reproduce_the_dense_model(image_pos):
+    """Also with a grid convolution in every block, which the conversion copies."""
     for method in ("random", "taylor"):
-        dense, model, batch, _ = _converted(method, num_shared=0)
+        dense, model, batch, _ = _converted(method, image_pos, num_shared=0)
         for (i, layer) in model.moe_layers():
             layer.top_k = layer.num_experts  # every expert, and weight 1 each:
             layer.expert_scale.fill_(layer.num_experts)  # weights are 1/E, times E

@@ -187,7 +187,7 @@ def test_2d_rotary_scores_depend_on_row_and_column_offsets_only():
     assert torch.equal(c1, c2) and torch.equal(s1, s2)
 
 
-@pytest.mark.parametrize("image_pos", ["rotary2d", "rotary2d+learned"])
+@pytest.mark.parametrize("image_pos", ["rotary2d", "rotary2d+learned", "rotary2d+conv"])
 def test_2d_rotary_model_keeps_the_cache_exact_and_padding_invariant(image_pos):
     """Both 2-D modes rotate by the grid; the combined one also adds a vector per slot."""
     from conftest import micro_config
@@ -392,3 +392,45 @@ def test_the_dense_stage_fills_code_features_and_conversion_and_loading_keep_the
     with torch.no_grad():
         assert torch.equal(session.model(batch.tokens_BL, batch.groups_BL).logits_BLV,
                            dense(batch.tokens_BL, batch.groups_BL).logits_BLV)
+
+
+def test_grid_conv_convolves_each_image_grid_alone_and_leaves_text():
+    """GridConv against a per-image reference: each row's image positions, laid out in their
+    grid, get a depthwise zero-padded convolution added (one image cannot leak into another,
+    nor text into either); text positions come out unchanged; a partial grid is refused."""
+    from minimoe.gridconv import GridConv
+    torch.manual_seed(0)
+    side, D = 4, 6
+    conv = GridConv(D, side)
+    x = torch.randn(2, 21, D)
+    image = torch.zeros(2, 21, dtype=torch.bool)
+    image[0, 3:19] = True  # text, a 4x4 image, text
+    image[1, 5:21] = True  # text, then the image at the end
+    y = conv(x, image)
+    assert torch.equal(y[~image], x[~image])
+    for b in range(2):
+        grid = x[b, image[b]].view(side, side, D)
+        ref = torch.zeros_like(grid)
+        for r in range(side):
+            for c in range(side):
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        if 0 <= r + dr < side and 0 <= c + dc < side:
+                            ref[r, c] += conv.weight[:, 0, dr + 1, dc + 1] * grid[r + dr, c + dc]
+        assert torch.allclose(y[b, image[b]], (grid + ref).view(-1, D), atol=1e-6)
+    assert torch.equal(conv(x, torch.zeros_like(image)), x)  # no image: nothing to do
+    partial = image.clone()
+    partial[1, 20] = False
+    with pytest.raises(ValueError, match="whole"):
+        conv(x, partial)
+
+
+def test_conv_image_pos_puts_a_grid_conv_in_every_block_only_when_asked():
+    """--image-pos rotary2d+conv: every block convolves the grid (and rotary stays 2-D);
+    the other modes build no convolution."""
+    from conftest import micro_config
+    from minimoe.build import build_model
+    for mode, convs in (("rotary2d+conv", True), ("rotary2d", False), ("learned", False)):
+        model, _ = build_model(micro_config(image_pos=mode))
+        assert all((b.conv is not None) == convs for b in model.blocks)
+        assert (model.grid_side > 0) == mode.startswith("rotary2d")
