@@ -23,19 +23,20 @@ class GridConv(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x_BLD: torch.Tensor, image_BL: torch.Tensor) -> torch.Tensor:
-        """x with conv(x) added at the image positions. Every image in x must be whole (all of
-        its side x side codes, [MASK] included, in this call), as in training and sampling."""
-        n = int(image_BL.sum())
-        if n == 0:
+        """x with conv(x) added at the image positions of every row that holds one whole
+        image in this call (all side x side codes, [MASK] included, as training and both
+        samplers pass them). Other rows are left as they are: a code id decoded one at a time
+        as text, or ids that make no grid, have no neighbours to convolve."""
+        cells = self.side * self.side
+        grid_BL = image_BL & (image_BL.sum(1, keepdim=True) == cells)
+        if not bool(grid_BL.any()):
             return x_BLD
-        D, cells = x_BLD.shape[-1], self.side * self.side
-        if n % cells:
-            raise ValueError(f"GridConv: {n} image positions are not whole {self.side}x"
-                             f"{self.side} grids; pass every image's codes in one call")
-        # positions in row-major order, so each image's codes come out in its grid order
-        grid_NDHW = x_BLD[image_BL].view(-1, self.side, self.side, D).permute(0, 3, 1, 2)
-        y_NHWD = F.conv2d(grid_NDHW, self.weight.to(x_BLD.dtype), padding="same",
+        D = x_BLD.shape[-1]
+        # positions in row-major order, so each image's codes come out in its grid order;
+        # contiguous, so that the weight's gradient keeps the weight's layout (DDP buckets)
+        grid_NDHW = x_BLD[grid_BL].view(-1, self.side, self.side, D).permute(0, 3, 1, 2)
+        y_NHWD = F.conv2d(grid_NDHW.contiguous(), self.weight.to(x_BLD.dtype), padding="same",
                           groups=D).permute(0, 2, 3, 1)
         delta_BLD = torch.zeros_like(x_BLD)
-        delta_BLD[image_BL] = y_NHWD.reshape(-1, D)
+        delta_BLD[grid_BL] = y_NHWD.reshape(-1, D).to(x_BLD.dtype)  # autocast computes in bf16
         return x_BLD + delta_BLD
