@@ -6,14 +6,14 @@ understanding and text rows that share the main job's steps.
     python experiments/drawing.py --smoke    # a micro run of everything (CI)
 
 Each run is `train.py --moe none --domains shapes --batch-mmu 0 --batch-lm 0` on the preset's
-defaults (with ROTARY_ONLY, as the archived runs) plus its arm's flags (`arms`). An arm that names its own tokenizer trains it (stage 1,
-on shapes); an arm that only changes the transformer starts from a copy of its tokenizer
-arm's vq.pt, so that the two differ in the lever alone. Every model is measured on the
-validation draw: eval.py (EVAL_PROMPTS prompts a category, two samples each: the tokenizer
-ceiling, GenEval, single objects, FID) and experiments/words.py (every one-object caption
-drawn DRAWS times, scored for the asked-for shape; what the shape word is worth in nats with
-90 % of the codes masked). Runs use the first seed of --seeds. Writes
-docs/experiments/drawing.{md,json}.
+defaults (with ROTARY_ONLY, as the archived runs) plus its arm's flags (`arms`). An arm that
+names its own tokenizer trains it (stage 1, on shapes); an arm that only changes the
+transformer starts from a copy of its tokenizer arm's vq.pt, so that the two differ in the
+lever alone. Every model is measured on the validation draw: eval.py (EVAL_PROMPTS prompts a
+category, two samples each: the tokenizer ceiling, GenEval, single objects, FID) and
+experiments/words.py (every one-object caption drawn DRAWS times, scored for the asked-for
+shape; what the shape word is worth in nats with 90 % of the codes masked). Runs use the first
+seed of --seeds. Writes docs/experiments/drawing.{md,json}.
 """
 import json
 

@@ -5,10 +5,10 @@ more steps from one tokenizer, so that the curve shows what each CPU-minute of s
     python experiments/steps.py --smoke    # a micro run of everything (CI)
 
 Each run is `train.py --moe none --dense-steps N` on the preset's defaults (the tiny preset's
-with one codebook, ONE_CODEBOOK, and ROTARY_ONLY, as its archived runs were trained), for N = 0.5, 1, 2
-and 4 times the experiments' dense steps (2000 on the tiny preset); its warmup and cosine
-schedule span its own N steps, so every point is a whole run, not a checkpoint of a longer
-one. The first run trains the tokenizer and the others start from a copy of its vq.pt:
+with one codebook, ONE_CODEBOOK, and ROTARY_ONLY, as its archived runs were trained), for N =
+0.5, 1, 2 and 4 times the experiments' dense steps (2000 on the tiny preset); its warmup and
+cosine schedule span its own N steps, so every point is a whole run, not a checkpoint of a
+longer one. The first run trains the tokenizer and the others start from a copy of its vq.pt:
 stage 1 is paid once, and a run's minutes are its stage 2 alone.
 Every model is evaluated by eval.py on the validation draw with EVAL_PROMPTS prompts a
 category (two samples each). Table: steps, stage-2 minutes, the last held-out losses, GenEval

@@ -1,6 +1,6 @@
 """A depthwise convolution over each image's code grid, for the `conv` part of --image-pos.
 
-A code's shape is a local arrangement of codes: a corner next to an edge next to a corner. A
+An object's shape is a local arrangement of codes: a corner next to an edge next to a corner. A
 transformer has to learn from examples which of its 64 image positions are neighbours and
 that neighbourhoods look alike everywhere; a convolution is told both. Added in every block
 (x + conv(x) at image positions, before attention), it also tells each code where it sits,
