@@ -49,12 +49,14 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-di
 STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--code-features",
          "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
          "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
-         "shapes,glyphs,patterns", "--guidance", "2", "--vq-domains", "", "--mmu-turns", "1"]
-# Archived runs of today's layout trained before every block convolved the code grid.
-ROTARY_ONLY = ["--image-pos", "rotary2d"]
+         "shapes,glyphs,patterns", "--guidance", "2", "--guidance-schedule", "constant",
+         "--vq-domains", "", "--mmu-turns", "1"]
+# Archived runs of today's layout were trained before every block convolved the code grid, and
+# drawn with guidance 5 at every step.
+ARCHIVED = ["--image-pos", "rotary2d", "--guidance", "5", "--guidance-schedule", "constant"]
 # The defaults recipe's archived runs (DOCS/defaults/runs) were trained before MMU rows packed
-# several questions, and with ROTARY_ONLY; pinned likewise.
-DEFAULTS = ["--mmu-turns", "1"] + ROTARY_ONLY
+# several questions, and as ARCHIVED; pinned likewise.
+DEFAULTS = ["--mmu-turns", "1"] + ARCHIVED
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 

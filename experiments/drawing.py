@@ -6,7 +6,7 @@ understanding and text rows that share the main job's steps.
     python experiments/drawing.py --smoke    # a micro run of everything (CI)
 
 Each run is `train.py --moe none --domains shapes --batch-mmu 0 --batch-lm 0` on the preset's
-defaults (with ROTARY_ONLY, as the archived runs) plus its arm's flags (`arms`). An arm that
+defaults (with ARCHIVED, as the archived runs) plus its arm's flags (`arms`). An arm that
 names its own tokenizer trains it (stage 1, on shapes); an arm that only changes the
 transformer starts from a copy of its tokenizer arm's vq.pt, so that the two differ in the
 lever alone. Every model is measured on the validation draw: eval.py (EVAL_PROMPTS prompts a
@@ -18,7 +18,7 @@ seed of --seeds. Writes docs/experiments/drawing.{md,json}.
 import json
 
 import torch
-from common import (ROTARY_ONLY, Run, SMOKE, cell, evaluate, parse, run_all, table,
+from common import (ARCHIVED, Run, SMOKE, cell, evaluate, parse, run_all, table,
                     train_unless_evaluated, write)
 from quality import SHORT, VALIDATION
 from steps import ONE_CODEBOOK, _copy_tokenizer, last_heldout, stage2_minutes
@@ -31,7 +31,7 @@ SCENES = 200  # single-object scenes behind the shape word's worth
 DRAWS = 10  # samples of each of the 48 one-object captions
 DRAWING = ["--moe", "none", "--domains", "shapes", "--batch-mmu", "0", "--batch-lm", "0",
            "--sample-every", "0", "--eval-n", "0", "--vq-domains", ""  # tokenizers: shapes too
-           ] + ROTARY_ONLY  # as the archived runs
+           ] + ARCHIVED  # as the archived runs
 COLOURS = 32  # colours of the factored tokenizer: 32 forms x 32 colours, the default 1024 codes
 
 

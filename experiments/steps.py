@@ -5,7 +5,7 @@ more steps from one tokenizer, so that the curve shows what each CPU-minute of s
     python experiments/steps.py --smoke    # a micro run of everything (CI)
 
 Each run is `train.py --moe none --dense-steps N` on the preset's defaults (the tiny preset's
-with one codebook, ONE_CODEBOOK, and ROTARY_ONLY, as its archived runs were trained), for N =
+with one codebook, ONE_CODEBOOK, and ARCHIVED, as its archived runs were trained), for N =
 0.5, 1, 2 and 4 times the experiments' dense steps (2000 on the tiny preset); its warmup and
 cosine schedule span its own N steps, so every point is a whole run, not a checkpoint of a
 longer one. The first run trains the tokenizer and the others start from a copy of its vq.pt:
@@ -20,7 +20,7 @@ tokenizer, so that a lever and more steps are weighed on one scale. Runs use the
 """
 import shutil
 
-from common import (ROTARY_ONLY, Run, SMOKE, cell, evaluate, parse, run_all, table,
+from common import (ARCHIVED, Run, SMOKE, cell, evaluate, parse, run_all, table,
                     train_unless_evaluated, write)
 from quality import MODEL_HEADER, VALIDATION, model_cells, model_columns
 
@@ -38,7 +38,7 @@ LEVERS = {  # train.py flags, at 1x the dense steps
 
 def runs_of(s, seed: int) -> dict[int, Run]:
     """{dense steps: run}; every run after the first reuses the first's tokenizer."""
-    preset = ONE_CODEBOOK + ROTARY_ONLY if s.preset == "tiny" else ["--preset", s.preset]
+    preset = ONE_CODEBOOK + ARCHIVED if s.preset == "tiny" else ["--preset", s.preset]
     flags = preset + (SMOKE if s.smoke else [])
     runs, first = {}, None
     for n in sorted({max(1, int(f * s.steps["dense_steps"])) for f in FACTORS}):

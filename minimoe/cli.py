@@ -15,6 +15,8 @@ import warnings
 
 import torch
 
+from .config import GUIDANCE_SCHEDULES
+
 
 class UserError(RuntimeError):
     """A failure the user can fix (a mistake in what was asked, a file that does not fit):
@@ -73,11 +75,15 @@ MAX_SAMPLE_STEPS = 1024
 
 
 def add_sampling_flags(parser) -> None:
-    """--steps, --guidance, --choice-temperature: MaskGIT settings that default to the run's."""
+    """--steps, --guidance, --guidance-schedule, --choice-temperature: MaskGIT settings that
+    default to the run's."""
     parser.add_argument("--steps", type=int, default=None,
                         help="MaskGIT steps (default: the run's --sample-steps)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale (default: the run's)")
+    parser.add_argument("--guidance-schedule", default=None, choices=GUIDANCE_SCHEDULES,
+                        help="the guidance scale over the steps: constant, falling (full at the "
+                             "empty grid, fading as codes fill in) or rising (default: the run's)")
     parser.add_argument("--choice-temperature", type=float, default=None,
                         help="MaskGIT confidence noise at the first step, annealed to 0 "
                              "(default: the run's)")

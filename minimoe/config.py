@@ -127,7 +127,9 @@ class TrainConfig:
     heldout_every: int = 100  # steps between held-out loss checks in the log (0: never)
     tensorboard: bool = False  # also write the log as TensorBoard events (pip extra: tensorboard)
     sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
-    guidance: float = 5.0  # classifier-free guidance scale of sampling (tuned on validation)
+    guidance: float = 8.0  # classifier-free guidance scale of sampling (tuned on validation) ...
+    guidance_schedule: str = "falling"  # ... over the steps: falling (x the share still masked)
+    # | constant | rising
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     autocast: str = "auto"  # bf16 autocast of training steps: auto (on CUDA only) | bf16 | off
@@ -162,7 +164,8 @@ class Config:
 SECTIONS = ("data", "vq", "model", "moe", "train")
 # A saved config without these fields was made with one codebook, no shared code rows, and a
 # tokenizer trained on the model's own mix.
-ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": ""}
+ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": "",
+          "guidance_schedule": "constant"}
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
 # never which data or what is computed from it.
 FREE_ON_RESUME = ("workers",)
@@ -193,6 +196,7 @@ PRESETS: dict[str, dict] = {
 }
 
 MOE_METHODS = ("none", "scratch", "naive", "drop", "random", "taylor")
+GUIDANCE_SCHEDULES = ("constant", "falling", "rising")  # sampler.guidance_at
 UPCYCLED = ("scratch", "naive", "drop")  # experts as wide as the dense FFN; the others split it
 # Flags whose value is one of a fixed set (argparse lists them in --help and refuses others).
 CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
@@ -202,6 +206,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
            "autocast": ("auto", "bf16", "off"), "question_mix": ("uniform", "balanced"),
            "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned", "rotary2d+conv"),
+           "guidance_schedule": GUIDANCE_SCHEDULES,
            "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook"),
            "code_features": ("none", "pixels", "factors")}
 

@@ -178,12 +178,14 @@ class Settings:
     draw: int = EVAL_SEED  # which held-out prompts and images (DRAWS)
     steps: int | None = None  # MaskGIT sampling; None: the run's --sample-steps ...
     guidance: float | None = None  # ... --guidance ...
-    choice_temperature: float | None = None  # ... and --choice-temperature
+    choice_temperature: float | None = None  # ... --choice-temperature ...
+    guidance_schedule: str | None = None  # ... and --guidance-schedule
 
     def images(self, session, image_tok, captions: list[str]) -> list:
         """Generated images for `captions` with these sampling settings."""
         return generate(session, image_tok, captions, self.seed, self.steps, self.guidance,
-                        self.choice_temperature, progress=self.progress)
+                        self.choice_temperature, progress=self.progress,
+                        guidance_schedule=self.guidance_schedule)
 
 
 def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, features: str) -> dict:

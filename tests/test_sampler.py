@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from minimoe.sampler import greedy, mask_schedule, maskgit, n_masked_after
+from minimoe.sampler import greedy, guidance_at, mask_schedule, maskgit, n_masked_after
 
 C, MASK = 10, 10  # candidate values 0..9, mask value 10
 
@@ -16,6 +16,15 @@ def random_logits_fn(seed=0, record=None):
             record.append((ids == MASK).sum(1).clone())
         return torch.randn(*ids.shape, C, generator=g)
     return fn
+
+
+def test_guidance_schedules_at_the_empty_grid_halfway_and_the_full_grid():
+    share = torch.tensor([1.0, 0.5, 0.0])
+    assert guidance_at("constant", 4.0, share).tolist() == [4.0, 4.0, 4.0]
+    assert guidance_at("falling", 4.0, share).tolist() == [4.0, 2.0, 0.0]
+    assert guidance_at("rising", 4.0, share).tolist() == [0.0, 2.0, 4.0]
+    with pytest.raises(ValueError, match="known: constant, falling, rising"):
+        guidance_at("cosine", 4.0, share)
 
 
 def test_mask_schedule_endpoints():

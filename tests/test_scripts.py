@@ -146,6 +146,31 @@ def test_sample_draws_many_images_in_fixed_size_batches(run_dir, tmp_path, monke
         assert grid.size == (8 * 128, -(-n // 8) * 128)
 
 
+@pytest.mark.parametrize("flag", [None, "falling", "rising"])
+def test_sample_guides_every_step_by_the_schedule_asked_or_the_runs(run_dir, tmp_path,
+                                                                    monkeypatch, flag):
+    """Each MaskGIT step asks for its guidance scale with the schedule of --guidance-schedule
+    (else the run's) and the share of the grid still masked: all of it at the first step,
+    less at each later one, never none (the last step still has codes to fill)."""
+    from minimoe import checkpoint, config, inference
+    calls = []
+    real = inference.guidance_at
+
+    def recorded(schedule, guidance, masked_share):
+        calls.append((schedule, guidance, masked_share.tolist()))
+        return real(schedule, guidance, masked_share)
+    monkeypatch.setattr(inference, "guidance_at", recorded)
+    extra = ["--guidance-schedule", flag] if flag else []
+    sample.main(["--ckpt", str(run_dir / "ckpt.pt"), "--prompt", "a red circle", "--n", "2",
+                 "--steps", "4", "--guidance", "3", "--out", str(tmp_path / "g.png"), *extra])
+    run_schedule = config.from_dict(checkpoint.load(run_dir / "ckpt.pt")["config"]) \
+        .train.guidance_schedule
+    assert [c[0] for c in calls] == [flag or run_schedule] * 4 and {c[1] for c in calls} == {3.0}
+    shares = [c[2][0] for c in calls]
+    assert shares[0] == 1.0 and all(a > b > 0 for a, b in zip(shares, shares[1:]))
+    assert all(c[2][0] == c[2][1] for c in calls), "two rows of one prompt mask alike"
+
+
 def test_sample_answers_a_question(run_dir, tmp_path, capsys):
     from PIL import Image
     img = tmp_path / "in.png"
