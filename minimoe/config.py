@@ -127,9 +127,8 @@ class TrainConfig:
     heldout_every: int = 100  # steps between held-out loss checks in the log (0: never)
     tensorboard: bool = False  # also write the log as TensorBoard events (pip extra: tensorboard)
     sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
-    guidance: float = 8.0  # classifier-free guidance scale of sampling (tuned on validation) ...
-    guidance_schedule: str = "falling"  # ... over the steps: falling (x the share still masked)
-    # | constant | rising
+    guidance: float = 8.0  # classifier-free guidance scale at the first step (validation-tuned) ...
+    guidance_schedule: str = "falling"  # ... then x the share still masked | constant | rising
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     autocast: str = "auto"  # bf16 autocast of training steps: auto (on CUDA only) | bf16 | off
