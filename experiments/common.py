@@ -50,10 +50,11 @@ STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--c
          "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
          "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
          "shapes,glyphs,patterns", "--guidance", "2", "--guidance-schedule", "constant",
-         "--vq-domains", "", "--mmu-turns", "1"]
-# Archived runs of today's layout were trained before every block convolved the code grid, and
-# drawn with guidance 5 at every step.
-ARCHIVED = ["--image-pos", "rotary2d", "--guidance", "5", "--guidance-schedule", "constant"]
+         "--vq-domains", "", "--mmu-turns", "1", "--lr", "2e-3"]
+# Archived runs of today's layout were trained before every block convolved the code grid, at
+# half today's learning rate, and drawn with guidance 5 at every step.
+ARCHIVED = ["--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
+            "--guidance-schedule", "constant"]
 # The defaults recipe's archived runs (DOCS/defaults/runs) were trained before MMU rows packed
 # several questions, and as ARCHIVED; pinned likewise.
 DEFAULTS = ["--mmu-turns", "1"] + ARCHIVED
