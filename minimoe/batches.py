@@ -6,6 +6,8 @@ batches it would have seen, and a checkpoint needs no RNG state.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -47,6 +49,34 @@ class StepSamples:
         return [self.source[first + i] for i in range(self.n)]
 
 
+def task_mixes(turns: list[str], sizes: tuple[int, ...]) -> list[Counter]:
+    """The domains each task's rows read, counted over the steps after which the pattern
+    repeats, when every step deals its samples to the tasks in order (T2I first) from a mix
+    that repeats `turns` (BuiltinData.turns)."""
+    n, r = sum(sizes), len(turns)
+    mixes = [Counter() for _ in sizes]
+    for step in range(r // math.gcd(n, r) if n else 0):
+        first = step * n
+        for mix, size in zip(mixes, sizes):
+            mix.update(turns[(first + k) % r] for k in range(size))
+            first += size
+    return mixes
+
+
+def uneven_mix(turns: list[str], sizes: tuple[int, ...], tolerance: float = 0.1) -> str | None:
+    """What some task reads off the mix's shares by more than `tolerance`, or None. A task
+    whose rows start and end on round boundaries reads each round whole; so does every task
+    when a step's sample count moves the round's start from step to step."""
+    off = []
+    for task, mix in zip(("T2I", "MMU", "LM"), task_mixes(turns, sizes)):
+        total = sum(mix.values())
+        for domain in dict.fromkeys(turns):
+            share, want = mix[domain] / max(total, 1), turns.count(domain) / len(turns)
+            if total and abs(share - want) > tolerance:
+                off.append(f"{task} rows {domain} {share:.0%} (the mix {want:.0%})")
+    return ", ".join(off) or None
+
+
 class Batcher:
     """Builds the mixed T2I / MMU / LM batch of a step from a data source."""
 
@@ -68,6 +98,13 @@ class Batcher:
         self.samples = Prefetcher(StepSamples(source, sum(self.sizes), offset, rank, world),
                                   cfg.data.workers)
         self.domains = cfg.domain_names
+        off = uneven_mix(getattr(source, "turns", None) or [], self.sizes)
+        if off:
+            sizes = "/".join(map(str, self.sizes))
+            warnings.warn(f"--batch-t2i/-mmu/-lm {sizes} deal each step's samples to the tasks "
+                          f"in order from a mix that repeats every {len(source.turns)} "
+                          f"(--domains {cfg.data.domains}), so {off}; make each a multiple of "
+                          f"{len(source.turns)}")
 
     def domain_ids(self, samples) -> list[int]:
         """Index of each sample's domain in --domains; any other (folder) domain: the last."""

@@ -1,7 +1,9 @@
 """Training: loss goes down, resume continues with identical losses, NaN stops the run and
 keeps the last good checkpoint.  Run: pytest -q tests/test_trainer.py"""
 import copy
+import math
 import time
+import warnings
 from collections import Counter
 
 import pytest
@@ -37,6 +39,39 @@ def test_batches_are_deterministic_per_step_and_hold_every_task(tmp_path):
     assert not torch.equal(a.tokens_BL, c.tokens_BL)
     assert sorted(set(a.task_B.tolist())) == [0, 1, 2]
     assert a.tokens_BL.shape == (10, cfg.seq_len)
+
+
+@pytest.mark.parametrize("domains, sizes, uneven", [
+    ("shapes:2,glyphs,patterns", (16, 12, 4), False),  # the tiny preset: whole rounds
+    ("shapes:2,glyphs,patterns", (15, 12, 4), False),  # 31 a step: the round starts elsewhere
+    ("shapes:2,glyphs,patterns", (8, 6, 2), True),  # MMU and LM rows start mid-round, every step
+    ("shapes,glyphs,patterns", (2, 2, 2), True),
+])
+def test_each_task_reads_the_domains_its_rows_are_dealt_and_an_uneven_deal_warns(
+        domains, sizes, uneven):
+    """task_mixes counts, per task, the domains of the very samples the batcher deals it over
+    the steps until the pattern repeats, and the batcher warns when a task's share of some
+    domain is off the mix's."""
+    from minimoe import batches
+    cfg = micro_config(domains=domains, batch_t2i=sizes[0], batch_mmu=sizes[1],
+                       batch_lm=sizes[2])
+    source = BuiltinData(cfg.data.image_size, domains, "train", seed=0)
+    steps = batches.StepSamples(source, sum(sizes), 0, 0, 1)
+    period = len(source.turns) // math.gcd(sum(sizes), len(source.turns))
+    dealt = [Counter() for _ in sizes]
+    for step in range(period):
+        samples = iter(steps(step))
+        for mix, size in zip(dealt, sizes):
+            mix.update(next(samples).domain for _ in range(size))
+    assert batches.task_mixes(source.turns, sizes) == dealt
+    tok, vocab = ImageTokenizer(VQModel(cfg.vq), cfg.vq), Vocab(cfg.vq.vq_codes, 256)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Batcher(cfg, source, vocab, tok)
+    said = [str(w.message) for w in caught if "deal each step's samples" in str(w.message)]
+    assert bool(said) == uneven
+    if uneven:
+        assert f"make each a multiple of {len(source.turns)}" in said[0]
 
 
 def test_task_losses_average_each_tasks_labelled_positions():
