@@ -69,10 +69,10 @@ def uneven_mix(turns: list[str], sizes: tuple[int, ...], tolerance: float = 0.1)
     when a step's sample count moves the round's start from step to step."""
     off = []
     for task, mix in zip(("T2I", "MMU", "LM"), task_mixes(turns, sizes)):
-        total = sum(mix.values())
-        for domain in dict.fromkeys(turns):
-            share, want = mix[domain] / max(total, 1), turns.count(domain) / len(turns)
-            if total and abs(share - want) > tolerance:
+        total = sum(mix.values())  # 0 for a task without rows
+        for domain in dict.fromkeys(turns) if total else ():
+            share, want = mix[domain] / total, turns.count(domain) / len(turns)
+            if abs(share - want) > tolerance:
                 off.append(f"{task} rows {domain} {share:.0%} (the mix {want:.0%})")
     return ", ".join(off) or None
 
