@@ -98,13 +98,14 @@ class Batcher:
         self.samples = Prefetcher(StepSamples(source, sum(self.sizes), offset, rank, world),
                                   cfg.data.workers)
         self.domains = cfg.domain_names
-        off = uneven_mix(getattr(source, "turns", None) or [], self.sizes)
+        turns = getattr(source, "turns", None) or []  # the built-in mix's round
+        off = uneven_mix(turns, self.sizes)
         if off:
             sizes = "/".join(map(str, self.sizes))
             warnings.warn(f"--batch-t2i/-mmu/-lm {sizes} deal each step's samples to the tasks "
-                          f"in order from a mix that repeats every {len(source.turns)} "
+                          f"in order from a mix that repeats every {len(turns)} "
                           f"(--domains {cfg.data.domains}), so {off}; make each a multiple of "
-                          f"{len(source.turns)}")
+                          f"{len(turns)}")
 
     def domain_ids(self, samples) -> list[int]:
         """Index of each sample's domain in --domains; any other (folder) domain: the last."""
