@@ -55,9 +55,12 @@ STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--c
 # half today's learning rate, and drawn with guidance 5 at every step.
 ARCHIVED = ["--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
             "--guidance-schedule", "constant"]
-# The defaults recipe's archived runs (DOCS/defaults/runs) were trained before MMU rows packed
-# several questions, and as ARCHIVED; pinned likewise.
-DEFAULTS = ["--mmu-turns", "1"] + ARCHIVED
+# The defaults recipe trains with the preset's defaults as they are: its archive
+# (DOCS/defaults/runs) was made on them, so a default that changes is pinned here to its old
+# value. The first archive on the defaults (DOCS/defaults-2026-12-05/runs) was trained before MMU
+# rows packed several questions, and as ARCHIVED; pinned likewise.
+RECIPES = {"study": STUDY, "defaults": [],
+           "defaults-2026-12-05": ["--mmu-turns", "1"] + ARCHIVED}
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 
@@ -70,7 +73,7 @@ class Setting:
     smoke: bool
     jobs: int
     preset: str = "tiny"  # tiny: CPU, minutes a run; small: one GPU (train.py picks it)
-    recipe: str = "study"  # tiny only: study (STUDY pinned) | defaults (the preset's; DEFAULTS)
+    recipe: str = "study"  # tiny only: a name of RECIPES (the flags its archive pins)
 
     @property
     def steps(self) -> dict:
@@ -82,8 +85,7 @@ class Setting:
 
     def flags(self) -> list[str]:
         preset = [] if self.preset == "tiny" else ["--preset", self.preset]
-        pinned = {"study": STUDY, "defaults": DEFAULTS}[self.recipe] if self.preset == "tiny" \
-            else []
+        pinned = RECIPES[self.recipe] if self.preset == "tiny" else []
         return preset + pinned + (SMOKE if self.smoke else [])
 
 
@@ -93,10 +95,11 @@ def parse(doc: str, recipes: bool = False) -> Setting:
     p = ArgumentParser(description=about(doc),
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     if recipes:
-        p.add_argument("--recipe", default="defaults", choices=("defaults", "study"),
-                       help="tiny preset: defaults trains with today's defaults but one question a "
-                       "MMU row, as its archive (into out/experiments-defaults, "
-                       "docs/experiments/defaults); study with the "
+        p.add_argument("--recipe", default="defaults", choices=tuple(RECIPES),
+                       help="tiny preset: defaults trains with the preset's defaults (into "
+                       "out/experiments-defaults, docs/experiments/defaults); "
+                       "defaults-2026-12-05 with those of the first archive on the defaults "
+                       "(one question a MMU row, no grid convolution, lr 2e-3); study with the "
                        "first recipe the archived runs of docs/experiments were trained with")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--smoke", action="store_true",
