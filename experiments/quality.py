@@ -44,7 +44,7 @@ SHAPES_TWICE = ["--domains", "shapes:2,glyphs,patterns"]  # shapes are half of e
 SHAPES_SIX = ["--vq-domains", "shapes:6,glyphs,patterns"]  # stage 1 alone: 3/4 of its images
 FORMS = ["--vq-colours", "32"]  # a code is one of 32 forms x one of 32 colours
 
-PRESETS = AFTER + PATCH + SHAPES_TWICE + FORMS + SHAPES_SIX  # the tiny and small presets' tokenizer
+PRESET_TOKENIZER = AFTER + PATCH + SHAPES_TWICE + FORMS + SHAPES_SIX  # the presets' own
 TOKENIZER = {
     "256 codes, MSE": BEFORE,
     "256 codes, MSE + edge term": ["--vq-codes", "256", "--vq-edge-weight", "1"],
@@ -56,10 +56,10 @@ TOKENIZER = {
     "+ shapes twice a round, tokenizer on shapes 6 times": AFTER + PATCH + SHAPES_TWICE
     + SHAPES_SIX,
     "+ shapes twice a round, forms x colours": AFTER + PATCH + SHAPES_TWICE + FORMS,
-    "+ shapes twice a round, forms x colours, tokenizer on shapes 6 times": PRESETS,
+    "+ shapes twice a round, forms x colours, tokenizer on shapes 6 times": PRESET_TOKENIZER,
     # what stage 1's share of the main job's 15 minutes buys: fewer steps, narrower convs
-    "the presets' tokenizer, 1200 steps": PRESETS + ["--vq-steps", "1200"],
-    "the presets' tokenizer, conv width 64": PRESETS + ["--vq-channels", "64"],
+    "the presets' tokenizer, 1200 steps": PRESET_TOKENIZER + ["--vq-steps", "1200"],
+    "the presets' tokenizer, conv width 64": PRESET_TOKENIZER + ["--vq-channels", "64"],
 }
 OLD_SAMPLER = ["--steps", "8", "--guidance", "2", "--choice-temperature", "4.5"]
 NEW_SAMPLER = ["--steps", "8", "--guidance", "5", "--choice-temperature", "4.5"]
