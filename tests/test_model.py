@@ -31,6 +31,31 @@ def test_the_head_at_picked_positions_gives_the_full_heads_rows(cfg, model_and_v
     assert torch.allclose(picked.logits_NV, full.logits_BLV[at_BL], atol=1e-6)
 
 
+def test_cpu_bf16_autocast_runs_the_projections_in_bf16_and_attention_in_float32(
+        cfg, model_and_vocab, monkeypatch):
+    """On CPU, bf16 pays only in the matmuls; its attention backward is the slow one, so under
+    CPU autocast attention must see float32 queries, keys and values while the projections
+    around it still run in bf16."""
+    model, v = model_and_vocab
+    seen = {"attention": [], "qkv": []}
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, value, **kwargs):
+        seen["attention"].append({q.dtype, k.dtype, value.dtype})
+        return real(q, k, value, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    hook = model.blocks[0].attn.qkv.register_forward_hook(
+        lambda module, inputs, out: seen["qkv"].append(out.dtype))
+    tokens, groups, _ = t2i_row([104, 105], [v.mask] * cfg.image_tokens, v, cfg.data.text_len)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.tensor([tokens]), torch.tensor([groups]))
+    hook.remove()
+    assert seen["qkv"] == [torch.bfloat16]
+    assert seen["attention"] == [{torch.float32}] * cfg.model.n_layers
+    assert torch.isfinite(out.logits_BLV).all()
+
+
 def test_rotary_preserves_norm_and_depends_only_on_offsets():
     x = torch.randn(1, 1, 4, 8)
     pos = torch.arange(4)[None]
