@@ -121,7 +121,7 @@ class Attention(nn.Module):
                 image_BL: torch.Tensor):
         B, L, D = x_BLD.shape
         qkv = per_position(self.qkv, x_BLD, image_BL).view(B, L, 3, self.n_heads, self.head_dim)
-        if qkv.device.type == "cpu":
+        if qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # Under CPU bf16 autocast only the projections gain: its bf16 attention backward
             # measured 3x slower than float32's, so norms, rotary and attention stay float32.
             qkv = qkv.float()
