@@ -16,7 +16,7 @@ import torch
 from .config import Config
 from .loading import Prefetcher
 from .metrics import answer_type
-from .sequences import LM, MMU, T2I, Batch, collate, concat, lm_row, mask_images, mmu_row, \
+from .sequences import LM, MMU, T2I, Batch, collate, concat, lm_rows, mask_images, mmu_row, \
     question_text, t2i_row
 from .tokenizers import ImageTokenizer, TextTokenizer, Vocab
 
@@ -144,13 +144,14 @@ class Batcher:
                                 v, seq_len))
         b_mmu = collate(rows, MMU, self.domain_ids(mmu)) if rows else None
 
-        rows = []
+        texts = []
         for s in lm:
             q, a = self._pick_qa(s, gen)
             use_caption = torch.rand(1, generator=gen).item() < 0.5
-            text = s.caption if use_caption else question_text(q) + a
-            rows.append(lm_row(self.text.encode(text), v, seq_len))
-        b_lm = collate(rows, LM, self.domain_ids(lm)) if rows else None
+            texts.append(self.text.encode(s.caption if use_caption else question_text(q) + a))
+        rows, owners = lm_rows(texts, v, seq_len)
+        ids = self.domain_ids(lm)
+        b_lm = collate(rows, LM, [[ids[i] for i in owner] for owner in owners]) if rows else None
         return concat([b for b in (b_t2i, b_mmu, b_lm) if b is not None])
 
     def image_codes(self, samples) -> torch.Tensor:

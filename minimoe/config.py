@@ -102,7 +102,7 @@ class TrainConfig:
     moe_lr: float = 1e-3  # peak learning rate of stage 3 (warmup, then cosine as in stage 2)
     batch_t2i: int = 16  # text-to-image rows per step
     batch_mmu: int = 12  # image-understanding rows per step
-    batch_lm: int = 4  # text-only rows per step
+    batch_lm: int = 4  # texts per step (packed into as few text-only rows as they fit)
     grad_accum: int = 1  # micro-batches (of the sizes above) per optimizer step
     lr: float = 4e-3  # peak AdamW learning rate (validation-tuned: 2e-3, 4e-3, 8e-3 measured)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio

@@ -19,9 +19,11 @@ an image code a block) and the optimizer are left out: they scale with d, not d^
 few per cent at these widths. The attention term counts the full L x L score
 matrix that the masked attention kernel computes, not only the unmasked part. A padding
 position costs what any other position costs, except in a MoE layer, which routes padding to
-no expert. The head is counted at every token, as sampling pays it, though training runs it
-only where a loss is taken (a quarter of a tiny batch's positions), so a tiny training
-count is about a sixth too high, alike for every method.
+no expert. Text-only rows pack several texts, so the tokens of a step (rows x L) vary: the
+trainer counts them, and a stage's FLOPs are its counted tokens x FLOPs a token. The head is
+counted at every token, as sampling pays it, though training runs it only where a loss is
+taken (a quarter of a tiny batch's positions), so a tiny training count is about a sixth too
+high, alike for every method.
 """
 from __future__ import annotations
 
@@ -78,9 +80,10 @@ def stage_costs(log_records: list[dict], cfg: Config) -> dict[str, dict]:
                 if b is None or b["time_s"] < a["time_s"]]
         seconds = sum(r["time_s"] for r in ends)
         steps = last["step"]
-        tokens = steps * cfg.seq_len * _rows_per_step(cfg)
+        tokens = sum(r["tokens"] for r in ends) if all("tokens" in r for r in ends) \
+            else steps * cfg.seq_len * _rows_per_step(cfg)  # a log that did not count them
         out[stage] = {"steps": steps, "time_s": round(seconds, 2),
-                      "tokens_per_step": cfg.seq_len * _rows_per_step(cfg),
+                      "tokens_per_step": round(tokens / max(1, steps), 1),
                       "s_per_step": round(seconds / max(1, steps), 4),
                       "tok_per_s": last.get("tok_per_s"), "train_flops": float(tokens * flops),
                       "train_flops_per_token": flops}
@@ -88,6 +91,7 @@ def stage_costs(log_records: list[dict], cfg: Config) -> dict[str, dict]:
 
 
 def _rows_per_step(cfg: Config) -> int:
+    """Rows a step of a log that did not count its tokens (texts then had a row each)."""
     t = cfg.train
     return (t.batch_t2i + t.batch_mmu + t.batch_lm) * t.grad_accum
 

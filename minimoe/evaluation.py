@@ -144,7 +144,7 @@ def collect_routing(model, cfg: Config, vocab, image_tok, device,
     model.eval()
     for b in heldout_batches(cfg, vocab, image_tok, n_batches):
         b = b.to(device)
-        stats.add(model(b.tokens_BL, b.groups_BL, domain_B=b.domain_B).routing)
+        stats.add(model(b.tokens_BL, b.groups_BL, domain_BL=b.domain_BL).routing)
     summary = stats.summary()
     if cfg.moe.moe == "taylor":
         n = cfg.moe.text_experts

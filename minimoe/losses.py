@@ -45,7 +45,7 @@ def labelled_losses(forward, batch: Batch, counts: torch.Tensor | None = None,
                     scale: float = 1.0, focal: float = 0.0):
     """(model output, task losses) of `batch`, the head run at its labelled positions only:
     `forward` is the model or its compiled or DDP wrapper."""
-    out = forward(batch.tokens_BL, batch.groups_BL, domain_B=batch.domain_B,
+    out = forward(batch.tokens_BL, batch.groups_BL, domain_BL=batch.domain_BL,
                   at_BL=batch.labelled_BL)
     return out, task_losses(out.logits_NV, batch, counts, scale, focal)
 

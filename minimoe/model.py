@@ -251,14 +251,14 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=INIT_STD)
 
     def forward(self, tokens_BL: torch.Tensor, groups_BL: torch.Tensor,
-                cache: KVCache | None = None, domain_B: torch.Tensor | None = None,
+                cache: KVCache | None = None, domain_BL: torch.Tensor | None = None,
                 at_BL: torch.Tensor | None = None) -> ModelOutput:
         """Logits for every position, or with at_BL (bool) only for the positions it picks:
         training needs them only where there is a label, a quarter of a tiny batch's
         positions, and the vocabulary projection is the largest matmul of a tiny model. With a
         cache, the new positions also attend to (and are appended to) everything cached before
-        them. domain_B (the data domain of each row) only matters to a router with a domain
-        prior."""
+        them. domain_BL (the data domain of each position) only matters to a router with a
+        domain prior."""
         all_tokens, all_groups = (tokens_BL, groups_BL) if cache is None else \
             cache.extend(tokens_BL, groups_BL)
         L = tokens_BL.shape[1]
@@ -272,7 +272,7 @@ class Transformer(nn.Module):
         mask_B1LS = attention_mask(groups_BL, all_groups)
         info = TokenInfo((tokens_BL >= self.image_offset).flatten(),
                          (tokens_BL != self.pad_id).flatten(),
-                         None if domain_B is None else domain_B[:, None].expand(-1, L).flatten())
+                         None if domain_BL is None else domain_BL.flatten())
         x_BLD = self.embed(tokens_BL)
         if self.features_in is not None:
             K, codes_BL = len(self.code_features_KF), tokens_BL - self.image_offset

@@ -51,7 +51,7 @@ class TokenInfo:
     """What the router may know about each token besides its hidden state."""
     image_T: torch.Tensor  # bool: an image position (code or [MASK]); else text
     valid_T: torch.Tensor  # bool: not padding (padding is never routed)
-    domain_T: torch.Tensor | None = None  # long: data-domain index of the token's row
+    domain_T: torch.Tensor | None = None  # long: data-domain index of the token (its sample's)
 
     @staticmethod
     def plain(T: int, device) -> "TokenInfo":

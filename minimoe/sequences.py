@@ -3,7 +3,7 @@
 
     T2I: [pad]... [t2i] [sot] caption [eot] [soi] image codes [eoi]        (text block left-padded)
     MMU: [mmu] [soi] image codes [eoi] [sot] question answer [eot] [pad]... (right-padded)
-    LM:  [sot] text [eot] [pad]...
+    LM:  [sot] text [eot] [sot] text [eot] ... [pad]...          (texts packed as turns)
 
 The T2I text block is padded on the left (as Show-o does) so that the caption always ends right
 before [soi]; every row of every task has the same length `seq_len`, so one batch can mix them.
@@ -20,7 +20,9 @@ that read an earlier answer ("what colour is the circle? red") could answer from
 ("what shape is the red object?"). So a group's bits from TURN_SHIFT up number its turn
 (0: seen by every turn), and i may attend to j iff j's order (the low bits) is at most i's
 and j's turn is 0 or i's. Every turn's rotary positions start where the first one's do, so
-each turn is the row inference builds for its question alone (`sequences.positions`).
+each turn is the row inference builds for its question alone (`sequences.positions`). Text-only
+(LM) rows pack their texts the same way, one turn each with nothing seen by all: a text is a
+tenth of a row, and a row of one text would spend nine tenths of its compute on padding.
 
 Labels are aligned with the inputs: labels[i] is what the output at position i must predict,
 IGNORE where there is no loss. T2I: the true code at masked image positions (not shifted). MMU
@@ -37,8 +39,9 @@ import torch.nn.functional as F
 from .tokenizers import Vocab
 
 IGNORE = -100  # label of positions without a loss (torch's cross_entropy ignore_index)
-TURN_SHIFT = 20  # a group's bits from here up number its MMU turn (see the docstring)
+TURN_SHIFT = 20  # a group's bits from here up number its turn (see the docstring)
 PAD_GROUP = 1 << 30  # attention group of padding: its turn (1024) is no real row's
+MAX_TURNS = (PAD_GROUP >> TURN_SHIFT) - 1  # turns a row may pack
 T2I, MMU, LM = 0, 1, 2  # task ids of batch rows
 TASKS = ("t2i", "mmu", "lm")
 
@@ -49,7 +52,7 @@ class Batch:
     groups_BL: torch.Tensor  # long: attention groups (see module docstring)
     labels_BL: torch.Tensor  # long: targets, IGNORE where no loss
     task_B: torch.Tensor  # long: T2I / MMU / LM per row
-    domain_B: torch.Tensor  # long: data-domain index per row (for routing priors and statistics)
+    domain_BL: torch.Tensor  # long: data-domain index per position (routing priors, statistics)
 
     def to(self, device) -> "Batch":
         return Batch(*(getattr(self, f).to(device) for f in BATCH_FIELDS))
@@ -60,7 +63,7 @@ class Batch:
         return self.labels_BL != IGNORE
 
 
-BATCH_FIELDS = ("tokens_BL", "groups_BL", "labels_BL", "task_B", "domain_B")
+BATCH_FIELDS = ("tokens_BL", "groups_BL", "labels_BL", "task_B", "domain_BL")
 
 
 def attention_mask(groups_q: torch.Tensor, groups_k: torch.Tensor) -> torch.Tensor:
@@ -74,7 +77,7 @@ def attention_mask(groups_q: torch.Tensor, groups_k: torch.Tensor) -> torch.Tens
 def positions(tokens_BL: torch.Tensor, pad: int, groups_BL: torch.Tensor | None = None
               ) -> torch.Tensor:
     """Rotary positions that ignore padding: the k-th real token of a row is at position k,
-    except that every MMU turn (told by `groups_BL`) starts where the row's first turn starts."""
+    except that every turn (told by `groups_BL`) starts where the row's first turn starts."""
     real = tokens_BL != pad
     pos_BL = (real.long().cumsum(1) - 1).clamp(min=0)
     if groups_BL is None:
@@ -147,13 +150,29 @@ def mmu_row(codes: list[int], turns: list[tuple[list[int], list[int]]], vocab: V
     return _pad_right(tokens, groups, labels, vocab, seq_len)
 
 
-def lm_row(text: list[int], vocab: Vocab, seq_len: int):
-    """(tokens, groups, labels) of one text-only row."""
-    tokens = [vocab.sot, *text, vocab.eot]
-    if len(tokens) > seq_len:
-        raise ValueError(f"text is {len(text)} bytes; at most {seq_len - 2} fit")
-    labels = tokens[1:] + [IGNORE]
-    return _pad_right(tokens, list(range(len(tokens))), labels, vocab, seq_len)
+def lm_rows(texts: list[list[int]], vocab: Vocab, seq_len: int
+            ) -> tuple[list[tuple], list[list[int]]]:
+    """Text-only rows: each text a turn [sot] text [eot], packed in order while a row has room.
+    Returns the rows (tokens, groups, labels) and, per row, the index in `texts` of the text at
+    each position (the row's last text on its padding). A turn sees itself only, causally, from
+    rotary position 0, so it computes exactly what the text alone in a row computes."""
+    rows, owners = [], []
+    for i, text in enumerate(texts):
+        turn = [vocab.sot, *text, vocab.eot]
+        if len(turn) > seq_len:
+            raise ValueError(f"text is {len(text)} ids; at most {seq_len - 2} fit")
+        if not rows or len(rows[-1][0]) + len(turn) > seq_len or rows[-1][3] == MAX_TURNS:
+            rows.append(([], [], [], 0))
+            owners.append([])
+        tokens, groups, labels, turns = rows[-1]
+        rows[-1] = (tokens + turn,
+                    groups + [((turns + 1) << TURN_SHIFT) | order for order in range(len(turn))],
+                    labels + turn[1:] + [IGNORE],  # the next token; none after [eot]
+                    turns + 1)
+        owners[-1] += [i] * len(turn)
+    for owner in owners:
+        owner += owner[-1:] * (seq_len - len(owner))
+    return [_pad_right(*row[:3], vocab, seq_len) for row in rows], owners
 
 
 def _pad_right(tokens, groups, labels, vocab: Vocab, seq_len: int):
@@ -188,13 +207,16 @@ def mask_images(tokens_BL: torch.Tensor, image_start: int, n_image: int, vocab: 
     return out, labels
 
 
-def collate(rows: list[tuple], task: int, domains: list[int] | None = None) -> Batch:
-    """Stack (tokens, groups, labels) rows of one task into a Batch (domain 0 unless given)."""
+def collate(rows: list[tuple], task: int, domains: list | None = None) -> Batch:
+    """Stack (tokens, groups, labels) rows of one task into a Batch. `domains`: per row its
+    domain index, or a list of one per position (packed rows); all 0 unless given."""
     tokens, groups, labels = (torch.tensor([r[i] for r in rows], dtype=torch.long)
                               for i in range(3))
-    domain_B = torch.tensor(domains or [0] * len(rows), dtype=torch.long)
+    L = tokens.shape[1] if rows else 0
+    domain_BL = torch.tensor([d if isinstance(d, list) else [d] * L
+                              for d in domains or [0] * len(rows)], dtype=torch.long)
     return Batch(tokens, groups, labels, torch.full((len(rows),), task, dtype=torch.long),
-                 domain_B)
+                 domain_BL.view(len(rows), L))
 
 
 def concat(batches: list[Batch]) -> Batch:

@@ -214,7 +214,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             rec = {"stage": stage, "step": done, "loss": round(loss.item(), 5), "lr": lr,
                    "grad_norm": round(grad_norm.item(), 4),
                    **{k: round(v.item(), 5) for k, v in losses.items()},
-                   "tok_per_s": round(seen_tokens / (time.time() - t0)),
+                   "tok_per_s": round(seen_tokens / (time.time() - t0)), "tokens": seen_tokens,
                    "time_s": round(time.time() - t0, 2), **(router.record() if router else {}),
                    **({"skipped": skipped} if skipped else {})}
             records.append(rec)

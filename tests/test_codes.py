@@ -91,7 +91,7 @@ def test_batches_from_codes_equal_batches_from_images_without_the_encoder(coded)
                          vocab, blind)
     for step in range(3):  # 3 steps of 10 samples: the 30 encoded
         a, b = from_images(step), from_codes(step)
-        for name in ("tokens_BL", "labels_BL", "groups_BL", "task_B", "domain_B"):
+        for name in ("tokens_BL", "labels_BL", "groups_BL", "task_B", "domain_BL"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (step, name)
 
 

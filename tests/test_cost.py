@@ -69,4 +69,9 @@ def test_stage_costs_add_up_the_stretches_of_a_resumed_stage():
     c = cost.stage_costs(log, cfg)["dense"]
     assert c["time_s"] == 14.0 and c["steps"] == 30 and c["s_per_step"] == pytest.approx(14 / 30, abs=1e-4)
     rows = cfg.train.batch_t2i + cfg.train.batch_mmu + cfg.train.batch_lm
-    assert c["train_flops"] == 30 * rows * cfg.seq_len * cost.train_flops_per_token(cfg)
+    assert c["train_flops"] == 30 * rows * cfg.seq_len * cost.train_flops_per_token(cfg), \
+        "a log that did not count its tokens: a row per sample"
+    counted = [dict(r, tokens=n) for r, n in zip(log, (500, 1000, 380))]
+    c = cost.stage_costs(counted, cfg)["dense"]
+    assert c["train_flops"] == (1000 + 380) * cost.train_flops_per_token(cfg)
+    assert c["tokens_per_step"] == pytest.approx(1380 / 30, abs=0.05)

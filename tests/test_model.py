@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minimoe.model import KVCache, apply_rotary, rotary
-from minimoe.sequences import PAD_GROUP, mmu_prefix, mmu_row, t2i_row
+from minimoe.sequences import PAD_GROUP, lm_rows, mmu_prefix, mmu_row, t2i_row
 
 
 def test_logits_shape_and_aux_per_layer(cfg, model_and_vocab):
@@ -128,6 +128,21 @@ def test_a_packed_mmu_turn_computes_what_its_question_alone_computes(cfg, model_
         alone = model(torch.tensor([alone_t]), torch.tensor([alone_g])).logits_BLV[0]
         assert torch.allclose(packed[at:at + n], alone[start:start + n], atol=1e-5)
         at += n
+
+
+def test_packed_texts_compute_what_each_text_alone_in_a_causal_row_computes(
+        cfg, model_and_vocab):
+    """LM rows pack several texts, one turn each: every text's logits are those of a row that
+    holds it alone in the plain causal layout (each position its own group)."""
+    model, v = model_and_vocab
+    texts = [[104, 105, 106], [107], [108, 109, 110, 111, 112]]
+    (packed_row,), (owner,) = lm_rows(texts, v, cfg.seq_len)
+    packed = model(torch.tensor([packed_row[0]]), torch.tensor([packed_row[1]])).logits_BLV[0]
+    for i, text in enumerate(texts):
+        tokens = [v.sot, *text, v.eot]
+        alone = model(torch.tensor([tokens]), torch.tensor([list(range(len(tokens)))]))
+        at = [p for p, o in enumerate(owner) if o == i][:len(tokens)]
+        assert torch.allclose(packed[at], alone.logits_BLV[0], atol=1e-5)
 
 
 def test_activation_checkpointing_gives_the_same_losses_and_gradients():

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from minimoe.sequences import (IGNORE, LM, MMU, PAD_GROUP, T2I, attention_mask, collate,
-                               lm_row, mask_images, mask_ratio, mmu_row, positions, t2i_row)
+from minimoe.sequences import (IGNORE, LM, MAX_TURNS, MMU, PAD_GROUP, T2I, TURN_SHIFT,
+                               attention_mask, collate, lm_rows, mask_images, mask_ratio, mmu_row,
+                               positions, t2i_row)
 from minimoe.tokenizers import Vocab
 
 V = Vocab(16)
@@ -104,13 +105,40 @@ def test_mmu_turns_see_the_image_and_themselves_only():
     assert not m[~pad][:, pad].any()
 
 
-def test_lm_row_is_causal_and_predicts_every_next_token():
-    tokens, groups, labels = lm_row([1, 2, 3], V, 8)
+def test_an_lm_row_is_causal_and_predicts_every_next_token():
+    (row,), owners = lm_rows([[1, 2, 3]], V, 8)
+    tokens, groups, labels = row
     assert tokens == [V.sot, 1, 2, 3, V.eot, V.pad, V.pad, V.pad]
     assert labels == [1, 2, 3, V.eot, IGNORE, IGNORE, IGNORE, IGNORE]
     m = allowed(tokens, groups)
     assert torch.equal(m[:5, :5], torch.ones(5, 5).tril().bool())
-    assert groups[5:] == [PAD_GROUP] * 3
+    assert groups[5:] == [PAD_GROUP] * 3 and owners == [[0] * 8]
+
+
+def test_lm_texts_pack_in_order_as_turns_that_see_only_themselves_from_position_zero():
+    texts = [[1, 2, 3], [4], [5, 6, 7, 8], [9, 10]]
+    rows, owners = lm_rows(texts, V, 10)  # turns of 5, 3, 6 and 4 tokens
+    assert [r[0] for r in rows] == [[V.sot, 1, 2, 3, V.eot, V.sot, 4, V.eot, V.pad, V.pad],
+                                    [V.sot, 5, 6, 7, 8, V.eot, V.sot, 9, 10, V.eot]]
+    assert owners == [[0] * 5 + [1] * 5, [2] * 6 + [3] * 4]  # padding: the row's last text
+    for (tokens, groups, labels), owner in zip(rows, owners):
+        g = torch.tensor([groups])
+        m, pos = attention_mask(g, g)[0, 0], positions(torch.tensor([tokens]), V.pad, g)[0]
+        for i in set(owner):
+            span = [p for p, (o, t) in enumerate(zip(owner, tokens)) if o == i and t != V.pad]
+            assert m[span][:, span].equal(torch.ones(len(span), len(span)).tril().bool())
+            others = [p for p in range(len(tokens)) if p not in span]
+            assert not m[span][:, others].any(), f"text {i} sees another text or padding"
+            assert pos[span].tolist() == list(range(len(span)))
+            assert [labels[p] for p in span] == [tokens[p] for p in span[1:]] + [IGNORE]
+
+
+def test_lm_rows_refuse_a_text_that_fits_no_row_and_cap_the_turns_a_row_numbers():
+    with pytest.raises(ValueError, match="at most 6 fit"):
+        lm_rows([[1] * 7], V, 8)
+    rows, _ = lm_rows([[]] * (MAX_TURNS + 1), V, 2 * (MAX_TURNS + 1))
+    assert len(rows) == 2, "a turn number must stay below padding's"
+    assert max(g for g in rows[0][1] if g != PAD_GROUP) >> TURN_SHIFT == MAX_TURNS
 
 
 def test_positions_skip_padding():
@@ -152,7 +180,9 @@ def test_mask_power_below_one_masks_more_of_each_image_and_above_one_less():
     assert torch.allclose(mask_ratio(t, 2.0), mask_ratio(t) ** 2)
 
 
-def test_collate_marks_tasks():
-    b = collate([lm_row([1], V, 6), lm_row([2], V, 6)], LM)
+def test_collate_marks_tasks_and_gives_each_position_its_rows_or_its_own_domain():
+    (row,), _ = lm_rows([[1]], V, 6)
+    b = collate([row, row], LM, [2, [0, 1, 1, 3, 3, 3]])
     assert b.task_B.tolist() == [LM, LM] and b.tokens_BL.shape == (2, 6)
+    assert b.domain_BL.tolist() == [[2] * 6, [0, 1, 1, 3, 3, 3]]
     assert MMU != LM != T2I

@@ -17,7 +17,7 @@ from minimoe.losses import task_losses, total_loss
 from minimoe.run import RunWriter
 from minimoe.tokenizers import ImageTokenizer, Vocab
 from minimoe.trainer import TrainingError, fit, lr_at, make_optimizer
-from minimoe.sequences import IGNORE, T2I, TASKS, Batch
+from minimoe.sequences import IGNORE, LM, MMU, T2I, TASKS, TURN_SHIFT, Batch
 from minimoe.vq import VQModel
 from conftest import micro_config
 
@@ -38,7 +38,23 @@ def test_batches_are_deterministic_per_step_and_hold_every_task(tmp_path):
     assert torch.equal(a.tokens_BL, b.tokens_BL) and torch.equal(a.labels_BL, b.labels_BL)
     assert not torch.equal(a.tokens_BL, c.tokens_BL)
     assert sorted(set(a.task_B.tolist())) == [0, 1, 2]
-    assert a.tokens_BL.shape == (10, cfg.seq_len)
+    assert a.tokens_BL.shape == (4 + 4 + 1, cfg.seq_len), "the two texts share one LM row"
+
+
+def test_a_steps_texts_share_a_row_and_each_keeps_its_own_samples_domain(tmp_path):
+    cfg = micro_config(domains="shapes,glyphs", batch_t2i=2, batch_mmu=2, batch_lm=2)
+    torch.manual_seed(0)
+    tok = ImageTokenizer(VQModel(cfg.vq), cfg.vq)
+    _, vocab = build_model(cfg)
+    source = BuiltinData(cfg.data.image_size, ("shapes", "glyphs"), "train", seed=0)
+    batcher = Batcher(cfg, source, vocab, tok)
+    batch, texts = batcher(0), batcher.samples(0)[-2:]
+    assert [s.domain for s in texts] == ["shapes", "glyphs"]
+    lm = batch.task_B == LM
+    assert int(lm.sum()) == 1
+    turn_L = batch.groups_BL[lm][0] >> TURN_SHIFT
+    domain_L = batch.domain_BL[lm][0]
+    assert set(domain_L[turn_L == 1].tolist()) == {0} and set(domain_L[turn_L == 2].tolist()) == {1}
 
 
 @pytest.mark.parametrize("domains, sizes, uneven", [
@@ -210,8 +226,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model, batcher, tok, files = setup(cfg, tmp_path)
     forward = model.forward
 
-    def poisoned(tokens, groups, cache=None, domain_B=None, at_BL=None):
-        out = forward(tokens, groups, cache, domain_B, at_BL)
+    def poisoned(tokens, groups, cache=None, domain_BL=None, at_BL=None):
+        out = forward(tokens, groups, cache, domain_BL, at_BL)
         if poisoned.calls == 6:
             out.logits_NV = out.logits_NV * float("nan")
         poisoned.calls += 1
@@ -230,9 +246,9 @@ def test_training_asks_for_logits_only_at_the_labelled_positions(tmp_path):
     model, batcher, tok, files = setup(cfg, tmp_path)
     forward, asked = model.forward, []
 
-    def recording(tokens, groups, cache=None, domain_B=None, at_BL=None):
+    def recording(tokens, groups, cache=None, domain_BL=None, at_BL=None):
         asked.append(at_BL)
-        return forward(tokens, groups, cache, domain_B, at_BL)
+        return forward(tokens, groups, cache, domain_BL, at_BL)
     model.forward = recording
     fit(model, cfg, files, "dense", 3, batcher, torch.device("cpu"), progress=False)
     assert len(asked) == 3
@@ -460,7 +476,7 @@ def test_heldout_rows_ask_one_question_whatever_the_training_packs(tmp_path):
         _, batcher, tok, _ = setup(cfg, tmp_path)
         batches[turns] = heldout_batches(cfg, batcher.vocab, tok, 2)
         packed = batcher(0)  # the training rows do pack several
-        sot_per_row = (packed.tokens_BL == batcher.vocab.sot).sum(1)
+        sot_per_row = (packed.tokens_BL == batcher.vocab.sot)[packed.task_B == MMU].sum(1)
         assert (sot_per_row.max() > 1) == (turns > 1)
     for one, three in zip(batches[1], batches[3]):
         assert (one.task_B == T2I).any(), "the held-out rows must mask some images"

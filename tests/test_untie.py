@@ -70,7 +70,7 @@ def test_a_text_only_batch_trains_only_the_text_copies():
     lm = batch.task_B == 2  # text-only rows hold no image position
     tokens, groups = batch.tokens_BL[lm], batch.groups_BL[lm]
     out = model(tokens, groups)
-    sub = type(batch)(tokens, groups, batch.labels_BL[lm], batch.task_B[lm], batch.domain_B[lm])
+    sub = type(batch)(tokens, groups, batch.labels_BL[lm], batch.task_B[lm], batch.domain_BL[lm])
     total_loss(task_losses(out.logits_BLV, sub), cfg).backward()
     for name, p in model.named_parameters():
         if ".image." in name:
