@@ -156,23 +156,24 @@ def lm_rows(texts: list[list[int]], vocab: Vocab, seq_len: int
     Returns the rows (tokens, groups, labels) and, per row, the index in `texts` of the text at
     each position (the row's last text on its padding). A turn sees itself only, causally, from
     rotary position 0, so it computes exactly what the text alone in a row computes."""
-    rows, owners = [], []
+    rows, owners, turns = [], [], 0  # only the last row is still open
     for i, text in enumerate(texts):
         turn = [vocab.sot, *text, vocab.eot]
         if len(turn) > seq_len:
             raise ValueError(f"text is {len(text)} ids; at most {seq_len - 2} fit")
-        if not rows or len(rows[-1][0]) + len(turn) > seq_len or rows[-1][3] == MAX_TURNS:
-            rows.append(([], [], [], 0))
+        if not rows or len(rows[-1][0]) + len(turn) > seq_len or turns == MAX_TURNS:
+            rows.append(([], [], []))
             owners.append([])
-        tokens, groups, labels, turns = rows[-1]
-        rows[-1] = (tokens + turn,
-                    groups + [((turns + 1) << TURN_SHIFT) | order for order in range(len(turn))],
-                    labels + turn[1:] + [IGNORE],  # the next token; none after [eot]
-                    turns + 1)
+            turns = 0
+        turns += 1
+        tokens, groups, labels = rows[-1]
+        groups += [(turns << TURN_SHIFT) | order for order in range(len(turn))]
+        labels += turn[1:] + [IGNORE]  # the next token; none after [eot]
+        tokens += turn
         owners[-1] += [i] * len(turn)
     for owner in owners:
         owner += owner[-1:] * (seq_len - len(owner))
-    return [_pad_right(*row[:3], vocab, seq_len) for row in rows], owners
+    return [_pad_right(*row, vocab, seq_len) for row in rows], owners
 
 
 def _pad_right(tokens, groups, labels, vocab: Vocab, seq_len: int):
