@@ -72,7 +72,7 @@ def full(runs, args, out: Path) -> dict:
     settings = evaluation.Settings(args.n, args.samples, args.fid_n, args.mmu_n, args.seed,
                                    not args.no_progress, evaluation.DRAWS[args.draw], args.steps,
                                    args.guidance, args.choice_temperature,
-                                   args.guidance_schedule)
+                                   args.guidance_schedule, args.code_temperature)
     image_size = runs[0][1][0].data.image_size
     if any(cfg.data.image_size != image_size for _, (cfg, _, _) in runs):
         raise cli.UserError("the runs have different image sizes; evaluate them apart")

@@ -95,7 +95,8 @@ def run(args):
     images = inference.generate(session, image_tok, [args.prompt] * args.n, args.seed,
                                 args.steps, args.guidance, args.choice_temperature, known,
                                 progress=args.n > inference.GENERATE_BATCH,
-                                guidance_schedule=args.guidance_schedule)
+                                guidance_schedule=args.guidance_schedule,
+                                code_temperature=args.code_temperature)
     out = Path(args.out) if args.out else default_out(args.ckpt, args.prompt)
     save_png(image_grid(images, None, cols=min(args.n, 8)), out)
     print(f"wrote {len(images)} samples of {args.prompt!r} to {out}")

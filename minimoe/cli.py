@@ -75,8 +75,8 @@ MAX_SAMPLE_STEPS = 1024
 
 
 def add_sampling_flags(parser) -> None:
-    """--steps, --guidance, --guidance-schedule, --choice-temperature: MaskGIT settings that
-    default to the run's."""
+    """--steps, --guidance, --guidance-schedule, --choice-temperature, --code-temperature:
+    MaskGIT settings that default to the run's."""
     parser.add_argument("--steps", type=int, default=None,
                         help="MaskGIT steps (default: the run's --sample-steps)")
     parser.add_argument("--guidance", type=float, default=None,
@@ -87,6 +87,9 @@ def add_sampling_flags(parser) -> None:
     parser.add_argument("--choice-temperature", type=float, default=None,
                         help="MaskGIT confidence noise at the first step, annealed to 0 "
                              "(default: the run's)")
+    parser.add_argument("--code-temperature", type=float, default=None,
+                        help="softmax temperature of the codes drawn at each step; 0 takes the "
+                             "likeliest code (default: the run's)")
 
 
 def check_sampling(args) -> None:
@@ -96,6 +99,10 @@ def check_sampling(args) -> None:
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise UserError(f"--guidance {args.guidance} is not a number; use a finite scale "
                         f"such as 2 (0: no guidance)")
+    t = args.code_temperature
+    if t is not None and not (math.isfinite(t) and t >= 0):
+        raise UserError(f"--code-temperature {t}: use a finite number >= 0 (1: the model's own "
+                        f"distribution, 0: always the likeliest code)")
     t = args.choice_temperature
     if t is not None and not (math.isfinite(t) and t >= 0):
         raise UserError(f"--choice-temperature {t}: use a finite number >= 0 (0: always keep "

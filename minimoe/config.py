@@ -130,6 +130,7 @@ class TrainConfig:
     guidance: float = 8.0  # classifier-free guidance scale at the first step (validation-tuned) ...
     guidance_schedule: str = "falling"  # ... then x the share still masked | constant | rising
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
+    code_temperature: float = 1.0  # softmax temperature of the codes drawn (0: the likeliest)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     autocast: str = "auto"  # bf16 autocast of training steps: auto (on CUDA only) | bf16 | off
     compile: bool = False  # torch.compile the training forward (tens of seconds up front a stage)
@@ -161,10 +162,10 @@ class Config:
 
 
 SECTIONS = ("data", "vq", "model", "moe", "train")
-# A saved config without these fields was made with one codebook, no shared code rows, and a
-# tokenizer trained on the model's own mix.
+# A saved config without these fields was made with one codebook, no shared code rows, a
+# tokenizer trained on the model's own mix, constant guidance and codes drawn at temperature 1.
 ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": "",
-          "guidance_schedule": "constant"}
+          "guidance_schedule": "constant", "code_temperature": 1.0}
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
 # never which data or what is computed from it.
 FREE_ON_RESUME = ("workers",)
@@ -291,6 +292,7 @@ def validate(cfg: Config) -> None:
                   capacity_factor=cfg.moe.capacity_factor, aux_free_rate=cfg.moe.aux_free_rate,
                   anneal_steps=cfg.moe.anneal_steps, naive_noise=cfg.moe.naive_noise,
                   max_skips=cfg.train.max_skips, choice_temperature=cfg.train.choice_temperature,
+                  code_temperature=cfg.train.code_temperature,
                   vq_edge_weight=v.vq_edge_weight, t2i_focal=cfg.train.t2i_focal,
                   sample_every=cfg.train.sample_every,
                   heldout_every=cfg.train.heldout_every, workers=d.workers)
@@ -298,7 +300,8 @@ def validate(cfg: Config) -> None:
         if not value >= 0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 0")
     for name, value in dict(guidance=cfg.train.guidance, t2i_focal=cfg.train.t2i_focal,
-                            choice_temperature=cfg.train.choice_temperature).items():
+                            choice_temperature=cfg.train.choice_temperature,
+                            code_temperature=cfg.train.code_temperature).items():
         if not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} {value} is not a finite number")
     if not 0 < cfg.train.mask_power < math.inf:  # also refuses NaN

@@ -179,13 +179,15 @@ class Settings:
     steps: int | None = None  # MaskGIT sampling; None: the run's --sample-steps ...
     guidance: float | None = None  # ... --guidance ...
     choice_temperature: float | None = None  # ... --choice-temperature ...
-    guidance_schedule: str | None = None  # ... and --guidance-schedule
+    guidance_schedule: str | None = None  # ... --guidance-schedule ...
+    code_temperature: float | None = None  # ... and --code-temperature
 
     def images(self, session, image_tok, captions: list[str]) -> list:
         """Generated images for `captions` with these sampling settings."""
         return generate(session, image_tok, captions, self.seed, self.steps, self.guidance,
                         self.choice_temperature, progress=self.progress,
-                        guidance_schedule=self.guidance_schedule)
+                        guidance_schedule=self.guidance_schedule,
+                        code_temperature=self.code_temperature)
 
 
 def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, features: str) -> dict:

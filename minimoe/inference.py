@@ -52,11 +52,13 @@ class Session:
     def text_to_image(self, captions: list[str], steps: int, guidance: float,
                       generator: torch.Generator, choice_temperature: float,
                       known_codes_BN: torch.Tensor | None = None,
-                      guidance_schedule: str = "constant") -> torch.Tensor:
+                      guidance_schedule: str = "constant",
+                      code_temperature: float = 1.0) -> torch.Tensor:
         """Image codes [B, N] (values in 0..codes-1) for each caption.
 
         known_codes_BN: optional partly known grid (-1 = unknown) for inpainting/extrapolation.
         guidance_schedule: how the guidance scale moves over the steps (sampler.guidance_at).
+        code_temperature: softmax temperature of the codes drawn (sampler.maskgit).
         """
         v, N = self.vocab, self.n_image
         mask_code = v.codes  # the sampler's mask value in code space
@@ -85,7 +87,8 @@ class Session:
         if known_codes_BN is not None:
             ids = torch.where(known_codes_BN >= 0, known_codes_BN.to(self.device), ids)
         unknown_at_start = (ids == mask_code).sum(1).clamp(min=1)
-        return maskgit(logits_fn, ids, mask_code, steps, choice_temperature, generator)
+        return maskgit(logits_fn, ids, mask_code, steps, choice_temperature, generator,
+                       code_temperature)
 
     @torch.no_grad()
     def answer(self, codes_BN: torch.Tensor, questions: list[str],
@@ -121,10 +124,12 @@ def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], s
              steps: int | None = None, guidance: float | None = None,
              choice_temperature: float | None = None,
              known_codes_BN: torch.Tensor | None = None, batch: int = GENERATE_BATCH,
-             progress: bool = False, guidance_schedule: str | None = None):
+             progress: bool = False, guidance_schedule: str | None = None,
+             code_temperature: float | None = None):
     """PIL images for `captions`, deterministic in `seed`, `batch` captions at a time.
-    steps, guidance, choice_temperature and guidance_schedule default to the run's
-    (--sample-steps, --guidance, --choice-temperature, --guidance-schedule); known_codes_BN
+    steps, guidance, choice_temperature, guidance_schedule and code_temperature default to the
+    run's (--sample-steps, --guidance, --choice-temperature, --guidance-schedule,
+    --code-temperature); known_codes_BN
     (one row per caption, -1 = unknown) keeps part of each grid."""
     gen = torch.Generator(session.device).manual_seed(seed)
     t = session.cfg.train
@@ -133,11 +138,13 @@ def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], s
     choice_temperature = t.choice_temperature if choice_temperature is None \
         else choice_temperature
     guidance_schedule = guidance_schedule or t.guidance_schedule
+    code_temperature = t.code_temperature if code_temperature is None else code_temperature
     images = []
     for i in tqdm(range(0, len(captions), batch), desc="generating", disable=not progress):
         known = None if known_codes_BN is None else known_codes_BN[i:i + batch]
         codes = session.text_to_image(captions[i:i + batch], steps, guidance, gen,
-                                      choice_temperature, known, guidance_schedule)
+                                      choice_temperature, known, guidance_schedule,
+                                      code_temperature)
         images += tensor_to_images(image_tok.decode(codes))
     return images
 

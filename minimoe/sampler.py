@@ -61,10 +61,20 @@ def gumbel(shape, generator: torch.Generator, device) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp(GUMBEL_EPS, 1 - GUMBEL_EPS)))
 
 
+def draw(logp_BNC: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """One code per position from softmax(logp / temperature); temperature 0 takes the argmax."""
+    if temperature == 0:
+        return logp_BNC.argmax(-1)
+    B, N, C = logp_BNC.shape
+    if temperature != 1:
+        logp_BNC = torch.log_softmax(logp_BNC / temperature, -1)
+    return torch.multinomial(logp_BNC.exp().view(B * N, C), 1, generator=gen).view(B, N)
+
+
 @torch.no_grad()
 def maskgit(logits_fn: Callable[[torch.Tensor], torch.Tensor], ids_BN: torch.Tensor,
             mask_id: int, steps: int, choice_temperature: float = 4.5,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
     """Fill every `mask_id` position of ids_BN in `steps` steps.
 
     Args:
@@ -74,11 +84,16 @@ def maskgit(logits_fn: Callable[[torch.Tensor], torch.Tensor], ids_BN: torch.Ten
             generation; a partly known one is inpainting / extrapolation.
         choice_temperature: tau0 of the confidence noise, annealed as tau0 * (1 - r); the
             annealing restarts from tau0 in every step's formula (it does not compound).
+        temperature: softmax temperature of the codes drawn at each step (0: the most likely
+            code). Confidence stays the untempered log-probability of the drawn code, so the
+            order in which codes are kept does not flatten as the temperature falls.
     Returns:
         ids [B, N] with no mask_id left.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     gen = generator if generator is not None else torch.Generator(ids_BN.device).manual_seed(0)
     ids = ids_BN.clone()
     known_at_start = ids != mask_id
@@ -90,7 +105,7 @@ def maskgit(logits_fn: Callable[[torch.Tensor], torch.Tensor], ids_BN: torch.Ten
         r = (step + 1) / steps
         logp_BNC = torch.log_softmax(logits_fn(ids).double(), -1)
         B, N, C = logp_BNC.shape
-        sampled = torch.multinomial(logp_BNC.exp().view(B * N, C), 1, generator=gen).view(B, N)
+        sampled = draw(logp_BNC, temperature, gen)
         sampled = torch.where(unknown, sampled, ids)
         confidence = logp_BNC.gather(-1, sampled[..., None])[..., 0]
         confidence = confidence + choice_temperature * (1 - r) * gumbel((B, N), gen, ids.device)

@@ -145,10 +145,10 @@ def logits_callback(B, N, C, rng, g):
 
 
 def test_maskgit_fills_every_unknown_with_an_allowed_code_and_keeps_known_ones():
-    """For random B, N, C, steps, choice temperatures, partly known grids (none to all known)
-    and logits callbacks: no mask_id is left, known tokens are unchanged, every value is in
-    0..C-1, a code with -inf logits is never chosen, and a code with an overwhelming logit
-    always is."""
+    """For random B, N, C, steps, choice and code temperatures, partly known grids (none to
+    all known) and logits callbacks: no mask_id is left, known tokens are unchanged, every
+    value is in 0..C-1, a code with -inf logits is never chosen, and a code with an
+    overwhelming logit always is."""
     for seed in range(TRIALS):
         rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
         B, N, C = rng.randint(1, 4), rng.randint(1, 40), rng.randint(2, 20)
@@ -160,7 +160,8 @@ def test_maskgit_fills_every_unknown_with_an_allowed_code_and_keeps_known_ones()
         ids[unknown] = mask_id
         fn, banned, target = logits_callback(B, N, C, rng, g)
         out = maskgit(fn, ids, mask_id, steps, choice_temperature=rng.uniform(0, 10),
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed),
+                      temperature=rng.choice([0.0, 0.3, 1.0, 3.0]))
         assert out.shape == ids.shape and not bool((out == mask_id).any()), seed
         assert torch.equal(out[~unknown], ids[~unknown]), seed
         assert int(out.min()) >= 0 and int(out.max()) < C, seed

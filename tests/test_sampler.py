@@ -81,6 +81,33 @@ def test_confident_logits_are_followed():
     assert torch.equal(out, target.expand(2, -1))
 
 
+def fixed_logits_fn(B, N, seed=0, scale=1.0):
+    """The same mild, position-dependent logits at every step."""
+    logits = torch.randn(B, N, C, generator=torch.Generator().manual_seed(seed)) * scale
+    return (lambda ids: logits), logits
+
+
+def test_code_temperature_zero_draws_the_likeliest_code_at_every_position():
+    fn, logits = fixed_logits_fn(3, 30)
+    out = maskgit(fn, torch.full((3, 30), MASK), MASK, 5, temperature=0.0,
+                  generator=torch.Generator().manual_seed(4))
+    assert torch.equal(out, logits.argmax(-1))
+
+
+def test_lower_code_temperature_draws_the_likeliest_code_more_often():
+    """Dividing the log-probabilities by a temperature below 1 sharpens every draw, above 1
+    flattens it: the share of positions holding their most likely code moves accordingly."""
+    B, N = 64, 36
+    fn, logits = fixed_logits_fn(B, N, seed=1)
+    best = logits.argmax(-1)
+    share = {t: (maskgit(fn, torch.full((B, N), MASK), MASK, 4, temperature=t,
+                         generator=torch.Generator().manual_seed(5)) == best).float().mean().item()
+             for t in (0.25, 1.0, 4.0)}
+    assert share[0.25] > share[1.0] + 0.2 and share[1.0] > share[4.0] + 0.05, share
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        maskgit(fn, torch.full((B, N), MASK), MASK, 4, temperature=-1.0)
+
+
 def test_greedy_stops_per_row_and_drops_the_stop_token():
     STOP = 0
     script = {1: [5, 6, STOP], 2: [7, STOP, 9]}  # row 0 starts from 1, row 1 from 2
