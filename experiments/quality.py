@@ -60,6 +60,7 @@ TOKENIZER = {
     # what stage 1's share of the main job's 15 minutes buys: fewer steps, narrower convs
     "the presets' tokenizer, 1200 steps": PRESET_TOKENIZER + ["--vq-steps", "1200"],
     "the presets' tokenizer, conv width 64": PRESET_TOKENIZER + ["--vq-channels", "64"],
+    "the presets' tokenizer, bf16 autocast": PRESET_TOKENIZER + ["--vq-autocast", "bf16"],
 }
 OLD_SAMPLER = ["--steps", "8", "--guidance", "2", "--choice-temperature", "4.5"]
 NEW_SAMPLER = ["--steps", "8", "--guidance", "5", "--choice-temperature", "4.5"]

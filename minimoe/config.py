@@ -40,6 +40,7 @@ class VQConfig:
     vq_edge_weight: float = 1.0  # weight of the image-gradient (edge) term of the recon loss
     vq_decay: float = 0.95  # EMA decay of the codebook statistics
     vq_dead_after: int = 50  # a code unused for this many steps is restarted from an encoder output
+    vq_autocast: str = "off"  # bf16 autocast of stage 1's nets: off | bf16 (codes stay float32)
 
 
 @dataclass
@@ -204,7 +205,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
-           "autocast": ("auto", "bf16", "off"), "question_mix": ("uniform", "balanced"),
+           "autocast": ("auto", "bf16", "off"), "vq_autocast": ("off", "bf16"), "question_mix": ("uniform", "balanced"),
            "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned", "rotary2d+conv"),
            "guidance_schedule": GUIDANCE_SCHEDULES,
            "vq_encoder": ("conv", "patch"), "code_init": ("random", "codebook"),

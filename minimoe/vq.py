@@ -217,22 +217,28 @@ class VQModel(nn.Module):
         dead codes were restarted, and the grid (B, h, w). Training moves the codebooks."""
         if self.colour_codebook is None:
             z_BDhw = self.encoder(x_B3HW * 2 - 1)  # the nets work on zero-centred pixels
-            z_ND = _flatten(z_BDhw)
-            codes_N, q_ND, restarts = self.codebook.quantize(z_ND.detach(), train)
+            z_ND = _flatten(z_BDhw).float()
+            codes_N, q_ND, restarts = _quantize(self.codebook, z_ND, train)
             return z_ND, q_ND, codes_N, restarts, (len(z_BDhw), *z_BDhw.shape[2:])
         form_B1HW, colours_B6hw = split_patches(x_B3HW, self.cfg.vq_downsample)
         form_BDhw = self.encoder(form_B1HW * 2 - 1)
-        form_ND = _flatten(form_BDhw)
-        colour_ND = _flatten(self.colour_encoder(colours_B6hw * 2 - 1))
-        forms_N, form_q_ND, form_restarts = self.codebook.quantize(form_ND.detach(), train)
-        colours_N, colour_q_ND, colour_restarts = self.colour_codebook.quantize(
-            colour_ND.detach(), train)
+        form_ND = _flatten(form_BDhw).float()
+        colour_ND = _flatten(self.colour_encoder(colours_B6hw * 2 - 1)).float()
+        forms_N, form_q_ND, form_restarts = _quantize(self.codebook, form_ND, train)
+        colours_N, colour_q_ND, colour_restarts = _quantize(self.colour_codebook, colour_ND, train)
         return (torch.cat([form_ND, colour_ND], 1), torch.cat([form_q_ND, colour_q_ND], 1),
                 forms_N * self.cfg.vq_colours + colours_N, form_restarts + colour_restarts,
                 (len(form_BDhw), *form_BDhw.shape[2:]))
 
     def _decode_raw(self, q_BDhw: Tensor) -> Tensor:
-        return self.decoder(q_BDhw) * 0.5 + 0.5
+        return self.decoder(q_BDhw).float() * 0.5 + 0.5
+
+
+def _quantize(codebook: Codebook, z_ND: Tensor, train: bool):
+    """codebook.quantize in float32 even under autocast: bf16 distances pick the wrong code
+    whenever two codes lie within its rounding of each other."""
+    with torch.autocast(z_ND.device.type, enabled=False):
+        return codebook.quantize(z_ND.detach(), train)
 
 
 def _codebook_keys(state_dict, prefix, *_):
@@ -303,9 +309,12 @@ def train_vq(model: VQModel, next_batch: Callable[[int], Tensor], cfg: VQConfig,
         s, steps, max(1, int(WARMUP_FRACTION * steps)), MIN_LR_RATIO))
     history, restarts = [], 0
     bar = tqdm(range(steps), desc="vq", disable=not progress)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=cfg.vq_autocast == "bf16")
     for step in bar:
         x_B3HW = next_batch(step).to(device)
-        out = model(x_B3HW)
+        with autocast:
+            out = model(x_B3HW)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)

@@ -249,8 +249,9 @@ BOUND_STEPS = 300
 BOUND_MARGIN_DB = 6.0
 
 
-def train_small(steps: int, seed: int = 0, colours: int = 0) -> tuple[VQModel, list[dict]]:
-    cfg = VQConfig(vq_steps=steps, vq_colours=colours, **BOUND_CFG)
+def train_small(steps: int, seed: int = 0, colours: int = 0,
+                autocast: str = "off") -> tuple[VQModel, list[dict]]:
+    cfg = VQConfig(vq_steps=steps, vq_colours=colours, vq_autocast=autocast, **BOUND_CFG)
     torch.manual_seed(seed)
     model = VQModel(cfg)
     history = train_vq(model, lambda step: synthetic_images(cfg.vq_batch, 16, seed=step), cfg,
@@ -258,8 +259,9 @@ def train_small(steps: int, seed: int = 0, colours: int = 0) -> tuple[VQModel, l
     return model, history
 
 
-@pytest.mark.parametrize("colours", [0, 8])  # one codebook; 8 forms x 8 colours
-def test_training_beats_mean_colour_baseline(colours):
+# one codebook; 8 forms x 8 colours; the same with the nets under bf16 autocast
+@pytest.mark.parametrize("colours,autocast", [(0, "off"), (8, "off"), (8, "bf16")])
+def test_training_beats_mean_colour_baseline(colours, autocast):
     """Held-out PSNR after a short training clearly beats predicting each image's mean colour,
     which the untrained model does not; the codebook stays in use."""
     test = synthetic_images(128, 16, seed=10_000)
@@ -267,7 +269,7 @@ def test_training_beats_mean_colour_baseline(colours):
     untrained = VQModel(VQConfig(vq_colours=colours, **BOUND_CFG)).eval()
     assert psnr(untrained.decode(untrained.encode(test)), test) < baseline + BOUND_MARGIN_DB
 
-    model, history = train_small(BOUND_STEPS, colours=colours)
+    model, history = train_small(BOUND_STEPS, colours=colours, autocast=autocast)
     assert not model.training
     with torch.no_grad():
         codes = model.encode(test)
@@ -276,6 +278,28 @@ def test_training_beats_mean_colour_baseline(colours):
     assert codebook_stats(codes, model.cfg.vq_codes)["used_fraction"] > 0.5
     assert history[-1]["step"] == BOUND_STEPS - 1
     assert set(history[0]) == {"step", "loss", "recon", "psnr", "perplexity", "dead_restarts"}
+
+
+@pytest.mark.parametrize("colours", [0, 4])
+def test_under_bf16_autocast_the_nets_round_but_codes_are_chosen_in_float32(colours):
+    """Under CPU bf16 autocast the encoder and decoder run in bf16, but what the codebooks and
+    the loss read is float32, and each code is the float32 nearest of its encoder output."""
+    cfg = small_cfg(vq_codes=32, vq_colours=colours)
+    model = initialized_model(cfg).eval()
+    x = synthetic_images(8, 16, seed=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z_ND, q_ND, codes_N, _, _ = model._bottleneck(x, train=False)
+        recon = model(x).recon_B3HW
+    assert z_ND.dtype == q_ND.dtype == recon.dtype == torch.float32
+    assert model.codebook.codebook_KD.dtype == torch.float32
+    if colours:
+        D = cfg.vq_dim
+        want = (model.codebook.nearest(z_ND[:, :D]) * colours
+                + model.colour_codebook.nearest(z_ND[:, D:]))
+    else:
+        want = model.codebook.nearest(z_ND)
+    assert torch.equal(codes_N, want)
+    assert not torch.equal(z_ND, encoder_vectors(model, x))  # the encoder did run in bf16
 
 
 def test_training_is_deterministic():
