@@ -102,8 +102,8 @@ def all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, data_parallel: bool)
 
 
 def uses_bf16(autocast: str, device: torch.device) -> bool:
-    """--autocast: auto is bf16 on CUDA only (on the tiny preset's CPU it measured no faster,
-    bench/RESULTS.md), bf16 and off force it."""
+    """--autocast: auto is bf16 on CUDA only (on the tiny preset's CPU a bf16 step is faster
+    but draws worse at equal steps: docs/EXPERIMENTS.md, "bf16 steps"), bf16 and off force it."""
     return autocast == "bf16" or (autocast == "auto" and device.type == "cuda")
 
 
