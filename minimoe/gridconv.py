@@ -26,17 +26,23 @@ class GridConv(nn.Module):
         """x with conv(x) added at the image positions of every row that holds one whole
         image in this call (all side x side codes, [MASK] included, as training and both
         samplers pass them). Other rows are left as they are: a code id decoded one at a time
-        as text, or ids that make no grid, have no neighbours to convolve."""
+        as text, or ids that make no grid, have no neighbours to convolve.
+
+        Every shape here follows from x's shape alone, never from which positions are image
+        ones, so torch.compile traces the block as one graph."""
         cells = self.side * self.side
-        grid_BL = image_BL & (image_BL.sum(1, keepdim=True) == cells)
-        if not bool(grid_BL.any()):
+        B, L, D = x_BLD.shape
+        if L < cells:  # too short to hold a grid: one token decoded at a time
             return x_BLD
-        D = x_BLD.shape[-1]
-        # positions in row-major order, so each image's codes come out in its grid order;
+        # each row's image positions first, in order: a whole grid's codes in row-major order
+        pos_L = torch.arange(L, device=x_BLD.device)
+        order_BL = torch.where(image_BL, pos_L, pos_L + L).argsort(1)
+        index_BCD = order_BL[:, :cells, None].expand(-1, -1, D)
+        grid_BDHW = x_BLD.gather(1, index_BCD).view(B, self.side, self.side, D).permute(0, 3, 1, 2)
         # contiguous, so that the weight's gradient keeps the weight's layout (DDP buckets)
-        grid_NDHW = x_BLD[grid_BL].view(-1, self.side, self.side, D).permute(0, 3, 1, 2)
-        y_NHWD = F.conv2d(grid_NDHW.contiguous(), self.weight.to(x_BLD.dtype), padding="same",
+        y_BHWD = F.conv2d(grid_BDHW.contiguous(), self.weight.to(x_BLD.dtype), padding="same",
                           groups=D).permute(0, 2, 3, 1)
-        delta_BLD = torch.zeros_like(x_BLD)
-        delta_BLD[grid_BL] = y_NHWD.reshape(-1, D).to(x_BLD.dtype)  # autocast computes in bf16
-        return x_BLD + delta_BLD
+        whole_B11 = (image_BL.sum(1) == cells)[:, None, None]
+        # a row without a whole grid adds zeros (at whichever positions it was given)
+        y_BCD = torch.where(whole_B11, y_BHWD.reshape(B, cells, D), 0.0)
+        return x_BLD.scatter_add(1, index_BCD, y_BCD.to(x_BLD.dtype))  # autocast: bf16 conv

@@ -465,6 +465,19 @@ def test_grid_conv_convolves_each_image_grid_alone_and_leaves_text():
     partial[1, 20] = False  # row 1 holds no whole grid (a code decoded one at a time)
     y = conv(x, partial)
     assert torch.equal(y[1], x[1]) and torch.equal(y[0], conv(x, image)[0])
+    assert torch.equal(conv(x[:, :5], image[:, :5]), x[:, :5])  # shorter than a grid
+
+
+def test_grid_conv_traces_as_one_graph():
+    """No shape in GridConv depends on which positions are image ones, so torch.compile
+    traces it whole (fullgraph raises at a graph break) and computes what eager does."""
+    from minimoe.gridconv import GridConv
+    torch.manual_seed(0)
+    conv = GridConv(6, 4)
+    x, image = torch.randn(3, 21, 6), torch.zeros(3, 21, dtype=torch.bool)
+    image[0, 3:19], image[2, 5:21] = True, True  # row 1: text only
+    traced = torch.compile(conv, fullgraph=True, backend="eager")
+    assert torch.equal(traced(x, image), conv(x, image))
 
 
 def test_conv_image_pos_puts_a_grid_conv_in_every_block_only_when_asked():
