@@ -99,14 +99,13 @@ def check_sampling(args) -> None:
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise UserError(f"--guidance {args.guidance} is not a number; use a finite scale "
                         f"such as 2 (0: no guidance)")
-    t = args.code_temperature
-    if t is not None and not (math.isfinite(t) and t >= 0):
-        raise UserError(f"--code-temperature {t}: use a finite number >= 0 (1: the model's own "
-                        f"distribution, 0: always the likeliest code)")
-    t = args.choice_temperature
-    if t is not None and not (math.isfinite(t) and t >= 0):
-        raise UserError(f"--choice-temperature {t}: use a finite number >= 0 (0: always keep "
-                        f"the most confident codes)")
+    for flag, t, meaning in (
+            ("--code-temperature", args.code_temperature,
+             "1: the model's own distribution, 0: always the likeliest code"),
+            ("--choice-temperature", args.choice_temperature,
+             "0: always keep the most confident codes")):
+        if t is not None and not (math.isfinite(t) and t >= 0):
+            raise UserError(f"{flag} {t}: use a finite number >= 0 ({meaning})")
 
 
 def pick_device(spec: str) -> torch.device:
