@@ -93,7 +93,8 @@ def run(args):
         known = keep_half(image_tok.encode([load_image(args.init_image, cfg.data.image_size)]),
                           args.keep).repeat(args.n, 1)
     images = inference.generate(session, image_tok, [args.prompt] * args.n, args.seed,
-                                args.steps, args.guidance, args.choice_temperature, known,
+                                steps=args.steps, guidance=args.guidance,
+                                choice_temperature=args.choice_temperature, known_codes_BN=known,
                                 progress=args.n > inference.GENERATE_BATCH,
                                 guidance_schedule=args.guidance_schedule,
                                 code_temperature=args.code_temperature)

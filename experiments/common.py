@@ -31,9 +31,14 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts run from anywhere
 
+import torch  # noqa: E402
+
 from minimoe import atomic, geneval, inference  # noqa: E402  (needs the path above)
-from minimoe.config import add_arguments, from_args  # noqa: E402
+from minimoe.build import build_model  # noqa: E402
+from minimoe.config import add_arguments, from_args, make_config  # noqa: E402
 from minimoe.cli import ArgumentParser, about  # noqa: E402
+from minimoe.tokenizers import ImageTokenizer  # noqa: E402
+from minimoe.vq import VQModel  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
 SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-dim", "8",
@@ -409,6 +414,23 @@ def drawn_with_verdicts(name: str, session, image_tok, prompts: list, **sampler
     verdicts = geneval.score(prompts, [[im] for im in images])["verdicts"]
     return images, [f"{name} {'PASS' if ok[0] else 'FAIL'}: {p.caption}"
                     for p, ok in zip(prompts, verdicts)]
+
+
+def named(spec: str) -> tuple[str, str]:
+    """"NAME=PATH" -> (NAME, PATH); a bare path names itself (scripts that measure --ckpt)."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep and "/" not in name else (spec, spec)
+
+
+def untrained_micro(**overrides):
+    """(cfg, Session, ImageTokenizer) of an untrained micro model and tokenizer, for --smoke
+    runs of the scripts that measure given models (16 px images, 16 codes, width 32)."""
+    torch.manual_seed(0)
+    cfg = make_config(image_size=16, vq_codes=16, vq_colours=4, vq_dim=8, vq_channels=16,
+                      d_model=32, n_layers=2, n_heads=2, d_ffn=64, **overrides)
+    model, vocab = build_model(cfg)
+    tok = ImageTokenizer(VQModel(cfg.vq).eval(), cfg.vq)
+    return cfg, inference.Session(cfg, model, vocab), tok
 
 
 def write_measured(docs: Path, name: str, markdown: str, data) -> None:

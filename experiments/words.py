@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import drawn_with_verdicts, table, write_measured
+from common import drawn_with_verdicts, named, table, untrained_micro, write_measured
 
-from minimoe import atomic, cli, config, evaluation, geneval, inference
-from minimoe.build import build_model
+from minimoe import atomic, cli, evaluation, geneval, inference
 from minimoe.data import COLOURS, SHAPES, SIZES, random_shape_objects, render_shapes, \
     sample_key, shapes_caption, split_of
 from minimoe.data.shapes import EDGE_MARGIN
@@ -38,7 +37,6 @@ from minimoe.inference import Session
 from minimoe.plots import image_grid
 from minimoe.sequences import t2i_row
 from minimoe.tokenizers import ImageTokenizer, images_to_tensor
-from minimoe.vq import VQModel
 
 SCENES = 200  # held-out single-object scenes (drawn from their own seed, not the data stream)
 MASKED = (0.9, 0.5)  # shares of the codes masked: the start of sampling, and half-way
@@ -176,12 +174,6 @@ def markdown(results: dict, size: int) -> str:
             "whatever share of its codes is masked.")
 
 
-def named(spec: str) -> tuple[str, str]:
-    """"NAME=PATH" -> (NAME, PATH); a bare path names itself."""
-    name, sep, path = spec.partition("=")
-    return (name, path) if sep and "/" not in name else (spec, spec)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=cli.about(__doc__))
     p.add_argument("--ckpt", action="append", default=[],
@@ -210,12 +202,7 @@ def main() -> None:
         images.extend(more[0])
         labels.extend(more[1])
     if args.smoke:
-        torch.manual_seed(0)
-        cfg = config.make_config(image_size=16, vq_codes=16, vq_colours=4, vq_dim=8, vq_channels=16,
-                                 d_model=32, n_layers=2, n_heads=2, d_ffn=64,
-                                 text_len=48)  # byte captions: no merges are learnt here
-        model, vocab = build_model(cfg)
-        session, tok = Session(cfg, model, vocab), ImageTokenizer(VQModel(cfg.vq).eval(), cfg.vq)
+        cfg, session, tok = untrained_micro(text_len=48)  # byte captions: no merges learnt here
         add("untrained", session, tok, cfg, 8)
     elif not args.ckpt:
         p.error("give --ckpt RUN/ckpt.pt (repeat to compare runs), or --smoke")

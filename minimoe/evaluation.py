@@ -184,10 +184,10 @@ class Settings:
 
     def images(self, session, image_tok, captions: list[str]) -> list:
         """Generated images for `captions` with these sampling settings."""
-        return generate(session, image_tok, captions, self.seed, self.steps, self.guidance,
-                        self.choice_temperature, progress=self.progress,
+        return generate(session, image_tok, captions, self.seed, steps=self.steps,
+                        guidance=self.guidance, choice_temperature=self.choice_temperature,
                         guidance_schedule=self.guidance_schedule,
-                        code_temperature=self.code_temperature)
+                        code_temperature=self.code_temperature, progress=self.progress)
 
 
 def evaluate(cfg, session, image_tok, s: Settings, out: Path, featurize, features: str) -> dict:

@@ -120,17 +120,16 @@ class Session:
         return [self.text.decode(ids).strip() for ids in out]
 
 
-def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], seed: int,
-             steps: int | None = None, guidance: float | None = None,
-             choice_temperature: float | None = None,
-             known_codes_BN: torch.Tensor | None = None, batch: int = GENERATE_BATCH,
-             progress: bool = False, guidance_schedule: str | None = None,
-             code_temperature: float | None = None):
-    """PIL images for `captions`, deterministic in `seed`, `batch` captions at a time.
-    steps, guidance, choice_temperature, guidance_schedule and code_temperature default to the
-    run's (--sample-steps, --guidance, --choice-temperature, --guidance-schedule,
-    --code-temperature); known_codes_BN
-    (one row per caption, -1 = unknown) keeps part of each grid."""
+def generate_codes(session: Session, captions: list[str], seed: int, steps: int | None = None,
+                   guidance: float | None = None, choice_temperature: float | None = None,
+                   known_codes_BN: torch.Tensor | None = None, batch: int = GENERATE_BATCH,
+                   progress: bool = False, guidance_schedule: str | None = None,
+                   code_temperature: float | None = None) -> torch.Tensor:
+    """Image codes [len(captions), N] for `captions`, deterministic in `seed`, `batch`
+    captions at a time. steps, guidance, choice_temperature, guidance_schedule and
+    code_temperature default to the run's (--sample-steps, --guidance, --choice-temperature,
+    --guidance-schedule, --code-temperature); known_codes_BN (one row per caption, -1 =
+    unknown) keeps part of each grid."""
     gen = torch.Generator(session.device).manual_seed(seed)
     t = session.cfg.train
     steps = steps or t.sample_steps
@@ -139,14 +138,21 @@ def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], s
         else choice_temperature
     guidance_schedule = guidance_schedule or t.guidance_schedule
     code_temperature = t.code_temperature if code_temperature is None else code_temperature
-    images = []
+    codes = []
     for i in tqdm(range(0, len(captions), batch), desc="generating", disable=not progress):
         known = None if known_codes_BN is None else known_codes_BN[i:i + batch]
-        codes = session.text_to_image(captions[i:i + batch], steps, guidance, gen,
-                                      choice_temperature, known, guidance_schedule,
-                                      code_temperature)
-        images += tensor_to_images(image_tok.decode(codes))
-    return images
+        codes.append(session.text_to_image(captions[i:i + batch], steps, guidance, gen,
+                                           choice_temperature, known, guidance_schedule,
+                                           code_temperature))
+    return torch.cat(codes)
+
+
+def generate(session: Session, image_tok: ImageTokenizer, captions: list[str], seed: int,
+             batch: int = GENERATE_BATCH, **sampler):
+    """PIL images for `captions`: `generate_codes` (same arguments), decoded."""
+    codes = generate_codes(session, captions, seed, batch=batch, **sampler)
+    return [image for i in range(0, len(codes), batch)
+            for image in tensor_to_images(image_tok.decode(codes[i:i + batch]))]
 
 
 def latest_checkpoint(root: Path = RUNS_ROOT) -> Path:
