@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from minimoe import atomic, geneval, inference  # noqa: E402  (needs the path above)
 from minimoe.build import build_model  # noqa: E402
 from minimoe.config import add_arguments, from_args, make_config  # noqa: E402
-from minimoe.cli import ArgumentParser, about  # noqa: E402
+from minimoe.cli import ArgumentParser, about, add_debug_flag  # noqa: E402
 from minimoe.tokenizers import ImageTokenizer  # noqa: E402
 from minimoe.vq import VQModel  # noqa: E402
 
@@ -431,6 +431,31 @@ def untrained_micro(**overrides):
     model, vocab = build_model(cfg)
     tok = ImageTokenizer(VQModel(cfg.vq).eval(), cfg.vq)
     return cfg, inference.Session(cfg, model, vocab), tok
+
+
+def measuring_parser(doc: str, smoke: str) -> argparse.ArgumentParser:
+    """The flags of a script that measures given models: --ckpt (repeat), --smoke (what it
+    does: `smoke`), --docs and --debug; the script adds its own."""
+    p = argparse.ArgumentParser(description=about(doc))
+    p.add_argument("--ckpt", action="append", default=[],
+                   help="a model checkpoint, or NAME=PATH to name its table rows; repeat")
+    p.add_argument("--smoke", action="store_true", help=smoke)
+    p.add_argument("--docs", default="docs/experiments")
+    add_debug_flag(p)
+    return p
+
+
+def measured_models(p: argparse.ArgumentParser, args, **smoke):
+    """(name, micro, cfg, Session, ImageTokenizer) of each model to measure: the untrained
+    micro model under --smoke (`smoke`: its config overrides; micro True), then each --ckpt.
+    Neither is a usage error."""
+    if args.smoke:
+        yield ("untrained", True, *untrained_micro(**smoke))
+    elif not args.ckpt:
+        p.error("give --ckpt RUN/ckpt.pt (repeat to compare runs), or --smoke")
+    for spec in args.ckpt:
+        name, path = named(spec)
+        yield (name, False, *inference.load(path, "cpu"))
 
 
 def write_measured(docs: Path, name: str, markdown: str, data) -> None:

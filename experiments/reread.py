@@ -20,12 +20,11 @@ contrast's pick, and with some sample (an oracle that knows the checker). The or
 what a perfect judge of the model's own drawings could pick; the picks show what the model's
 reading finds. Writes docs/experiments/reread.{md,json}.
 """
-import argparse
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import named, table, untrained_micro, write_measured
+from common import measured_models, measuring_parser, table, write_measured
 
 from minimoe import cli, evaluation, geneval, inference
 from minimoe.data.shapes import PLURALS
@@ -124,30 +123,20 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=cli.about(__doc__))
-    p.add_argument("--ckpt", action="append", default=[],
-                   help="a model checkpoint, or NAME=PATH to name its table rows; repeat")
+    p = measuring_parser(__doc__, "an untrained micro model, 1 prompt a category, K = 2")
     p.add_argument("--k", type=int, default=K, help="samples a prompt")
     p.add_argument("--prompts", type=int, default=PROMPTS, help="validation prompts a category")
-    p.add_argument("--smoke", action="store_true", help="an untrained micro model, K = 2")
-    p.add_argument("--docs", default="docs/experiments")
-    cli.add_debug_flag(p)
     args = p.parse_args()
     if args.k < 1 or args.prompts < 1:
         p.error(f"--k {args.k} and --prompts {args.prompts}: each needs at least 1")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     results = {}
-    if args.smoke:
-        _, session, tok = untrained_micro(text_len=64)  # two- and three-object byte captions fit
-        results["untrained"] = measure(session, tok, 1, 2)
-    elif not args.ckpt:
-        p.error("give --ckpt RUN/ckpt.pt (repeat to compare runs), or --smoke")
     with cli.user_errors(args.debug):  # a missing or corrupt checkpoint: one line, exit 2
-        for spec in args.ckpt:
-            name, path = named(spec)
-            cfg, session, tok = inference.load(path, "cpu")
-            results[name] = measure(session, tok, args.prompts, args.k)
-            print(f"{name}: {results[name]['by_k'][args.k]}", flush=True)
+        # two- and three-object byte captions fit the micro model's text block
+        for name, micro, _, session, tok in measured_models(p, args, text_len=64):
+            k = 2 if micro else args.k
+            results[name] = measure(session, tok, 1 if micro else args.prompts, k)
+            print(f"{name}: {results[name]['by_k'][k]}", flush=True)
     write_measured(Path(args.docs), "reread", markdown(results), results)
 
 

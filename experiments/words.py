@@ -19,7 +19,6 @@ tables, a picture: the same validation prompts of single objects drawn by each m
 own sampler settings), with the checker's verdicts. Writes docs/experiments/words.{md,json}
 and words_samples.png.
 """
-import argparse
 import math
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import drawn_with_verdicts, named, table, untrained_micro, write_measured
+from common import drawn_with_verdicts, measured_models, measuring_parser, table, \
+    write_measured
 
 from minimoe import atomic, cli, evaluation, geneval, inference
 from minimoe.data import COLOURS, SHAPES, SIZES, random_shape_objects, render_shapes, \
@@ -175,42 +175,28 @@ def markdown(results: dict, size: int) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=cli.about(__doc__))
-    p.add_argument("--ckpt", action="append", default=[],
-                   help="a model checkpoint, or NAME=PATH to name its table rows; repeat")
+    p = measuring_parser(__doc__, "an untrained micro model, 8 scenes")
     p.add_argument("--scenes", type=int, default=SCENES,
                    help="single-object scenes of the cross-entropy table")
     p.add_argument("--draws", type=int, default=DRAWS,
                    help="samples of every one-object caption in the per-shape table")
-    p.add_argument("--smoke", action="store_true", help="an untrained micro model, 8 scenes")
-    p.add_argument("--docs", default="docs/experiments")
-    cli.add_debug_flag(p)
     args = p.parse_args()
     if args.scenes < 1 or args.draws < 1:
         p.error(f"--scenes {args.scenes} and --draws {args.draws}: each needs at least 1")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     results, size, images, labels = {}, None, [], []
-
-    def add(name, session, tok, cfg, scenes):
-        nonlocal size
-        results[name] = {"masked": measure(session, tok, cfg, scenes),
-                         "shapes": per_shape(session, tok, args.draws)}
-        size = cfg.data.image_size
-        prompts = [p for p in geneval.prompt_set(size, SAMPLE_PROMPTS, evaluation.VALIDATION_SEED)
-                   if p.category == "single_object"]
-        more = drawn_with_verdicts(name, session, tok, prompts)
-        images.extend(more[0])
-        labels.extend(more[1])
-    if args.smoke:
-        cfg, session, tok = untrained_micro(text_len=48)  # byte captions: no merges learnt here
-        add("untrained", session, tok, cfg, 8)
-    elif not args.ckpt:
-        p.error("give --ckpt RUN/ckpt.pt (repeat to compare runs), or --smoke")
     with cli.user_errors(args.debug):  # a missing or corrupt checkpoint: one line, exit 2
-        for spec in args.ckpt:
-            name, path = named(spec)
-            cfg, session, tok = inference.load(path, "cpu")
-            add(name, session, tok, cfg, args.scenes)
+        # byte captions in the micro model: no merges are learnt there
+        for name, micro, cfg, session, tok in measured_models(p, args, text_len=48):
+            results[name] = {"masked": measure(session, tok, cfg, 8 if micro else args.scenes),
+                             "shapes": per_shape(session, tok, args.draws)}
+            size = cfg.data.image_size
+            prompts = [q for q in geneval.prompt_set(size, SAMPLE_PROMPTS,
+                                                     evaluation.VALIDATION_SEED)
+                       if q.category == "single_object"]
+            drawn, named_verdicts = drawn_with_verdicts(name, session, tok, prompts)
+            images.extend(drawn)
+            labels.extend(named_verdicts)
     write_measured(Path(args.docs), "words", markdown(results, size) + "\n\n" +
                    shapes_markdown(results, args.draws) +
                    "\n\n![the same prompts drawn by each model](words_samples.png)", results)

@@ -104,7 +104,7 @@ def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_checkpoint_may_be_named():
-    from words import named
+    from common import named
     assert named("main job=out/a/ckpt.pt") == ("main job", "out/a/ckpt.pt")
     assert named("out/a=b/ckpt.pt") == ("out/a=b/ckpt.pt", "out/a=b/ckpt.pt")
     assert named("ckpt.pt") == ("ckpt.pt", "ckpt.pt")
