@@ -72,22 +72,20 @@ def caption_logliks(session: Session, codes_RN: torch.Tensor, captions: list[str
 def scores(session: Session, codes_KPN: torch.Tensor, captions: list[str]
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(likelihood, contrast), each [P, K]: how the model reads each sample as its caption."""
-    K_, P = codes_KPN.shape[:2]
-    asked = []  # every (prompt, caption) pair read, per candidate: the prompt, then its swaps
+    K_ = codes_KPN.shape[0]
+    asked, spans = [], []  # every (prompt, caption) pair read; per prompt, where its reads lie
     for p, cap in enumerate(captions):
-        asked += [(p, cap)] + [(p, c) for swap in shape_swaps(cap) for c in swap]
+        own, swaps = len(asked), []
+        asked.append((p, cap))
+        for swap in shape_swaps(cap):
+            swaps.append(slice(len(asked), len(asked) + len(swap)))
+            asked += [(p, c) for c in swap]
+        spans.append((own, swaps))
     ll = caption_logliks(session, codes_KPN[:, [p for p, _ in asked]].flatten(0, 1),
                          [c for _, c in asked] * K_).view(K_, len(asked))
-    likelihood, contrast = torch.zeros(P, K_), torch.zeros(P, K_)
-    j = 0
-    for p, cap in enumerate(captions):
-        likelihood[p] = ll[:, j]
-        swaps = shape_swaps(cap)
-        k = j + 1
-        for swap in swaps:
-            contrast[p] += ll[:, j] - ll[:, k:k + len(swap)].logsumexp(1)
-            k += len(swap)
-        j = k
+    likelihood = torch.stack([ll[:, own] for own, _ in spans])
+    contrast = torch.stack([sum((ll[:, own] - ll[:, s].logsumexp(1) for s in swaps),
+                                torch.zeros(K_)) for own, swaps in spans])
     return likelihood, contrast
 
 
