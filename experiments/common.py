@@ -448,7 +448,7 @@ def measuring_parser(doc: str, smoke: str) -> argparse.ArgumentParser:
 def measured_models(p: argparse.ArgumentParser, args, **smoke):
     """(name, micro, cfg, Session, ImageTokenizer) of each model to measure: the untrained
     micro model under --smoke (`smoke`: its config overrides; micro True), then each --ckpt.
-    Neither is a usage error."""
+    Giving neither --smoke nor --ckpt is a usage error."""
     if args.smoke:
         yield ("untrained", True, *untrained_micro(**smoke))
     elif not args.ckpt:
