@@ -105,10 +105,11 @@ class TrainConfig:
     batch_mmu: int = 12  # image-understanding rows per step
     batch_lm: int = 4  # texts per step (packed into as few text-only rows as they fit)
     grad_accum: int = 1  # micro-batches (of the sizes above) per optimizer step
-    lr: float = 4e-3  # peak AdamW learning rate (validation-tuned: 2e-3, 4e-3, 8e-3 measured)
+    lr: float = 4e-3  # peak learning rate of both optimizers (validation-tuned, 2e-3 to 8e-3)
+    optimizer: str = "muon"  # muon (the blocks' matrices; AdamW for the rest) | adamw (all)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup: int = 60  # linear warmup steps
-    weight_decay: float = 0.05  # AdamW weight decay (matrices only)
+    weight_decay: float = 0.05  # decoupled weight decay (matrices and embeddings only)
     grad_clip: float = 1.0  # clip the global gradient norm to this
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop | skip (drop that update)
     max_skips: int = 10  # with --on-nonfinite skip: stop once more steps than this were skipped
@@ -166,7 +167,7 @@ SECTIONS = ("data", "vq", "model", "moe", "train")
 # A saved config without these fields was made with one codebook, no shared code rows, a
 # tokenizer trained on the model's own mix, constant guidance and codes drawn at temperature 1.
 ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": "",
-          "guidance_schedule": "constant", "code_temperature": 1.0}
+          "guidance_schedule": "constant", "code_temperature": 1.0, "optimizer": "adamw"}
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
 # never which data or what is computed from it.
 FREE_ON_RESUME = ("workers",)
@@ -189,7 +190,8 @@ PRESETS: dict[str, dict] = {
         vq_dim=64, vq_channels=512, vq_steps=50000, vq_batch=64, d_model=2048, n_layers=24,
         n_heads=32, d_ffn=8192, dense_steps=200000, batch_t2i=64, batch_mmu=32, batch_lm=16,
         lr=2e-4, warmup=2000, ckpt_every=2000, sample_every=5000, heldout_every=5000,
-        log_every=100, sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True, activation_checkpointing=True,
+        log_every=100, sample_steps=18, moe_steps=50000, moe_lr=1e-4, fsdp=True,
+        activation_checkpointing=True, optimizer="adamw",  # FSDP shards Muon's matrices
         workers=4,  # as small: a guess until bench/data_loading.py is measured
         # a photograph's 16x16 patch is not one ink on one ground: one codebook
         vq_colours=0, code_features="none",
@@ -205,7 +207,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
-           "autocast": ("auto", "bf16", "off"), "vq_autocast": ("off", "bf16"),
+           "autocast": ("auto", "bf16", "off"), "optimizer": ("adamw", "muon"), "vq_autocast": ("off", "bf16"),
            "question_mix": ("uniform", "balanced"),
            "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned", "rotary2d+conv"),
            "guidance_schedule": GUIDANCE_SCHEDULES,
@@ -281,6 +283,9 @@ def validate(cfg: Config) -> None:
     if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
         raise ValueError(f"--d-model {m.d_model} must split into --n-heads {m.n_heads} heads "
                          f"of even size (rotary embeddings rotate pairs)")
+    if cfg.train.optimizer == "muon" and cfg.train.fsdp:
+        raise ValueError("--optimizer muon orthogonalises whole matrices, which --fsdp shards "
+                         "over ranks: use --optimizer adamw with --fsdp")
     if d.text_len < 8:
         raise ValueError(f"--text-len {d.text_len} is too short; use at least 8")
     if d.text_vocab < 256:

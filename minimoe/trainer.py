@@ -25,6 +25,7 @@ from .cli import UserError
 from .config import Config
 from .dist import clip_grad_norm_, sync_expert_grads_
 from .losses import label_counts, labelled_losses, total_loss
+from .optim import MuonAdamW, uses_muon
 from .schedules import warmup_cosine
 
 
@@ -75,10 +76,18 @@ def lr_at(step: int, cfg: Config, total: int, peak: float | None = None) -> floa
     return (t.lr if peak is None else peak) * warmup_cosine(step, total, t.warmup, t.min_lr_ratio)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     # Decay matrices and embeddings; never norms (nanoGPT's split).
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = cfg.train.weight_decay
+    if cfg.train.optimizer == "muon":
+        muon = [p for n, p in named if uses_muon(n, p)]
+        rest = [p for n, p in named if not uses_muon(n, p)]
+        groups = [{"params": muon, "weight_decay": decay, "muon": True},
+                  {"params": [p for p in rest if p.dim() >= 2], "weight_decay": decay},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+        return MuonAdamW(groups, lr=cfg.train.lr)
+    params = [p for _, p in named]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))

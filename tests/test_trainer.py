@@ -145,8 +145,9 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert lrs[20] == pytest.approx(0.1)
 
 
-def test_a_few_steps_lower_the_loss(tmp_path):
-    cfg = micro_config(dense_steps=40, ckpt_every=100)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_few_steps_lower_the_loss(tmp_path, optimizer):
+    cfg = micro_config(dense_steps=40, ckpt_every=100, optimizer=optimizer)
     model, batcher, tok, files = setup(cfg, tmp_path)
     rec = fit(model, cfg, files, "dense", 40, batcher, torch.device("cpu"), progress=False)
     first, last = rec[0], rec[-1]
@@ -155,8 +156,9 @@ def test_a_few_steps_lower_the_loss(tmp_path):
         assert last[task] < first[task]
 
 
-def test_resume_from_checkpoint_gives_identical_losses(tmp_path):
-    cfg = micro_config(dense_steps=16, ckpt_every=8)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_from_checkpoint_gives_identical_losses(tmp_path, optimizer):
+    cfg = micro_config(dense_steps=16, ckpt_every=8, optimizer=optimizer)
     cpu = torch.device("cpu")
     model, batcher, tok, files = setup(cfg, tmp_path / "a")
     (tmp_path / "a").mkdir()
