@@ -171,6 +171,9 @@ ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": "",
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
 # never which data or what is computed from it.
 FREE_ON_RESUME = ("workers",)
+# Fields inside "train" that a resumed run may not change: the saved optimizer state is one
+# optimizer's.
+FIXED_ON_RESUME = ("optimizer",)
 
 # Presets override the defaults (which are `tiny`: 2 CPU cores, minutes).
 PRESETS: dict[str, dict] = {
