@@ -55,16 +55,17 @@ STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--c
          "none", "--vq-edge-weight", "0", "--vq-encoder", "conv", "--text-vocab", "256",
          "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
          "shapes,glyphs,patterns", "--guidance", "2", "--guidance-schedule", "constant",
-         "--vq-domains", "", "--mmu-turns", "1", "--lr", "2e-3"]
+         "--vq-domains", "", "--mmu-turns", "1", "--lr", "2e-3", "--optimizer", "adamw"]
 # Archived runs of today's layout were trained before every block convolved the code grid, at
-# half today's learning rate, and drawn with guidance 5 at every step.
+# half today's learning rate, with AdamW throughout, and drawn with guidance 5 at every step.
 ARCHIVED = ["--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
-            "--guidance-schedule", "constant"]
+            "--guidance-schedule", "constant", "--optimizer", "adamw"]
 # The defaults recipe trains with the preset's defaults as they are: its archive
 # (DOCS/defaults/runs) was made on them, so a default that changes is pinned here to its old
-# value. The first archive on the defaults (DOCS/defaults-2026-12-05/runs) was trained before MMU
-# rows packed several questions, and as ARCHIVED; pinned likewise.
-RECIPES = {"study": STUDY, "defaults": [],
+# value: it was trained with AdamW throughout. The first archive on the defaults
+# (DOCS/defaults-2026-12-05/runs) was trained before MMU rows packed several questions, and as
+# ARCHIVED; pinned likewise.
+RECIPES = {"study": STUDY, "defaults": ["--optimizer", "adamw"],
            "defaults-2026-12-05": ["--mmu-turns", "1"] + ARCHIVED}
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
@@ -101,8 +102,9 @@ def parse(doc: str, recipes: bool = False) -> Setting:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     if recipes:
         p.add_argument("--recipe", default="defaults", choices=tuple(RECIPES),
-                       help="tiny preset: defaults trains with the preset's defaults (into "
-                       "out/experiments-defaults, docs/experiments/defaults); "
+                       help="tiny preset: defaults trains with the preset's defaults of its "
+                       "archive, AdamW included (into out/experiments-defaults, "
+                       "docs/experiments/defaults); "
                        "defaults-2026-12-05 with those of the first archive on the defaults "
                        "(one question a MMU row, no grid convolution, lr 2e-3); study with the "
                        "first recipe the archived runs of docs/experiments were trained with")

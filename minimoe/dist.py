@@ -309,10 +309,10 @@ def full_optimizer_state(model, optimizer, ep: ExpertParallel | None) -> dict:
     index = _optimizer_index(optimizer)
     for _, p in sharded(model) if ep is not None else ():
         i = index[id(p)]
-        if i in opt_state["state"]:
+        if i in opt_state["state"]:  # per-expert state (AdamW's moments, Muon's momentum)
             slot = opt_state["state"][i]
-            opt_state["state"][i] = {**slot, **{k: _gather(slot[k], ep)
-                                                for k in ("exp_avg", "exp_avg_sq")}}
+            opt_state["state"][i] = {**slot, **{k: _gather(v, ep) for k, v in slot.items()
+                                                if torch.is_tensor(v) and v.shape == p.shape}}
     return opt_state
 
 
@@ -329,10 +329,10 @@ def shard_optimizer_state(opt_state: dict, model, optimizer, ep: ExpertParallel)
     for _, p in sharded(model):
         i = index[id(p)]
         if i in opt_state["state"]:
-            slot = opt_state["state"][i]
-            per = slot["exp_avg"].shape[0] // ep.size
-            opt_state["state"][i] = {**slot, **{k: slot[k][ep.rank * per:(ep.rank + 1) * per]
-                                                .clone() for k in ("exp_avg", "exp_avg_sq")}}
+            slot, per = opt_state["state"][i], p.shape[0]  # this rank's experts
+            opt_state["state"][i] = {**slot, **{k: v[ep.rank * per:(ep.rank + 1) * per].clone()
+                                                for k, v in slot.items() if torch.is_tensor(v)
+                                                and v.dim() and v.shape[1:] == p.shape[1:]}}
     return opt_state
 
 
