@@ -139,18 +139,19 @@ STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0"
                "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
                "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2",
                "--guidance-schedule", "constant", "--vq-domains", "", "--mmu-turns", "1",
-               "--lr", "2e-3"]
+               "--lr", "2e-3", "--optimizer", "adamw"]
 
 
 @pytest.mark.parametrize("recipes, argv, work, docs, flags, steps", [
     (False, [], "out/experiments", "docs/experiments", STUDY_FLAGS, (2000, 600)),
     (True, ["--recipe", "study"], "out/experiments", "docs/experiments", STUDY_FLAGS,
      (2000, 600)),
-    (True, [], "out/experiments-defaults", "docs/experiments/defaults", [], (2800, 600)),
+    (True, [], "out/experiments-defaults", "docs/experiments/defaults",
+     ["--optimizer", "adamw"], (2800, 600)),
     (True, ["--recipe", "defaults-2026-12-05"], "out/experiments-defaults-2026-12-05",
      "docs/experiments/defaults-2026-12-05",
      ["--mmu-turns", "1", "--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
-      "--guidance-schedule", "constant"], (2800, 600)),
+      "--guidance-schedule", "constant", "--optimizer", "adamw"], (2800, 600)),
     (True, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
     (False, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
