@@ -165,7 +165,8 @@ class Config:
 
 SECTIONS = ("data", "vq", "model", "moe", "train")
 # A saved config without these fields was made with one codebook, no shared code rows, a
-# tokenizer trained on the model's own mix, constant guidance and codes drawn at temperature 1.
+# tokenizer trained on the model's own mix, constant guidance, codes drawn at temperature 1 and
+# AdamW throughout.
 ABSENT = {"vq_colours": 0, "code_features": "none", "vq_domains": "",
           "guidance_schedule": "constant", "code_temperature": 1.0, "optimizer": "adamw"}
 # Fields outside "train" that a resumed run may still change: they set how the data is loaded,
@@ -210,7 +211,8 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "router_prior": ("none", "modality", "domain"), "router_groups": ("none", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
-           "autocast": ("auto", "bf16", "off"), "optimizer": ("adamw", "muon"), "vq_autocast": ("off", "bf16"),
+           "autocast": ("auto", "bf16", "off"), "vq_autocast": ("off", "bf16"),
+           "optimizer": ("adamw", "muon"),
            "question_mix": ("uniform", "balanced"),
            "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned", "rotary2d+conv"),
            "guidance_schedule": GUIDANCE_SCHEDULES,
