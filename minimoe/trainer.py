@@ -77,20 +77,19 @@ def lr_at(step: int, cfg: Config, total: int, peak: float | None = None) -> floa
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    # Decay matrices and embeddings; never norms (nanoGPT's split).
+    # AdamW decays matrices and embeddings, never norms (nanoGPT's split); with --optimizer
+    # muon the blocks' matrices go to Muon, in a group of their own ahead of those two.
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon = cfg.train.optimizer == "muon"
     decay = cfg.train.weight_decay
-    if cfg.train.optimizer == "muon":
-        muon = [p for n, p in named if uses_muon(n, p)]
-        rest = [p for n, p in named if not uses_muon(n, p)]
-        groups = [{"params": muon, "weight_decay": decay, "muon": True},
-                  {"params": [p for p in rest if p.dim() >= 2], "weight_decay": decay},
-                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-        return MuonAdamW(groups, lr=cfg.train.lr)
-    params = [p for _, p in named]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+    rest = [p for n, p in named if not (muon and uses_muon(n, p))]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    if not muon:
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+    matrices = [p for n, p in named if uses_muon(n, p)]
+    return MuonAdamW([{"params": matrices, "weight_decay": decay, "muon": True}] + groups,
+                     lr=cfg.train.lr)
 
 
 def warn(writer: Writer, main: bool, bar, record: dict) -> None:
