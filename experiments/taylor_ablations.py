@@ -13,16 +13,18 @@ caption-colour agreement of generated images, and modality NMI.
 Writes docs/experiments/defaults/taylor_ablations.{md,json,png}
 (docs/experiments/ with --recipe study).
 """
-from common import bar_stats, cell, layer_mean, parse, table, train_arms, write
+from common import EIGHT_ROUTED, bar_stats, cell, layer_mean, parse, table, train_arms, write
 
 from minimoe.plots import bar_chart
 
+# Each arm is one change from 8 routed experts (what the recipes pin; the preset's taylor is
+# the 2-shared arm).
 ARMS = {
-    "taylor": ["--moe", "taylor"],
+    "taylor": ["--moe", "taylor", *EIGHT_ROUTED],
     "taylor-2-shared": ["--moe", "taylor", "--num-experts", "6", "--num-shared", "2",
                         "--text-experts", "3"],
-    "taylor-per-token": ["--moe", "taylor", "--taylor-per-token", "true"],
-    "taylor-no-router-init": ["--moe", "taylor", "--taylor-router-init", "false"],
+    "taylor-per-token": ["--moe", "taylor", *EIGHT_ROUTED, "--taylor-per-token", "true"],
+    "taylor-no-router-init": ["--moe", "taylor", *EIGHT_ROUTED, "--taylor-router-init", "false"],
 }
 COLUMNS = (("T2I loss before conversion", "t2i_dense", False),
            ("T2I loss after conversion", "t2i_converted", False),

@@ -62,10 +62,10 @@ class ModelConfig:
 class MoEConfig:
     # What becomes a MoE and how (docs/design.md, section 8; formulas in moe.py and routing.py).
     moe: str = "none"  # how FFNs become experts: none | scratch | naive | drop | random | taylor
-    num_experts: int = 8  # routed experts per MoE layer
+    num_experts: int = 8  # routed experts per MoE layer (random, taylor: 6)
     top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch)
-    num_shared: int = 0  # always-active shared experts (not for naive or drop)
-    text_experts: int = 4  # taylor: experts of text-important neurons; also the text group's size
+    num_shared: int = 0  # always-on shared experts; not for naive or drop (random, taylor: 2)
+    text_experts: int = 4  # taylor's text experts; also the text group's size (random, taylor: 3)
     router_groups: str = "none"  # none | modality: a token routes only among its modality's experts
     drop_ratio: float = 0.5  # drop: share of each expert's neurons re-initialised (Drop-Upcycling)
     untie_attention: str = "none"  # none | modality: text and image copies of attention and norms
@@ -202,6 +202,13 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
+# The expert layout of the methods that split the dense FFN's neurons: of the 8 slices, 2 stay
+# always on as shared experts, so the neurons every token needs survive the conversion
+# (docs/EXPERIMENTS.md, "Shared experts by default"). It applies as a whole, over the preset,
+# unless a flag sets any of its three fields; then all three start from the preset's.
+SPLIT_LAYOUT = dict(num_experts=6, num_shared=2, text_experts=3)
+SPLIT_METHODS = ("random", "taylor")
+
 MOE_METHODS = ("none", "scratch", "naive", "drop", "random", "taylor")
 GUIDANCE_SCHEDULES = ("constant", "falling", "rising")  # sampler.guidance_at
 UPCYCLED = ("scratch", "naive", "drop")  # experts as wide as the dense FFN; the others split it
@@ -258,7 +265,10 @@ def make_config(preset: str = "tiny", **overrides) -> Config:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = Config(preset=preset)
     owner = _field_owner()
-    for name, value in {**PRESETS[preset], **overrides}.items():
+    method = overrides.get("moe", PRESETS[preset].get("moe", cfg.moe.moe))
+    layout = SPLIT_LAYOUT if method in SPLIT_METHODS and not SPLIT_LAYOUT.keys() & overrides \
+        else {}
+    for name, value in {**PRESETS[preset], **layout, **overrides}.items():
         if name not in owner:
             raise ValueError(f"unknown config field {name!r}; the fields are the flags of "
                              f"python train.py --help")

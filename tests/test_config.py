@@ -53,7 +53,8 @@ def test_a_checkpoint_without_a_newer_field_reads_as_what_it_meant():
     (dict(moe="magic"), "--moe 'magic': use one of none, scratch"),
     (dict(data="http://x"), "folder:PATH"),
     (dict(dense_steps=-1), "dense-steps"), (dict(nonsense=1), "unknown config field"),
-    (dict(moe="random", top_k=9), "--top-k 9 must be between 1 and --num-experts 8"),
+    (dict(moe="random", top_k=9), "--top-k 9 must be between 1 and --num-experts 6"),
+    (dict(moe="taylor", num_shared=2), "into --num-experts 8 \\+ --num-shared 2"),
     (dict(moe="taylor", num_experts=7), "--d-ffn 512 does not split"),
     (dict(moe="random", num_experts=6, num_shared=2), None),  # 512 = 8 experts of 64: fine
     (dict(moe="naive", num_shared=1), "--num-shared 0"),
@@ -76,6 +77,20 @@ def test_moe_layer_choice_and_expert_width():
     assert config.moe_layer_ids("last:1", 4) == [3]
     assert config.expert_hidden(config.make_config(moe="naive")) == 512, "upcycled: full width"
     assert config.expert_hidden(config.make_config(moe="taylor", num_shared=0)) == 64
+
+
+@pytest.mark.parametrize("overrides, layout", [
+    (dict(moe="taylor"), (6, 2, 3)), (dict(moe="random"), (6, 2, 3)),
+    (dict(moe="naive"), (8, 0, 4)), (dict(moe="none"), (8, 0, 4)),
+    (dict(moe="taylor", num_shared=0), (8, 0, 4)),
+    (dict(moe="random", num_experts=4, text_experts=2), (4, 0, 2)),
+])
+def test_split_methods_keep_two_of_eight_slices_shared_unless_a_flag_sets_the_layout(
+        overrides, layout):
+    """random and taylor default to 6 routed + 2 shared experts (3 text) as one unit; a flag
+    for any of the three fields starts all three from the preset's 8 / 0 / 4."""
+    m = config.make_config(**overrides).moe
+    assert (m.num_experts, m.num_shared, m.text_experts) == layout
 
 
 def test_boolean_flags_parse_words_not_truthiness():

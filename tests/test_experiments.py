@@ -139,7 +139,9 @@ STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0"
                "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
                "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2",
                "--guidance-schedule", "constant", "--vq-domains", "", "--mmu-turns", "1",
-               "--lr", "2e-3", "--optimizer", "adamw"]
+               "--lr", "2e-3", "--optimizer", "adamw", "--num-experts", "8", "--num-shared", "0",
+               "--text-experts", "4"]
+EIGHT = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4"]
 
 
 @pytest.mark.parametrize("recipes, argv, work, docs, flags, steps", [
@@ -147,11 +149,11 @@ STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0"
     (True, ["--recipe", "study"], "out/experiments", "docs/experiments", STUDY_FLAGS,
      (2000, 600)),
     (True, [], "out/experiments-defaults", "docs/experiments/defaults",
-     ["--optimizer", "adamw"], (2800, 600)),
+     ["--optimizer", "adamw", *EIGHT], (2800, 600)),
     (True, ["--recipe", "defaults-2026-12-05"], "out/experiments-defaults-2026-12-05",
      "docs/experiments/defaults-2026-12-05",
      ["--mmu-turns", "1", "--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
-      "--guidance-schedule", "constant", "--optimizer", "adamw"], (2800, 600)),
+      "--guidance-schedule", "constant", "--optimizer", "adamw", *EIGHT], (2800, 600)),
     (True, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
     (False, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
