@@ -47,9 +47,11 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-di
          "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
          "--heldout-every", "2",
          "--sample-every", "0", "--taylor-batches", "2"]
-# Random and Taylor conversions into 8 routed experts, no shared ones: how every archive was
-# trained (the preset keeps 2 of the 8 slices shared for those two methods).
+# Random and Taylor conversions into 8 routed experts, no shared ones, drawn in 8 MaskGIT steps:
+# how every archive was trained and sampled (the preset keeps 2 of the 8 slices shared for those
+# two methods, and draws in 16 steps).
 EIGHT_ROUTED = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4"]
+ARCHIVE_PINS = [*EIGHT_ROUTED, "--sample-steps", "8"]
 # The study's archived runs (DOCS/runs) were trained with the first tokenizers (one codebook of
 # 256 codes, MSE alone, a conv encoder; byte text in 64 slots), 1-D rotary, MMU rows of one
 # question (no captions) and an even domain mix, 2000 dense steps, and sampled at guidance 2;
@@ -59,17 +61,17 @@ STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--c
          "--text-len", "64", "--image-pos", "none", "--caption-share", "0", "--domains",
          "shapes,glyphs,patterns", "--guidance", "2", "--guidance-schedule", "constant",
          "--vq-domains", "", "--mmu-turns", "1", "--lr", "2e-3", "--optimizer", "adamw",
-         *EIGHT_ROUTED]
+         *ARCHIVE_PINS]
 # Archived runs of today's layout were trained before every block convolved the code grid, at
 # half today's learning rate, with AdamW throughout, and drawn with guidance 5 at every step.
 ARCHIVED = ["--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
-            "--guidance-schedule", "constant", "--optimizer", "adamw", *EIGHT_ROUTED]
+            "--guidance-schedule", "constant", "--optimizer", "adamw", *ARCHIVE_PINS]
 # The defaults recipe trains with the preset's defaults as they are: its archive
 # (DOCS/defaults/runs) was made on them, so a default that changes is pinned here to its old
-# value: it was trained with AdamW throughout and 8 routed experts. The first archive on the
-# defaults (DOCS/defaults-2026-12-05/runs) was trained before MMU rows packed several
-# questions, and as ARCHIVED; pinned likewise.
-RECIPES = {"study": STUDY, "defaults": ["--optimizer", "adamw", *EIGHT_ROUTED],
+# value: it was trained with AdamW throughout and 8 routed experts, and drawn at guidance 8.
+# The first archive on the defaults (DOCS/defaults-2026-12-05/runs) was trained before MMU rows
+# packed several questions, and as ARCHIVED; pinned likewise.
+RECIPES = {"study": STUDY, "defaults": ["--optimizer", "adamw", "--guidance", "8", *ARCHIVE_PINS],
            "defaults-2026-12-05": ["--mmu-turns", "1"] + ARCHIVED}
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it

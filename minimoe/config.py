@@ -128,8 +128,8 @@ class TrainConfig:
     sample_every: int = 400  # steps between PNG sample grids (0: never)
     heldout_every: int = 100  # steps between held-out loss checks in the log (0: never)
     tensorboard: bool = False  # also write the log as TensorBoard events (pip extra: tensorboard)
-    sample_steps: int = 8  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
-    guidance: float = 8.0  # classifier-free guidance scale at the first step (validation-tuned) ...
+    sample_steps: int = 16  # MaskGIT steps of sampling (grids, checks, sample.py, eval.py)
+    guidance: float = 2.0  # classifier-free guidance scale at the first step (validation-tuned) ...
     guidance_schedule: str = "falling"  # ... then x the share still masked | constant | rising
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     code_temperature: float = 1.0  # softmax temperature of the codes drawn (0: the likeliest)

@@ -140,8 +140,8 @@ STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0"
                "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2",
                "--guidance-schedule", "constant", "--vq-domains", "", "--mmu-turns", "1",
                "--lr", "2e-3", "--optimizer", "adamw", "--num-experts", "8", "--num-shared", "0",
-               "--text-experts", "4"]
-EIGHT = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4"]
+               "--text-experts", "4", "--sample-steps", "8"]
+EIGHT = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4", "--sample-steps", "8"]
 
 
 @pytest.mark.parametrize("recipes, argv, work, docs, flags, steps", [
@@ -149,7 +149,7 @@ EIGHT = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4"]
     (True, ["--recipe", "study"], "out/experiments", "docs/experiments", STUDY_FLAGS,
      (2000, 600)),
     (True, [], "out/experiments-defaults", "docs/experiments/defaults",
-     ["--optimizer", "adamw", *EIGHT], (2800, 600)),
+     ["--optimizer", "adamw", "--guidance", "8", *EIGHT], (2800, 600)),
     (True, ["--recipe", "defaults-2026-12-05"], "out/experiments-defaults-2026-12-05",
      "docs/experiments/defaults-2026-12-05",
      ["--mmu-turns", "1", "--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
