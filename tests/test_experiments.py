@@ -134,14 +134,14 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
         assert "preset = small" in (work / "smoke" / "seed0" / run / "train.txt").read_text()
 
 
+# what every archive was made with (common.ARCHIVE_PINS)
+ARCHIVE = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4", "--sample-steps", "8"]
 STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0",
                "--code-features", "none", "--vq-edge-weight", "0", "--vq-encoder", "conv",
                "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",
                "--caption-share", "0", "--domains", "shapes,glyphs,patterns", "--guidance", "2",
                "--guidance-schedule", "constant", "--vq-domains", "", "--mmu-turns", "1",
-               "--lr", "2e-3", "--optimizer", "adamw", "--num-experts", "8", "--num-shared", "0",
-               "--text-experts", "4", "--sample-steps", "8"]
-EIGHT = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4", "--sample-steps", "8"]
+               "--lr", "2e-3", "--optimizer", "adamw", *ARCHIVE]
 
 
 @pytest.mark.parametrize("recipes, argv, work, docs, flags, steps", [
@@ -149,11 +149,11 @@ EIGHT = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4", "--sa
     (True, ["--recipe", "study"], "out/experiments", "docs/experiments", STUDY_FLAGS,
      (2000, 600)),
     (True, [], "out/experiments-defaults", "docs/experiments/defaults",
-     ["--optimizer", "adamw", "--guidance", "8", *EIGHT], (2800, 600)),
+     ["--optimizer", "adamw", "--guidance", "8", *ARCHIVE], (2800, 600)),
     (True, ["--recipe", "defaults-2026-12-05"], "out/experiments-defaults-2026-12-05",
      "docs/experiments/defaults-2026-12-05",
      ["--mmu-turns", "1", "--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
-      "--guidance-schedule", "constant", "--optimizer", "adamw", *EIGHT], (2800, 600)),
+      "--guidance-schedule", "constant", "--optimizer", "adamw", *ARCHIVE], (2800, 600)),
     (True, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
      ["--preset", "small"], (20000, 5000)),
     (False, ["--preset", "small"], "out/experiments-small", "docs/experiments/small",
