@@ -261,8 +261,9 @@ def prepare_run(files: RunFiles, args, resume: bool) -> tuple[Config, int, dict 
         raise UserError(f"{files.ckpt} was trained with --preset {saved.preset}, not "
                         f"{args.preset}; drop --preset or use another --out")
     overrides = config.explicit_overrides(args)
-    fixed = [name for name in overrides if config.section_of(name) != "train"
-             and name not in config.FREE_ON_RESUME or name in config.FIXED_ON_RESUME]
+    fixed = [name for name in overrides if (config.section_of(name) != "train"
+                                            and name not in config.FREE_ON_RESUME)
+             or name in config.FIXED_ON_RESUME]
     differs = mismatch(config.flat(saved), overrides, fixed)
     if differs:
         name, was, now = differs
