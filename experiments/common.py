@@ -42,11 +42,11 @@ from minimoe.vq import VQModel  # noqa: E402
 
 # --smoke: the micro model of the tests, a few steps, so that CI runs every script end to end.
 SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-dim", "8",
-         "--vq-channels", "16", "--vq-steps", "10", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
-         "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "4", "--moe-steps", "4",
-         "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--log-every", "2",
-         "--heldout-every", "2",
-         "--sample-every", "0", "--taylor-batches", "2"]
+         "--vq-channels", "16", "--vq-steps", "10", "--vq-batch", "8", "--d-model", "32",
+         "--n-layers", "2", "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "4",
+         "--moe-steps", "4", "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2",
+         "--log-every", "2", "--heldout-every", "2", "--sample-every", "0",
+         "--taylor-batches", "2"]
 # Random and Taylor conversions into 8 routed experts, no shared ones, drawn in 8 MaskGIT steps:
 # how every archive was trained and sampled (the preset keeps 2 of the 8 slices shared for those
 # two methods, and draws in 16 steps).

@@ -135,7 +135,8 @@ def expert_parallel_forward(x_TD: torch.Tensor, weights_TK: torch.Tensor,
         x_TD, weights_TK, expert_ids_TK (global ids), kept_TK: this rank's tokens and routing.
         w1_local [E/N, D, H], w2_local [E/N, H, D]: this rank's experts.
     Returns:
-        y_TD = sum over kept k of weights_TK[t, k] * expert_{ids[t, k]}(x_t), as moe.experts_forward.
+        y_TD = sum over kept k of weights_TK[t, k] * expert_{ids[t, k]}(x_t), as
+        moe.experts_forward.
     """
     N = dist.get_world_size(group)
     E_local = w1_local.shape[0]

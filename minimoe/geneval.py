@@ -23,7 +23,7 @@ MIN_BRIGHTNESS = 60  # darker pixels (max channel) are background, whatever they
 MIN_AREA = 0.012  # components smaller than this share of the image are noise
 SQUARE_FILL = 0.86  # a square fills its bounding box; a circle about pi/4 of it
 TRIANGLE_TOP_RATIO = 0.6  # a triangle (apex up) fills its top third far less than its bottom third
-CROSS_CORNERS = 0.3  # a cross leaves the corners of its bounding box nearly empty; a circle does not
+CROSS_CORNERS = 0.3  # a cross leaves its bounding box's corners nearly empty; a circle does not
 TRUSTED_REAL, TRUSTED_WRONG = 0.95, 0.1  # the checker is trusted where it scores these or better
 # Bounding-box side separating small from large, as a share of the image (between 2 x SIZES).
 SIZE_SPLIT = SIZES["small"] + SIZES["large"]

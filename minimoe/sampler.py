@@ -2,8 +2,8 @@
 
 `maskgit` fills a grid of image codes by iterative parallel decoding (MaskGIT;
 docs/design.md, "Sequences"); `greedy` extends text one token at a time. Invariants, asserted
-in the code and checked by the tests: known tokens never change, every step reveals at least one token, and the
-grid holds no [MASK] at the end.
+in the code and checked by the tests: known tokens never change, every step reveals at least
+one token, and the grid holds no [MASK] at the end.
 """
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ class TextTokenizer:
 
 
 def images_to_tensor(images) -> torch.Tensor:
-    """PIL images, a uint8 array/tensor [B,H,W,3], or floats [B,3,H,W] -> float [B,3,H,W] in [0,1]."""
+    """PIL images, a uint8 array/tensor [B,H,W,3] or floats [B,3,H,W] -> floats [B,3,H,W] in
+    [0, 1]."""
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         return images
     if isinstance(images, (list, tuple)):
