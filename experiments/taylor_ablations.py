@@ -17,8 +17,8 @@ from common import EIGHT_ROUTED, bar_stats, cell, layer_mean, parse, table, trai
 
 from minimoe.plots import bar_chart
 
-# Each arm is one change from 8 routed experts (what the recipes pin; the preset's taylor is
-# the 2-shared arm).
+# Each arm is one change from 8 routed experts, top-2 (what the recipes pin; the preset's
+# taylor is the 2-shared arm with top-3 routing).
 ARMS = {
     "taylor": ["--moe", "taylor", *EIGHT_ROUTED],
     "taylor-2-shared": ["--moe", "taylor", "--num-experts", "6", "--num-shared", "2",

@@ -63,7 +63,7 @@ class MoEConfig:
     # What becomes a MoE and how (docs/design.md, section 8; formulas in moe.py and routing.py).
     moe: str = "none"  # how FFNs become experts: none | scratch | naive | drop | random | taylor
     num_experts: int = 8  # routed experts per MoE layer (random, taylor: 6)
-    top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch)
+    top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch) (random, taylor: 3)
     num_shared: int = 0  # always-on shared experts; not for naive or drop (random, taylor: 2)
     text_experts: int = 4  # taylor's text experts; also the text group's size (random, taylor: 3)
     router_groups: str = "none"  # none | modality: a token routes only among its modality's experts
@@ -203,10 +203,11 @@ PRESETS: dict[str, dict] = {
 }
 
 # The expert layout of the methods that split the dense FFN's neurons: of the 8 slices, 2 stay
-# always on as shared experts, so the neurons every token needs survive the conversion
-# (docs/EXPERIMENTS.md, "Shared experts by default"). It applies as a whole, over the preset,
-# unless a flag sets any of its three fields; then all three start from the preset's.
-SPLIT_LAYOUT = dict(num_experts=6, num_shared=2, text_experts=3)
+# always on as shared experts, so the neurons every token needs survive the conversion, and a
+# token takes 3 of the other 6, so it reaches 5 of the 8 (docs/EXPERIMENTS.md, "Shared experts
+# by default"). It applies as a whole, over the preset, unless a flag sets any of its four
+# fields; then all four start from the preset's.
+SPLIT_LAYOUT = dict(num_experts=6, num_shared=2, text_experts=3, top_k=3)
 SPLIT_METHODS = ("random", "taylor")
 
 MOE_METHODS = ("none", "scratch", "naive", "drop", "random", "taylor")

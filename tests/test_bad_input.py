@@ -198,7 +198,7 @@ SCRIPT_ROWS = [
     ("train-heads-do-not-divide", "train", ["--d-model", "30", "--n-heads", "4", "--out",
                                             "{tmp}/r"], None, "--n-heads"),
     ("train-top-k-over-experts", "train", ["--moe", "random", "--top-k", "9", "--out", "{tmp}/r"],
-     None, "--top-k 9 must be between 1 and --num-experts 6"),
+     None, "--top-k 9 must be between 1 and --num-experts 8"),
     ("train-experts-do-not-split", "train", ["--moe", "taylor", "--num-experts", "7", "--out",
                                              "{tmp}/r"], None, "does not split into"),
     ("train-naive-with-shared", "train", ["--moe", "naive", "--num-shared", "2", "--out",

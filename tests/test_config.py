@@ -53,7 +53,8 @@ def test_a_checkpoint_without_a_newer_field_reads_as_what_it_meant():
     (dict(moe="magic"), "--moe 'magic': use one of none, scratch"),
     (dict(data="http://x"), "folder:PATH"),
     (dict(dense_steps=-1), "dense-steps"), (dict(nonsense=1), "unknown config field"),
-    (dict(moe="random", top_k=9), "--top-k 9 must be between 1 and --num-experts 6"),
+    (dict(moe="random", top_k=9), "--top-k 9 must be between 1 and --num-experts 8"),
+    (dict(moe="taylor", random_routing=True), "--random-routing True needs --top-k 2"),
     (dict(moe="taylor", num_shared=2), "into --num-experts 8 \\+ --num-shared 2"),
     (dict(moe="taylor", num_experts=7), "--d-ffn 512 does not split"),
     (dict(moe="random", num_experts=6, num_shared=2), None),  # 512 = 8 experts of 64: fine
@@ -80,17 +81,18 @@ def test_moe_layer_choice_and_expert_width():
 
 
 @pytest.mark.parametrize("overrides, layout", [
-    (dict(moe="taylor"), (6, 2, 3)), (dict(moe="random"), (6, 2, 3)),
-    (dict(moe="naive"), (8, 0, 4)), (dict(moe="none"), (8, 0, 4)),
-    (dict(moe="taylor", num_shared=0), (8, 0, 4)),
-    (dict(moe="random", num_experts=4, text_experts=2), (4, 0, 2)),
+    (dict(moe="taylor"), (6, 2, 3, 3)), (dict(moe="random"), (6, 2, 3, 3)),
+    (dict(moe="naive"), (8, 0, 4, 2)), (dict(moe="none"), (8, 0, 4, 2)),
+    (dict(moe="taylor", num_shared=0), (8, 0, 4, 2)),
+    (dict(moe="random", num_experts=4, text_experts=2), (4, 0, 2, 2)),
+    (dict(moe="taylor", top_k=1), (8, 0, 4, 1)),
 ])
 def test_split_methods_keep_two_of_eight_slices_shared_unless_a_flag_sets_the_layout(
         overrides, layout):
-    """random and taylor default to 6 routed + 2 shared experts (3 text) as one unit; a flag
-    for any of the three fields starts all three from the preset's 8 / 0 / 4."""
+    """random and taylor default to 6 routed + 2 shared experts (3 text), top-3, as one unit;
+    a flag for any of the four fields starts all four from the preset's 8 / 0 / 4, top-2."""
     m = config.make_config(**overrides).moe
-    assert (m.num_experts, m.num_shared, m.text_experts) == layout
+    assert (m.num_experts, m.num_shared, m.text_experts, m.top_k) == layout
 
 
 def test_boolean_flags_parse_words_not_truthiness():
