@@ -117,6 +117,7 @@ class TrainConfig:
     w_mmu: float = 1.0  # loss weight of answer prediction
     w_lm: float = 0.1  # loss weight of text next-token prediction
     t2i_focal: float = 0.0  # focal T2I loss: a code predicted at probability p weighs (1-p)**this
+    t2i_smoothing: float = 0.0  # T2I label smoothing, spread over the codes only (MaskGIT: 0.1)
     mask_power: float = 1.0  # T2I masks a cos(pi t / 2) ** mask_power share (< 1: more masked)
     caption_dropout: float = 0.1  # probability of the empty caption (for classifier-free guidance)
     caption_share: float = 0.5  # share of MMU rows that caption their image (the empty question)
@@ -327,6 +328,8 @@ def validate(cfg: Config) -> None:
                             code_temperature=cfg.train.code_temperature).items():
         if not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} {value} is not a finite number")
+    if not 0 <= cfg.train.t2i_smoothing < 1:  # also refuses NaN
+        raise ValueError(f"--t2i-smoothing {cfg.train.t2i_smoothing} must be in [0, 1)")
     if not 0 < cfg.train.mask_power < math.inf:  # also refuses NaN
         raise ValueError(f"--mask-power {cfg.train.mask_power} must be a positive number (1: "
                          f"the cosine schedule; below 1 masks more of each image)")

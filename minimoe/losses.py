@@ -15,7 +15,8 @@ from .sequences import T2I, TASKS, Batch
 
 
 def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None = None,
-                scale: float = 1.0, focal: float = 0.0) -> dict[str, torch.Tensor]:
+                scale: float = 1.0, focal: float = 0.0, smoothing: float = 0.0,
+                codes: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
     """Mean cross-entropy over the labelled positions of each task present in the batch.
     logits: [B, L, V] at every position, or [N, V] at the labelled ones only (the model's
     output for at_BL=batch.labelled_BL).
@@ -28,6 +29,10 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
     `focal` > 0 turns T2I into a focal loss (Lin et al. 2017): a code predicted with
     probability p counts (1 - p) ** focal times, so that the codes a model already gets right
     (mostly plain background) give way to those it does not.
+
+    `smoothing` > 0 smooths the T2I targets as MaskGIT does: the true code keeps 1 - smoothing
+    of the target and the rest is spread evenly over the `codes` = (first id, count) only, so
+    no target mass lands on text ids an image position can never hold.
     """
     sel = batch.labelled_BL
     logits_NV = logits[sel] if logits.dim() == 3 else logits
@@ -35,6 +40,10 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
     task = batch.task_B[:, None].expand_as(batch.labels_BL)[sel]
     if focal:
         ce = torch.where(task == T2I, ce * (1 - torch.exp(-ce)) ** focal, ce)
+    if smoothing:
+        first, n = codes
+        uniform = -torch.log_softmax(logits_NV.float(), -1)[:, first:first + n].mean(-1)
+        ce = torch.where(task == T2I, (1 - smoothing) * ce + smoothing * uniform, ce)
     if counts is None:
         return {name: ce[task == i].mean() for i, name in enumerate(TASKS) if (task == i).any()}
     return {name: scale * ce[task == i].sum() / counts[i] for i, name in enumerate(TASKS)
@@ -42,12 +51,13 @@ def task_losses(logits: torch.Tensor, batch: Batch, counts: torch.Tensor | None 
 
 
 def labelled_losses(forward, batch: Batch, counts: torch.Tensor | None = None,
-                    scale: float = 1.0, focal: float = 0.0):
+                    scale: float = 1.0, focal: float = 0.0, smoothing: float = 0.0,
+                    codes: tuple[int, int] = (0, 0)):
     """(model output, task losses) of `batch`, the head run at its labelled positions only:
     `forward` is the model or its compiled or DDP wrapper."""
     out = forward(batch.tokens_BL, batch.groups_BL, domain_BL=batch.domain_BL,
                   at_BL=batch.labelled_BL)
-    return out, task_losses(out.logits_NV, batch, counts, scale, focal)
+    return out, task_losses(out.logits_NV, batch, counts, scale, focal, smoothing, codes)
 
 
 def label_counts(batches: list[Batch], data_parallel: bool) -> torch.Tensor:

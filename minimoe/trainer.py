@@ -27,6 +27,7 @@ from .dist import clip_grad_norm_, sync_expert_grads_
 from .losses import label_counts, labelled_losses, total_loss
 from .optim import MuonAdamW, uses_muon
 from .schedules import warmup_cosine
+from .tokenizers import Vocab
 
 
 # Steps between returns of freed heap memory to the system. A MoE step allocates blocks of a
@@ -157,6 +158,8 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     # The compiled forward shares the module's weights, so checkpoints and the optimizer are
     # unchanged; only the training step runs through it.
     forward = torch.compile(model) if t.compile else model
+    vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
+    codes = (vocab.image_offset, vocab.codes)  # the ids --t2i-smoothing spreads over
     records, seen_tokens, t0 = [], 0, time.time()
     bar = tqdm(range(start_step, steps), desc=stage, disable=not (progress and main),
                dynamic_ncols=True, initial=start_step, total=steps)
@@ -179,7 +182,8 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
                 else model.no_sync()
             with sync, autocast:
-                out, part = labelled_losses(forward, batch, counts, world, t.t2i_focal)
+                out, part = labelled_losses(forward, batch, counts, world, t.t2i_focal,
+                                            t.t2i_smoothing, codes)
                 micro_loss = total_loss(part, cfg)
                 if router:
                     aux = {k: v / len(micro) for k, v in router.losses(out.routing).items()}

@@ -185,6 +185,8 @@ SCRIPT_ROWS = [
      "--mask-power 0.0 must be a positive number"),
     ("train-t2i-focal-negative", "train", ["--t2i-focal", "-1"], None,
      "--t2i-focal -1.0 must be >= 0"),
+    ("train-t2i-smoothing-one", "train", ["--t2i-smoothing", "1"], None,
+     "--t2i-smoothing 1.0 must be in [0, 1)"),
     ("train-mmu-turns-zero", "train", ["--mmu-turns", "0"], None, "--mmu-turns 0 must be >= 1"),
     ("train-zero-domain-weight", "train", ["--domains", "shapes:0", "--out", "{tmp}/r"], None,
      "each optionally with a whole weight >= 1"),

@@ -123,6 +123,40 @@ def test_focal_t2i_loss_weighs_each_code_by_how_far_off_it_is_and_leaves_other_t
     assert task_losses(logits, batch, focal=0.0)["t2i"] == plain["t2i"]
 
 
+
+def test_t2i_label_smoothing_spreads_the_target_over_the_codes_only():
+    """--t2i-smoothing e: an image position's target is 1 - e on its code plus e spread
+    evenly over the code ids (here 2..5 of 7), none on the other ids; the loss is the
+    cross-entropy against that target, a minimum where the prediction equals it; MMU and LM
+    stay plain."""
+    logits = torch.randn(3, 5, 7)
+    labels = torch.full((3, 5), IGNORE)
+    labels[0, 1], labels[0, 2], labels[1, 3], labels[2, 0] = 3, 5, 3, 4
+    zeros = torch.zeros(3, dtype=torch.long)
+    batch = Batch(labels.clamp(min=0), labels.clamp(min=0), labels, torch.tensor([0, 1, 2]), zeros)
+    codes = (2, 4)
+    plain = task_losses(logits, batch)
+    smooth = task_losses(logits, batch, smoothing=0.2, codes=codes)
+
+    def target(label):
+        t = torch.zeros(7)
+        t[2:6] = 0.2 / 4
+        t[label] += 0.8
+        return t
+    logp = torch.log_softmax(logits, -1)
+    ref = [-(target(labels[0, c]) * logp[0, c]).sum() for c in (1, 2)]
+    assert torch.allclose(smooth["t2i"], sum(ref) / 2)
+    assert torch.equal(smooth["mmu"], plain["mmu"]) and torch.equal(smooth["lm"], plain["lm"])
+    assert task_losses(logits, batch, smoothing=0.0, codes=codes)["t2i"] == plain["t2i"]
+    # the smoothed target itself scores lower than a one-hot prediction of the true code
+    at_target = torch.full((3, 5, 7), -30.0)
+    at_target[0, 1] = torch.log(target(3).clamp(min=1e-13))
+    at_target[0, 2] = torch.log(target(5).clamp(min=1e-13))
+    one_hot = torch.full((3, 5, 7), -30.0)
+    one_hot[0, 1, 3] = one_hot[0, 2, 5] = 0.0
+    assert task_losses(at_target, batch, smoothing=0.2, codes=codes)["t2i"] < \
+        task_losses(one_hot, batch, smoothing=0.2, codes=codes)["t2i"]
+
 def test_training_weighs_its_t2i_loss_with_t2i_focal(tmp_path):
     """The trainer passes --t2i-focal to the loss: the same first step logs a smaller T2I
     loss under it (every factor is below 1) and the same MMU loss."""
