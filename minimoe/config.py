@@ -63,7 +63,7 @@ class MoEConfig:
     # What becomes a MoE and how (docs/design.md, section 8; formulas in moe.py and routing.py).
     moe: str = "none"  # how FFNs become experts: none | scratch | naive | drop | random | taylor
     num_experts: int = 8  # routed experts per MoE layer (random, taylor: 6)
-    top_k: int = 2  # experts per token (GShard top-2; 1 gives Switch) (random, taylor: 3)
+    top_k: int = 2  # experts per token: GShard top-2, 1 gives Switch (random, taylor: 3)
     num_shared: int = 0  # always-on shared experts; not for naive or drop (random, taylor: 2)
     text_experts: int = 4  # taylor's text experts; also the text group's size (random, taylor: 3)
     router_groups: str = "none"  # none | modality: a token routes only among its modality's experts
