@@ -63,15 +63,18 @@ STUDY = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0", "--c
          "--vq-domains", "", "--mmu-turns", "1", "--lr", "2e-3", "--optimizer", "adamw",
          *ARCHIVE_PINS]
 # Archived runs of today's layout were trained before every block convolved the code grid, at
-# half today's learning rate, with AdamW throughout, and drawn with guidance 5 at every step.
-ARCHIVED = ["--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
+# half today's learning rate, with AdamW throughout, 2800 dense steps, and drawn with guidance 5
+# at every step.
+ARCHIVED = ["--dense-steps", "2800", "--image-pos", "rotary2d", "--lr", "2e-3", "--guidance", "5",
             "--guidance-schedule", "constant", "--optimizer", "adamw", *ARCHIVE_PINS]
 # The defaults recipe trains with the preset's defaults as they are: its archive
 # (DOCS/defaults/runs) was made on them, so a default that changes is pinned here to its old
-# value: it was trained with AdamW throughout and 8 routed experts, and drawn at guidance 8.
+# value: it was trained with AdamW throughout, 2800 dense steps and 8 routed experts, and drawn
+# at guidance 8.
 # The first archive on the defaults (DOCS/defaults-2026-12-05/runs) was trained before MMU rows
 # packed several questions, and as ARCHIVED; pinned likewise.
-RECIPES = {"study": STUDY, "defaults": ["--optimizer", "adamw", "--guidance", "8", *ARCHIVE_PINS],
+RECIPES = {"study": STUDY, "defaults": ["--dense-steps", "2800", "--optimizer", "adamw",
+                                       "--guidance", "8", *ARCHIVE_PINS],
            "defaults-2026-12-05": ["--mmu-turns", "1"] + ARCHIVED}
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it

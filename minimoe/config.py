@@ -98,7 +98,7 @@ class MoEConfig:
 class TrainConfig:
     seed: int = 0  # seeds the model init, the data stream and every per-step random draw
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dense_steps: int = 2800  # optimizer steps of stage 2 (dense model)
+    dense_steps: int = 3500  # optimizer steps of stage 2 (dense model)
     moe_steps: int = 600  # optimizer steps of stage 3 (the MoE; unused with --moe none)
     moe_lr: float = 1e-3  # peak learning rate of stage 3 (warmup, then cosine as in stage 2)
     batch_t2i: int = 16  # text-to-image rows per step
