@@ -123,7 +123,6 @@ def test_focal_t2i_loss_weighs_each_code_by_how_far_off_it_is_and_leaves_other_t
     assert task_losses(logits, batch, focal=0.0)["t2i"] == plain["t2i"]
 
 
-
 def test_t2i_label_smoothing_spreads_the_target_over_the_codes_only():
     """--t2i-smoothing e: an image position's target is 1 - e on its code plus e spread
     evenly over the code ids (here 2..5 of 7), none on the other ids; the loss is the
