@@ -47,11 +47,12 @@ SMOKE = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-di
          "--moe-steps", "4", "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2",
          "--log-every", "2", "--heldout-every", "2", "--sample-every", "0",
          "--taylor-batches", "2"]
-# Random and Taylor conversions into 8 routed experts, no shared ones, drawn in 8 MaskGIT steps:
-# how every archive was trained and sampled (the preset keeps 2 of the 8 slices shared for those
-# two methods, and draws in 16 steps).
+# Random and Taylor conversions into 8 routed experts, no shared ones, drawn in 8 MaskGIT steps,
+# with float32 eager steps: how every archive was trained and sampled (the preset keeps 2 of the
+# 8 slices shared for those two methods, draws in 16 steps and runs a CPU dense stage compiled
+# in bf16).
 EIGHT_ROUTED = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4"]
-ARCHIVE_PINS = [*EIGHT_ROUTED, "--sample-steps", "8"]
+ARCHIVE_PINS = [*EIGHT_ROUTED, "--sample-steps", "8", "--autocast", "off", "--compile", "false"]
 # The study's archived runs (DOCS/runs) were trained with the first tokenizers (one codebook of
 # 256 codes, MSE alone, a conv encoder; byte text in 64 slots), 1-D rotary, MMU rows of one
 # question (no captions) and an even domain mix, 2000 dense steps, and sampled at guidance 2;

@@ -135,8 +135,8 @@ class TrainConfig:
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     code_temperature: float = 1.0  # softmax temperature of the codes drawn (0: the likeliest)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
-    autocast: str = "auto"  # bf16 autocast of training steps: auto (on CUDA only) | bf16 | off
-    compile: bool = False  # torch.compile the training forward (tens of seconds up front a stage)
+    autocast: str = "auto"  # bf16 training steps: auto (CUDA; CPU: dense stage only) | bf16 | off
+    compile: str = "auto"  # torch.compile training: auto (a long CPU dense stage) | true | false
     fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state (FSDP2)
 
 
@@ -221,6 +221,7 @@ CHOICES = {"moe": MOE_METHODS, "balance_scope": ("global", "modality"),
            "untie_attention": ("none", "modality"),
            "moe_backend": ("torch", "ext", "auto"), "on_nonfinite": ("stop", "skip"),
            "autocast": ("auto", "bf16", "off"), "vq_autocast": ("off", "bf16"),
+           "compile": ("auto", "true", "false"),
            "optimizer": ("adamw", "muon"),
            "question_mix": ("uniform", "balanced"),
            "image_pos": ("none", "learned", "rotary2d", "rotary2d+learned", "rotary2d+conv"),
@@ -461,7 +462,10 @@ def from_dict(d: dict) -> Config:
         sub = getattr(cfg, section)
         for f in fields(sub):
             if f.name in d.get(section, {}):
-                setattr(sub, f.name, d[section][f.name])
+                value = d[section][f.name]
+                if isinstance(value, bool) and isinstance(f.default, str):
+                    value = str(value).lower()  # a switch saved as a boolean: true | false
+                setattr(sub, f.name, value)
             elif f.name in ABSENT:
                 setattr(sub, f.name, ABSENT[f.name])
     return cfg

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import time
 from pathlib import Path
 from typing import Protocol
@@ -110,10 +111,25 @@ def all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, data_parallel: bool)
     return not bool(bad)
 
 
-def uses_bf16(autocast: str, device: torch.device) -> bool:
-    """--autocast: auto is bf16 on CUDA only (on the tiny preset's CPU a bf16 step is faster
-    but draws worse at equal steps: docs/EXPERIMENTS.md, "bf16 steps"), bf16 and off force it."""
-    return autocast == "bf16" or (autocast == "auto" and device.type == "cuda")
+def uses_bf16(autocast: str, device: torch.device, stage: str) -> bool:
+    """--autocast: bf16 and off force it; auto is bf16 on CUDA, and on CPU in the dense stage
+    only. There a bf16 step takes about 0.8x a float32 one and, under Muon, draws as well at
+    equal steps; a MoE step's many small expert matmuls gain nothing in bf16 on CPU, and the
+    MoE stage trained worse in it (docs/EXPERIMENTS.md, "bf16 and compiled dense steps")."""
+    if autocast == "auto":
+        return device.type == "cuda" or stage == "dense"
+    return autocast == "bf16"
+
+
+COMPILE_PAYS_AFTER = 1000  # steps: ~40 s to compile against ~0.04 s saved a CPU dense step
+
+
+def compiles(flag: str, device: torch.device, stage: str, steps: int) -> bool:
+    """--compile: true and false force it; auto compiles a CPU dense stage long enough to pay
+    for the compilation (measured on CPU only, so CUDA stays eager unless asked)."""
+    if flag == "auto":
+        return device.type == "cpu" and stage == "dense" and steps >= COMPILE_PAYS_AFTER
+    return flag == "true"
 
 
 def due(every: int, done: int, steps: int) -> bool:
@@ -153,11 +169,18 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     # Sharded weights (--ep or FSDP): checkpoints gather from every rank, and only all ranks
     # together can run the model (so no periodic sample grids).
     sharded = ep is not None or getattr(module, "fsdp", False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=uses_bf16(t.autocast, device))
+    bf16, compiled = uses_bf16(t.autocast, device, stage), compiles(t.compile, device, stage, steps)
+    if main:
+        print(f"{stage} steps: {'bf16' if bf16 else 'float32'} matmuls, "
+              f"{'compiled (the first steps wait for it)' if compiled else 'eager'}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     # The compiled forward shares the module's weights, so checkpoints and the optimizer are
     # unchanged; only the training step runs through it.
-    forward = torch.compile(model) if t.compile else model
+    forward = torch.compile(model) if compiled else model
+    if compiled and device.type == "cpu":
+        # Inductor's C++ build looks for a CUDA toolkit even for CPU code and, where one is
+        # installed without a GPU, warns about it; nothing in that concerns the run.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
     codes = (vocab.image_offset, vocab.codes)  # the ids --t2i-smoothing spreads over
     records, seen_tokens, t0 = [], 0, time.time()

@@ -135,7 +135,8 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
 
 
 # what every archive was made with (common.ARCHIVE_PINS)
-ARCHIVE = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4", "--sample-steps", "8"]
+ARCHIVE = ["--num-experts", "8", "--num-shared", "0", "--text-experts", "4", "--sample-steps", "8",
+           "--autocast", "off", "--compile", "false"]
 STUDY_FLAGS = ["--dense-steps", "2000", "--vq-codes", "256", "--vq-colours", "0",
                "--code-features", "none", "--vq-edge-weight", "0", "--vq-encoder", "conv",
                "--text-vocab", "256", "--text-len", "64", "--image-pos", "none",

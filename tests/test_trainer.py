@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from minimoe import checkpoint, trainer
+from minimoe import checkpoint, config, trainer
 from minimoe.batches import Batcher
 from minimoe.build import build_model
 from minimoe.data import BuiltinData, open_source
@@ -519,10 +519,31 @@ def test_heldout_rows_ask_one_question_whatever_the_training_packs(tmp_path):
         assert torch.equal(one.labels_BL, three.labels_BL)
 
 
-def test_autocast_auto_is_bf16_on_cuda_only_and_the_flag_forces_it():
+def test_autocast_auto_is_bf16_on_cuda_and_in_the_cpu_dense_stage_and_the_flag_forces_it():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not trainer.uses_bf16("auto", cpu) and trainer.uses_bf16("auto", cuda)
-    assert trainer.uses_bf16("bf16", cpu) and not trainer.uses_bf16("off", cuda)
+    assert trainer.uses_bf16("auto", cpu, "dense") and not trainer.uses_bf16("auto", cpu, "moe")
+    assert trainer.uses_bf16("auto", cuda, "dense") and trainer.uses_bf16("auto", cuda, "moe")
+    for stage in ("dense", "moe"):
+        assert trainer.uses_bf16("bf16", cpu, stage) and not trainer.uses_bf16("off", cuda, stage)
+
+
+def test_compile_auto_compiles_only_a_cpu_dense_stage_that_pays_and_the_flag_forces_it():
+    cpu, cuda, long = torch.device("cpu"), torch.device("cuda"), trainer.COMPILE_PAYS_AFTER
+    assert trainer.compiles("auto", cpu, "dense", long)
+    assert not trainer.compiles("auto", cpu, "dense", long - 1)  # a short run: eager
+    assert not trainer.compiles("auto", cpu, "moe", long) and not trainer.compiles(
+        "auto", cuda, "dense", long)
+    assert trainer.compiles("true", cuda, "moe", 1) and not trainer.compiles("false", cpu,
+                                                                            "dense", long)
+
+
+def test_a_switch_saved_as_a_boolean_loads_as_its_word():
+    """Checkpoints whose config holds --compile as true / false booleans still resume."""
+    saved = config.to_dict(micro_config())
+    saved["train"]["compile"] = False
+    cfg = config.from_dict(saved)
+    assert cfg.train.compile == "false"
+    config.validate(cfg)
 
 
 def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(tmp_path):
@@ -540,13 +561,24 @@ def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(tmp_path):
     assert losses["bf16"] == pytest.approx(losses["off"], rel=0.03)
 
 
+def test_autocast_auto_trains_the_cpu_dense_stage_as_bf16_does(tmp_path):
+    losses = {}
+    for mode in ("auto", "bf16", "off"):
+        cfg = micro_config(dense_steps=3, ckpt_every=100, autocast=mode)
+        model, batcher, tok, files = setup(cfg, tmp_path / mode)
+        (tmp_path / mode).mkdir()
+        rec = fit(model, cfg, files, "dense", 3, batcher, torch.device("cpu"), progress=False)
+        losses[mode] = [r["loss"] for r in rec]
+    assert losses["auto"] == losses["bf16"] != losses["off"]
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_for_dense_and_moe(tmp_path):
     """torch.compile changes how the step runs, not what it computes: the same losses to
     float tolerance, for the dense model and for a MoE (router statistics included)."""
     for moe in ("none", "scratch"):
         records = {}
-        for compiled in (False, True):
+        for compiled in ("false", "true"):
             cfg = micro_config(dense_steps=4, ckpt_every=100, compile=compiled, moe=moe,
                                num_experts=4)
             folder = tmp_path / f"{moe}-{compiled}"
@@ -559,4 +591,4 @@ def test_compiled_training_matches_eager_for_dense_and_moe(tmp_path):
             rec = fit(model, cfg, files, "moe" if router else "dense", 4, batcher,
                       torch.device("cpu"), progress=False, router=router)
             records[compiled] = [r["loss"] for r in rec]
-        assert records[True] == pytest.approx(records[False], rel=1e-3), moe
+        assert records["true"] == pytest.approx(records["false"], rel=1e-3), moe
