@@ -124,6 +124,21 @@ def uses_bf16(autocast: str, device: torch.device, stage: str) -> bool:
 COMPILE_PAYS_AFTER = 1000  # steps: ~40 s to compile against ~0.04 s saved a CPU dense step
 
 
+def compile_step(model, stage: str):
+    """torch.compile(model) as a callable whose failure to build the step (no C++ compiler,
+    say) ends the run in one line that says how to go on; the last checkpoint stays."""
+    step = torch.compile(model)
+
+    def forward(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            cause = str(getattr(e, "inner_exception", e)).strip().splitlines() or [type(e).__name__]
+            raise TrainingError(f"torch.compile could not build the {stage} step "
+                                f"({cause[0][:160]}); rerun with --compile false") from e
+    return forward
+
+
 def compiles(flag: str, device: torch.device, stage: str, steps: int) -> bool:
     """--compile: true and false force it; auto compiles a CPU dense stage long enough to pay
     for the compilation (measured on CPU only, so CUDA stays eager unless asked)."""
@@ -176,7 +191,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     # The compiled forward shares the module's weights, so checkpoints and the optimizer are
     # unchanged; only the training step runs through it.
-    forward = torch.compile(model) if compiled else model
+    forward = compile_step(model, stage) if compiled else model
     if compiled and device.type == "cpu":
         # Inductor's C++ build looks for a CUDA toolkit even for CPU code and, where one is
         # installed without a GPU, warns about it; nothing in that concerns the run.

@@ -572,6 +572,22 @@ def test_autocast_auto_trains_the_cpu_dense_stage_as_bf16_does(tmp_path):
     assert losses["auto"] == losses["bf16"] != losses["off"]
 
 
+def test_a_step_that_cannot_compile_ends_the_run_with_what_to_do(tmp_path, monkeypatch):
+    """Without a working C++ compiler inductor cannot build a CPU step: the run stops with a
+    TrainingError naming --compile false, not a compiler traceback."""
+    import torch._inductor.config as inductor
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached build would hide it
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg = micro_config(dense_steps=2, ckpt_every=100, compile="true")
+    model, batcher, tok, files = setup(cfg, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    torch._dynamo.reset()
+    with pytest.raises(TrainingError, match="--compile false"):
+        fit(model, cfg, files, "dense", 2, batcher, torch.device("cpu"), progress=False)
+    torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_for_dense_and_moe(tmp_path):
     """torch.compile changes how the step runs, not what it computes: the same losses to
