@@ -128,12 +128,15 @@ def compile_step(model, stage: str):
     """torch.compile(model) as a callable whose failure to build the step (no C++ compiler,
     say) ends the run in one line that says how to go on; the last checkpoint stays."""
     step = torch.compile(model)
+    # Inductor's C++ build looks for a CUDA toolkit even for CPU code and, where one is
+    # installed without a GPU, warns about it; nothing in that concerns the run.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     def forward(*args, **kwargs):
         try:
             return step(*args, **kwargs)
         except torch._dynamo.exc.BackendCompilerFailed as e:
-            cause = str(getattr(e, "inner_exception", e)).strip().splitlines() or [type(e).__name__]
+            cause = str(getattr(e, "inner_exception", e)).strip().splitlines() or ["?"]
             raise TrainingError(f"torch.compile could not build the {stage} step "
                                 f"({cause[0][:160]}); rerun with --compile false") from e
     return forward
@@ -192,10 +195,6 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     # The compiled forward shares the module's weights, so checkpoints and the optimizer are
     # unchanged; only the training step runs through it.
     forward = compile_step(model, stage) if compiled else model
-    if compiled and device.type == "cpu":
-        # Inductor's C++ build looks for a CUDA toolkit even for CPU code and, where one is
-        # installed without a GPU, warns about it; nothing in that concerns the run.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     vocab = Vocab(cfg.vq.vq_codes, cfg.data.text_vocab)
     codes = (vocab.image_offset, vocab.codes)  # the ids --t2i-smoothing spreads over
     records, seen_tokens, t0 = [], 0, time.time()
