@@ -143,8 +143,9 @@ def compile_step(model, stage: str):
 
 
 def compiles(flag: str, device: torch.device, stage: str, steps: int) -> bool:
-    """--compile: true and false force it; auto compiles a CPU dense stage long enough to pay
-    for the compilation (measured on CPU only, so CUDA stays eager unless asked)."""
+    """--compile: true and false force it; auto compiles a CPU dense stage with enough `steps`
+    still to run to pay for the compilation (measured on CPU only, so CUDA stays eager unless
+    asked)."""
     if flag == "auto":
         return device.type == "cpu" and stage == "dense" and steps >= COMPILE_PAYS_AFTER
     return flag == "true"
@@ -187,7 +188,8 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     # Sharded weights (--ep or FSDP): checkpoints gather from every rank, and only all ranks
     # together can run the model (so no periodic sample grids).
     sharded = ep is not None or getattr(module, "fsdp", False)
-    bf16, compiled = uses_bf16(t.autocast, device, stage), compiles(t.compile, device, stage, steps)
+    bf16 = uses_bf16(t.autocast, device, stage)
+    compiled = compiles(t.compile, device, stage, steps - start_step)  # a resumed run: what is left
     if main:
         print(f"{stage} steps: {'bf16' if bf16 else 'float32'} matmuls, "
               f"{'compiled (the first steps wait for it)' if compiled else 'eager'}")

@@ -537,6 +537,18 @@ def test_compile_auto_compiles_only_a_cpu_dense_stage_that_pays_and_the_flag_for
                                                                             "dense", long)
 
 
+def test_compile_auto_counts_the_steps_a_resumed_stage_has_left(tmp_path, capsys):
+    """A stage resumed near its end (or continued for a few more steps) runs eager under auto:
+    the compilation pays for itself over the steps still to run, not the stage's length."""
+    cfg = micro_config(dense_steps=trainer.COMPILE_PAYS_AFTER, ckpt_every=10_000,
+                       compile="auto", log_every=1)
+    model, batcher, tok, files = setup(cfg, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    fit(model, cfg, files, "dense", cfg.train.dense_steps, batcher, torch.device("cpu"),
+        start_step=cfg.train.dense_steps - 2, progress=False)
+    assert "dense steps: float32 matmuls, eager" in capsys.readouterr().out
+
+
 def test_a_switch_saved_as_a_boolean_loads_as_its_word():
     """Checkpoints whose config holds --compile as true / false booleans still resume."""
     saved = config.to_dict(micro_config())
