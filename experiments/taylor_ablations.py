@@ -4,11 +4,14 @@
     python experiments/taylor_ablations.py --recipe study   # the first recipe (archived tables)
     python experiments/taylor_ablations.py --smoke   # a micro run of everything (CI)
 
-Arms, each converted from the seed's dense model and trained 600 MoE steps: the default
-(8 routed experts, 4 text + 4 image, scores |sum a*g| over the calibration batches, router
-started as a text/image probe); 2 shared experts (6 routed + 2 always-on slices of the same
-8, 3 text + 3 image); per-token scores (sum |a*g| per token); and no router start (router
-from zero). Reports held-out losses right after conversion and after training, MMU accuracy,
+Arms, each converted from the seed's dense model and trained 600 MoE steps, each one change
+from the recipe's `taylor` (scores |sum a*g| over the calibration batches, router started as a
+text/image probe). On the defaults that is the preset's layout (2 shared slices of the dense
+FFN's 8, 6 routed, 3 text + 3 image, top-3), and the arms are: no shared experts (8 routed, 4
+text + 4 image, top-5: the same 5 slices a token), per-token scores (sum |a*g| per token) and
+no router start (router from zero). On a recipe that pins 8 routed experts, top-2 (the
+archives), the first change is 2 shared experts instead (6 routed + 2 always-on slices, 3 text
++ 3 image). Reports held-out losses right after conversion and after training, MMU accuracy,
 caption-colour agreement of generated images, and modality NMI.
 Writes docs/experiments/defaults/taylor_ablations.{md,json,png}
 (docs/experiments/ with --recipe study).
@@ -17,15 +20,29 @@ from common import EIGHT_ROUTED, bar_stats, cell, layer_mean, parse, table, trai
 
 from minimoe.plots import bar_chart
 
-# Each arm is one change from 8 routed experts, top-2 (what the recipes pin; the preset's
-# taylor is the 2-shared arm with top-3 routing).
+# Each arm is one change from the recipe's taylor. An arm's name is its run folder, shared with
+# the other experiments, so "taylor" must mean the recipe's own layout.
 ARMS = {
-    "taylor": ["--moe", "taylor", *EIGHT_ROUTED],
+    "taylor": ["--moe", "taylor"],
+    "taylor-no-shared": ["--moe", "taylor", *EIGHT_ROUTED, "--top-k", "5"],
+    "taylor-per-token": ["--moe", "taylor", "--taylor-per-token", "true"],
+    "taylor-no-router-init": ["--moe", "taylor", "--taylor-router-init", "false"],
+}
+# Where the recipe pins 8 routed experts, top-2 (EIGHT_ROUTED), the shared-expert arm adds them.
+EIGHT_ROUTED_ARMS = {
+    "taylor": ["--moe", "taylor"],
     "taylor-2-shared": ["--moe", "taylor", "--num-experts", "6", "--num-shared", "2",
                         "--text-experts", "3"],
-    "taylor-per-token": ["--moe", "taylor", *EIGHT_ROUTED, "--taylor-per-token", "true"],
-    "taylor-no-router-init": ["--moe", "taylor", *EIGHT_ROUTED, "--taylor-router-init", "false"],
+    "taylor-per-token": ["--moe", "taylor", "--taylor-per-token", "true"],
+    "taylor-no-router-init": ["--moe", "taylor", "--taylor-router-init", "false"],
 }
+
+
+def arms_of(flags: list[str]) -> dict[str, list[str]]:
+    """The arms for a setting whose runs train with `flags` (the recipe's pins)."""
+    return EIGHT_ROUTED_ARMS if "--num-experts" in flags else ARMS
+
+
 COLUMNS = (("T2I loss before conversion", "t2i_dense", False),
            ("T2I loss after conversion", "t2i_converted", False),
            ("T2I loss after training", "t2i", False), ("MMU %", "mmu", True),
@@ -34,7 +51,8 @@ COLUMNS = (("T2I loss before conversion", "t2i_dense", False),
 
 def main() -> None:
     s = parse(__doc__, recipes=True)
-    runs = train_arms(s, ARMS)
+    arms = arms_of(s.flags())
+    runs = train_arms(s, arms)
     data = {}
     for name, rs in runs.items():
         summaries = [r.summary() for r in rs]
@@ -47,8 +65,8 @@ def main() -> None:
                                        for x in summaries]}
     md = table(["arm"] + [c for c, _, _ in COLUMNS],
                [[name] + [cell(data[name][key], pct) for _, key, pct in COLUMNS]
-                for name in ARMS])
-    means, spread = bar_stats({n: {c: data[n][k] for c, k, _ in COLUMNS} for n in ARMS},
+                for name in arms])
+    means, spread = bar_stats({n: {c: data[n][k] for c, k, _ in COLUMNS} for n in arms},
                               {c for c, _, pct in COLUMNS if pct})
     write(s, "taylor_ablations", "## Taylor construction ablations (mean ± sd over seeds)\n\n"
           + md, data, {"bars": bar_chart(means, [c for c, _, _ in COLUMNS], spread)})

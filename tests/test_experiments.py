@@ -120,7 +120,7 @@ def test_domains(dirs):
 
 def test_taylor_ablations(dirs):
     _, data, table = smoke("taylor_ablations", dirs)
-    assert "| taylor-2-shared |" in table and "| taylor-no-router-init |" in table
+    assert "| taylor-no-shared |" in table and "| taylor-no-router-init |" in table
     assert data["taylor"]["modality_nmi"][0] > data["taylor-no-router-init"]["modality_nmi"][0]
 
 
@@ -177,6 +177,35 @@ def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, rec
     continued = common.dense_continued(s, 0).cmd
     last = max(i for i, a in enumerate(continued) if a == "--dense-steps")  # the one that counts
     assert continued[last + 1] == str(sum(steps))
+
+
+@pytest.mark.parametrize("recipe", ["study", "defaults", "defaults-2026-12-06",
+                                    "defaults-2026-12-05"])
+def test_an_arm_name_is_one_model_across_the_experiments(recipe):
+    """Experiments share a run by its folder, which is the arm's name: every script that names
+    an arm must train the same model under it, or one reuses another's run as its own."""
+    import argparse
+
+    import common
+    import domains
+    import grouping
+    import methods
+    import specialisation
+    import taylor_ablations
+
+    from minimoe.config import add_arguments, from_args, to_dict
+
+    pins = common.RECIPES[recipe]
+    arms = [{m: ["--moe", m] for m in methods.METHODS}, specialisation.ARMS, domains.ARMS,
+            grouping.ARMS, taylor_ablations.arms_of(pins)]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    seen = {}
+    for script in arms:
+        for name, flags in script.items():
+            model = to_dict(from_args(parser.parse_args(pins + flags)))
+            assert seen.setdefault(name, model) == model, f"{name} names two models"
+    assert len(seen) >= 15
 
 
 @pytest.mark.parametrize("argv, says", [
