@@ -1,7 +1,7 @@
 """Install minimoe and build its C++/CUDA extension.
 
-    pip install torch                            # first: the extension builds against it
-    pip install --no-build-isolation -e .        # tests: pip install --no-build-isolation -e ".[test]"
+    pip install torch                        # first: the extension builds against it
+    pip install --no-build-isolation -e .    # tests: pip install --no-build-isolation -e ".[test]"
 
 The extension `minimoe._C` (csrc/) always gets its CPU kernels; the CUDA kernels are added when
 torch is a CUDA build and a CUDA toolkit is found (CUDA_HOME, else the toolkit of the nvcc on

@@ -94,9 +94,10 @@ def main() -> None:
     if a.keys() != b.keys():
         sys.exit(f"the runs logged different steps ({len(a)} vs {len(b)})")
     diff = max(abs(a[k][n] - b[k][n]) for k in a for n in LOSSES if n in a[k])
-    print(f"| run | kills | logged steps | max abs loss difference | wall |\n|---|---|---|---|---|\n"
-          f"| {args.moe}, {args.preset} preset | dense: mid-write of step {save_at}; moe: after step "
-          f"{step_at} | {len(a)} | {diff} | {time.time() - t0:.0f} s |")
+    print("| run | kills | logged steps | max abs loss difference | wall |\n"
+          "|---|---|---|---|---|\n"
+          f"| {args.moe}, {args.preset} preset | dense: mid-write of step {save_at}; "
+          f"moe: after step {step_at} | {len(a)} | {diff} | {time.time() - t0:.0f} s |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 @dataclass
 class DataConfig:
-    data: str = "builtin"  # builtin | folder:PATH | wds:PATTERN (tar shards) | codes:DIR (pretokenize)
+    data: str = "builtin"  # builtin, folder:PATH, wds:PATTERN (tar shards) or codes:DIR
     domains: str = "shapes:2,glyphs,patterns"  # built-in domains to mix; NAME:W: W turns a round
     image_size: int = 32  # images are square, this many pixels a side
     text_len: int = 24  # token slots for the text block of a sequence (specials included)

@@ -4,7 +4,7 @@ Stage 1 of `train.py`. Images become a grid of discrete codes that the transform
 (`encode`), and predicted codes become images again (`decode`).
 
     x_B3HW in [0,1] --encoder--> z_BDhw --nearest code--> codes_Bhw --codebook--> q_BDhw
-                                                                               --decoder--> recon_B3HW
+                                                                     --decoder--> recon_B3HW
 
 The codebook is not trained by gradients but as an online k-means (`codebook.Codebook`). The
 encoder learns to commit to its code (`vq_beta` * commitment loss) and receives the decoder's

@@ -49,7 +49,8 @@ def test_a_checkpoint_without_a_newer_field_reads_as_what_it_meant():
 @pytest.mark.parametrize("overrides,match", [
     (dict(d_model=30), "--n-heads"),
     (dict(optimizer="muon", fsdp=True), "--optimizer adamw with --fsdp"),
-    (dict(optimizer="sgd"), "--optimizer 'sgd': use one of adamw, muon"), (dict(vq_downsample=3), "power of two"),
+    (dict(optimizer="sgd"), "--optimizer 'sgd': use one of adamw, muon"),
+    (dict(vq_downsample=3), "power of two"),
     (dict(moe="magic"), "--moe 'magic': use one of none, scratch"),
     (dict(data="http://x"), "folder:PATH"),
     (dict(dense_steps=-1), "dense-steps"), (dict(nonsense=1), "unknown config field"),

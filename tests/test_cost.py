@@ -67,7 +67,8 @@ def test_stage_costs_add_up_the_stretches_of_a_resumed_stage():
            {"stage": "dense", "step": 20, "time_s": 10.0, "tok_per_s": 100},
            {"stage": "dense", "step": 30, "time_s": 4.0, "tok_per_s": 120}]  # after a resume
     c = cost.stage_costs(log, cfg)["dense"]
-    assert c["time_s"] == 14.0 and c["steps"] == 30 and c["s_per_step"] == pytest.approx(14 / 30, abs=1e-4)
+    assert c["time_s"] == 14.0 and c["steps"] == 30
+    assert c["s_per_step"] == pytest.approx(14 / 30, abs=1e-4)
     rows = cfg.train.batch_t2i + cfg.train.batch_mmu + cfg.train.batch_lm
     assert c["train_flops"] == 30 * rows * cfg.seq_len * cost.train_flops_per_token(cfg), \
         "a log that did not count its tokens: a row per sample"

@@ -16,8 +16,9 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.fl
 
 def cases():
     """(T, K, E, D, H, how expert ids are drawn)."""
-    return [(1, 1, 4, 8, 4, "random"), (7, 2, 5, 6, 3, "skip_last"), (16, 2, 8, 16, 24, "random"),
-            (9, 3, 3, 4, 5, "all_to_one"), (6, 4, 4, 5, 7, "k_equals_e"), (33, 1, 6, 40, 36, "random")]
+    return [(1, 1, 4, 8, 4, "random"), (7, 2, 5, 6, 3, "skip_last"),
+            (16, 2, 8, 16, 24, "random"), (9, 3, 3, 4, 5, "all_to_one"),
+            (6, 4, 4, 5, 7, "k_equals_e"), (33, 1, 6, 40, 36, "random")]
 
 
 def draw_ids(T, K, E, how, g):
@@ -91,8 +92,8 @@ def test_gradients_match_the_reference(device):
     (run(moe.TORCH, *theirs) * probe).sum().backward()
     for a, b in zip(ours, theirs):
         assert torch.allclose(a.grad.cpu(), b.grad, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda *t: run(ops.EXT, *t),
-                                    [t.detach().clone().to(device).requires_grad_() for t in leaves])
+    fresh = [t.detach().clone().to(device).requires_grad_() for t in leaves]
+    assert torch.autograd.gradcheck(lambda *t: run(ops.EXT, *t), fresh)
 
 
 @needs_ext

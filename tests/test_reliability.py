@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # with random routing on (model-side randomness), aux-loss-free biases and a domain prior (router
 # state in buffers), MoE training. Checkpoints every 3 steps, a log line every step.
 RUN = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-dim", "8",
-       "--vq-channels", "16", "--vq-steps", "20", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
-       "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "7", "--moe-steps", "8",
-       "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--ckpt-every", "3",
-       "--sample-every", "0", "--log-every", "1", "--eval-n", "0", "--no-progress",
-       "--moe", "random", "--num-experts", "4", "--random-routing", "true",
+       "--vq-channels", "16", "--vq-steps", "20", "--vq-batch", "8", "--d-model", "32",
+       "--n-layers", "2", "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "7",
+       "--moe-steps", "8", "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2",
+       "--ckpt-every", "3", "--sample-every", "0", "--log-every", "1", "--eval-n", "0",
+       "--no-progress", "--moe", "random", "--num-experts", "4", "--random-routing", "true",
        "--aux-free-rate", "0.01", "--router-prior", "domain", "--moe-backend", "torch"]
 LOSSES = ("loss", "t2i", "mmu", "lm", "balance", "z", "grad_norm")
 

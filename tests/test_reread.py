@@ -48,7 +48,8 @@ def reference_loglik(session, codes_N, caption):
 
 def test_caption_likelihood_is_what_decoding_the_caption_token_by_token_gives():
     _, session, _ = untrained_micro(text_len=64)
-    codes = torch.randint(0, session.vocab.codes, (3, 16), generator=torch.Generator().manual_seed(1))
+    draw = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, session.vocab.codes, (3, 16), generator=draw)
     captions = ["a small red circle", "two blue squares and a green cross", "a large purple cross"]
     with torch.no_grad():
         got = caption_logliks(session, codes, captions)

@@ -10,10 +10,11 @@ import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-dim", "8",
-         "--vq-channels", "16", "--vq-steps", "20", "--vq-batch", "8", "--d-model", "32", "--n-layers", "2",
-         "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "6", "--batch-t2i", "4",
-         "--batch-mmu", "4", "--batch-lm", "2", "--ckpt-every", "3", "--sample-every", "6",
-         "--sample-steps", "2", "--log-every", "1", "--eval-n", "4", "--no-progress"]
+         "--vq-channels", "16", "--vq-steps", "20", "--vq-batch", "8", "--d-model", "32",
+         "--n-layers", "2", "--n-heads", "2", "--d-ffn", "64", "--dense-steps", "6",
+         "--batch-t2i", "4", "--batch-mmu", "4", "--batch-lm", "2", "--ckpt-every", "3",
+         "--sample-every", "6", "--sample-steps", "2", "--log-every", "1", "--eval-n", "4",
+         "--no-progress"]
 
 
 @pytest.fixture(scope="module")

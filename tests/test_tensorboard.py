@@ -11,8 +11,8 @@ import train
 from minimoe import events, run
 
 MICRO = ["--image-size", "16", "--vq-codes", "16", "--vq-colours", "4", "--vq-dim", "8",
-         "--vq-channels", "16", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--d-ffn", "64",
-         "--no-progress"]
+         "--vq-channels", "16", "--d-model", "32", "--n-layers", "2", "--n-heads", "2",
+         "--d-ffn", "64", "--no-progress"]
 RECORDS = [
     {"stage": "vq", "step": 0, "loss": 0.5, "recon": 0.4},
     {"stage": "vq", "report": {"psnr": 20.0}},  # no step: not a scalar series

@@ -319,7 +319,8 @@ def test_edge_term_prices_a_blurred_edge_and_not_a_uniform_shift():
     blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     assert reconstruction_loss(x, x, 1.0) == 0
     shifted = x + 0.1
-    assert torch.allclose(reconstruction_loss(shifted, x, 1.0), reconstruction_loss(shifted, x, 0.0))
+    assert torch.allclose(reconstruction_loss(shifted, x, 1.0),
+                          reconstruction_loss(shifted, x, 0.0))
     mse = reconstruction_loss(blurred, x, 0.0)
     assert reconstruction_loss(blurred, x, 1.0) > mse * 1.2
     dx, dy = image_gradients(x)
