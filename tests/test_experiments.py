@@ -128,8 +128,8 @@ def test_the_small_preset_runs_end_to_end(tmp_path):
     """--preset small reaches every train.py run (the micro model's widths still apply)."""
     work = tmp_path / "work"
     _, data, table = smoke("taylor_ablations", (work, tmp_path / "docs"), "--preset", "small")
-    assert set(data) == {"taylor", "taylor-2-shared", "taylor-per-token",
-                         "taylor-no-router-init"}
+    assert set(data) == {"taylor", "taylor-no-shared", "taylor-per-token",
+                         "taylor-no-router-init"}, "a preset without pins ablates its own taylor"
     for run in ("dense", *data):
         assert "preset = small" in (work / "smoke" / "seed0" / run / "train.txt").read_text()
 
