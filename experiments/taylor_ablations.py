@@ -22,17 +22,7 @@ from minimoe.plots import bar_chart
 
 # Each arm is one change from the recipe's taylor. An arm's name is its run folder, shared with
 # the other experiments, so "taylor" must mean the recipe's own layout.
-ARMS = {
-    "taylor": ["--moe", "taylor"],
-    "taylor-no-shared": ["--moe", "taylor", *EIGHT_ROUTED, "--top-k", "5"],
-    "taylor-per-token": ["--moe", "taylor", "--taylor-per-token", "true"],
-    "taylor-no-router-init": ["--moe", "taylor", "--taylor-router-init", "false"],
-}
-# Where the recipe pins 8 routed experts, top-2 (EIGHT_ROUTED), the shared-expert arm adds them.
-EIGHT_ROUTED_ARMS = {
-    "taylor": ["--moe", "taylor"],
-    "taylor-2-shared": ["--moe", "taylor", "--num-experts", "6", "--num-shared", "2",
-                        "--text-experts", "3"],
+CHANGES = {
     "taylor-per-token": ["--moe", "taylor", "--taylor-per-token", "true"],
     "taylor-no-router-init": ["--moe", "taylor", "--taylor-router-init", "false"],
 }
@@ -40,7 +30,12 @@ EIGHT_ROUTED_ARMS = {
 
 def arms_of(flags: list[str]) -> dict[str, list[str]]:
     """The arms for a setting whose runs train with `flags` (the recipe's pins)."""
-    return EIGHT_ROUTED_ARMS if "--num-experts" in flags else ARMS
+    if "--num-experts" in flags:  # 8 routed experts, top-2 (EIGHT_ROUTED): add shared ones
+        layout = {"taylor-2-shared": ["--moe", "taylor", "--num-experts", "6", "--num-shared",
+                                      "2", "--text-experts", "3"]}
+    else:  # the preset's split layout: route its shared slices too, at the same 5 a token
+        layout = {"taylor-no-shared": ["--moe", "taylor", *EIGHT_ROUTED, "--top-k", "5"]}
+    return {"taylor": ["--moe", "taylor"], **layout, **CHANGES}
 
 
 COLUMNS = (("T2I loss before conversion", "t2i_dense", False),
