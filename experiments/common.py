@@ -94,15 +94,20 @@ class Setting:
     @property
     def steps(self) -> dict:
         """The stage lengths every run of this setting trains (the preset's, or as pinned)."""
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        train = from_args(parser.parse_args(self.flags())).train
+        train = config_of(self.flags()).train
         return {"dense_steps": train.dense_steps, "moe_steps": train.moe_steps}
 
     def flags(self) -> list[str]:
         preset = [] if self.preset == "tiny" else ["--preset", self.preset]
         pinned = RECIPES[self.recipe] if self.preset == "tiny" else []
         return preset + pinned + (SMOKE if self.smoke else [])
+
+
+def config_of(flags: list[str]):
+    """The config train.py builds from these command-line flags."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_args(parser.parse_args(flags))
 
 
 def parse(doc: str, recipes: bool = False) -> Setting:

@@ -17,16 +17,16 @@ The tokenizer rows run on every seed of --seeds (0,1,2); the recipe rows on the 
 Writes docs/experiments/quality.{md,json} and quality_samples.png (the same validation prompts
 drawn by the `before` model and by the recipe's last row, `now`).
 """
-import argparse
 import json
 import os
 import shutil
 import time
 
 import torch
-from common import Run, cell, drawn_with_verdicts, evaluate, parse, run_all, table, write
+from common import (Run, cell, config_of, drawn_with_verdicts, evaluate, parse, run_all, table,
+                    write)
 
-from minimoe import config, evaluation, geneval, inference
+from minimoe import evaluation, geneval, inference
 from minimoe.plots import image_grid
 from minimoe.data import DOMAINS, BuiltinData
 from minimoe.run import RunFiles, batch_images, tokenizer_stage
@@ -119,9 +119,7 @@ def tokenizer_row(s, name: str, flags: list[str], seed: int) -> dict:
     archived = s.docs / "runs" / "quality-tokenizer" / f"{slug(name)}-seed{seed}.json"
     if archived.exists():
         return json.loads(archived.read_text())
-    parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    cfg = config.from_args(parser.parse_args(s.flags() + flags + ["--seed", str(seed)]))
+    cfg = config_of(s.flags() + flags + ["--seed", str(seed)])
     folder = s.work / "tokenizer" / slug(name) / f"seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)  # a reused vq.pt would not time the training
     folder.mkdir(parents=True)

@@ -184,8 +184,6 @@ def test_the_preset_picks_folders_train_flags_and_stage_lengths(monkeypatch, rec
 def test_an_arm_name_is_one_model_across_the_experiments(recipe):
     """Experiments share a run by its folder, which is the arm's name: every script that names
     an arm must train the same model under it, or one reuses another's run as its own."""
-    import argparse
-
     import common
     import domains
     import grouping
@@ -193,17 +191,15 @@ def test_an_arm_name_is_one_model_across_the_experiments(recipe):
     import specialisation
     import taylor_ablations
 
-    from minimoe.config import add_arguments, from_args, to_dict
+    from minimoe.config import to_dict
 
     pins = common.RECIPES[recipe]
     arms = [{m: ["--moe", m] for m in methods.METHODS}, specialisation.ARMS, domains.ARMS,
             grouping.ARMS, taylor_ablations.arms_of(pins)]
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     seen = {}
     for script in arms:
         for name, flags in script.items():
-            model = to_dict(from_args(parser.parse_args(pins + flags)))
+            model = to_dict(common.config_of(pins + flags))
             assert seen.setdefault(name, model) == model, f"{name} names two models"
     assert len(seen) >= 15
 
