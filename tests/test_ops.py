@@ -121,17 +121,24 @@ def test_opcheck_every_op(device):
 
 
 @needs_ext
-def test_a_moe_layer_under_torch_compile_matches_eager():
+def test_a_moe_layer_under_torch_compile_is_one_graph_and_matches_eager():
+    """With the extension's ops no shape or branch of the layer is read on the host, dropped
+    (padding) slots included, so torch.compile traces it whole (fullgraph raises at a graph
+    break), forward and backward, and computes what eager does."""
     torch.manual_seed(0)
     layer = moe.MoE(moe.MoESpec(16, 8, num_experts=4, top_k=2), ops.EXT)
     x = torch.randn(2, 5, 16, requires_grad=True)
-    eager = layer(x)[0]
+    valid = torch.ones(10, dtype=torch.bool)
+    valid[7:] = False  # padding: its slots go to the sink
+    info = moe.TokenInfo(torch.zeros(10, dtype=torch.bool), valid)
+    eager = layer(x, info)[0]
+    assert torch.equal(eager.reshape(10, 16)[7:], torch.zeros(3, 16))
     eager.square().sum().backward()
     w1 = layer.experts.w1_EDH
     want = x.grad.clone(), w1.grad.clone()
     x.grad, w1.grad = None, None
-    compiled = torch.compile(layer, backend="aot_eager")
-    y = compiled(x)[0]
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(x, info)[0]
     y.square().sum().backward()
     assert torch.allclose(y, eager, atol=1e-6)
     assert torch.allclose(x.grad, want[0], atol=1e-5)
