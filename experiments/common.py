@@ -77,6 +77,10 @@ RECIPES = {"study": STUDY, "defaults": [],
            "defaults-2026-12-06": ["--dense-steps", "2800", "--optimizer", "adamw",
                                    "--guidance", "8", *ARCHIVE_PINS],
            "defaults-2026-12-05": ["--mmu-turns", "1"] + ARCHIVED}
+# Flags pinned in a recipe's MoE arms alone: the defaults archive's MoE stages ran float32 eager
+# (what --autocast and --compile auto then chose for a CPU MoE stage), its dense runs as the
+# preset still trains them.
+MOE_PINS = {"defaults": ["--autocast", "off", "--compile", "false"]}
 SMOKE_EVAL = ["--n", "1", "--samples", "1", "--fid-n", "4", "--mmu-n", "2"]
 LOCK = "running.pid"  # in a run folder while some process trains it
 
@@ -101,6 +105,10 @@ class Setting:
         preset = [] if self.preset == "tiny" else ["--preset", self.preset]
         pinned = RECIPES[self.recipe] if self.preset == "tiny" else []
         return preset + pinned + (SMOKE if self.smoke else [])
+
+    def moe_flags(self) -> list[str]:
+        """flags() for a MoE arm: with the recipe's MoE-only pins."""
+        return self.flags() + (MOE_PINS.get(self.recipe, []) if self.preset == "tiny" else [])
 
 
 def config_of(flags: list[str]):
@@ -245,8 +253,8 @@ def arm(s: Setting, seed: int, name: str, flags: list[str]) -> Run:
     """A MoE run converted from the seed's dense model (`flags` name the method and options)."""
     base, folder = dense(s, seed), s.work / f"seed{seed}" / name
     eval_n = ["--eval-n", "4"] if s.smoke else []
-    return Run(folder, s.flags() + eval_n + ["--seed", str(seed), *flags, "--init",
-                                            str(base.folder / "ckpt.pt"), "--out", str(folder)],
+    return Run(folder, s.moe_flags() + eval_n + ["--seed", str(seed), *flags, "--init",
+                                                str(base.folder / "ckpt.pt"), "--out", str(folder)],
                s.docs / "runs" / f"seed{seed}" / name, needs=[base])
 
 

@@ -135,8 +135,8 @@ class TrainConfig:
     choice_temperature: float = 4.5  # MaskGIT confidence noise at the first step, annealed to 0
     code_temperature: float = 1.0  # softmax temperature of the codes drawn (0: the likeliest)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
-    autocast: str = "auto"  # bf16 training steps: auto (CUDA; CPU: dense stage only) | bf16 | off
-    compile: str = "auto"  # torch.compile training: auto (a long CPU dense stage) | true | false
+    autocast: str = "auto"  # bf16 training steps: auto (CUDA and CPU) | bf16 | off
+    compile: str = "auto"  # torch.compile training: auto (a long enough CPU stage) | true | false
     fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state (FSDP2)
 
 

@@ -111,17 +111,18 @@ def all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, data_parallel: bool)
     return not bool(bad)
 
 
-def uses_bf16(autocast: str, device: torch.device, stage: str) -> bool:
-    """--autocast: bf16 and off force it; auto is bf16 on CUDA, and on CPU in the dense stage
-    only. There a bf16 step takes about 0.8x a float32 one and, under Muon, draws as well at
-    equal steps; a MoE step's many small expert matmuls gain nothing in bf16 on CPU, and the
-    MoE stage trained worse in it (docs/EXPERIMENTS.md, "bf16 and compiled dense steps")."""
+def uses_bf16(autocast: str, device: torch.device) -> bool:
+    """--autocast: bf16 and off force it; auto is bf16 on CUDA and CPU. On the CPU a bf16 step
+    takes about 0.8-0.9x a float32 one, dense or MoE, and under Muon trains as well at equal
+    steps (docs/EXPERIMENTS.md, "bf16 and compiled dense steps" and "... MoE steps")."""
     if autocast == "auto":
-        return device.type == "cuda" or stage == "dense"
+        return device.type in ("cuda", "cpu")
     return autocast == "bf16"
 
 
-COMPILE_PAYS_AFTER = 1000  # steps: ~40 s to compile against ~0.04 s saved a CPU dense step
+# Steps still to run from which compiling a CPU stage pays: ~40 s to compile against ~0.04 s
+# saved a dense bf16 step, ~25 s against ~0.07 s a MoE one (bench/RESULTS.md).
+COMPILE_PAYS_AFTER = {"dense": 1000, "moe": 400}
 
 
 def compile_step(model, stage: str):
@@ -143,11 +144,11 @@ def compile_step(model, stage: str):
 
 
 def compiles(flag: str, device: torch.device, stage: str, steps: int) -> bool:
-    """--compile: true and false force it; auto compiles a CPU dense stage with enough `steps`
-    still to run to pay for the compilation (measured on CPU only, so CUDA stays eager unless
+    """--compile: true and false force it; auto compiles a CPU stage with enough `steps` still
+    to run to pay for the compilation (measured on CPU only, so CUDA stays eager unless
     asked)."""
     if flag == "auto":
-        return device.type == "cpu" and stage == "dense" and steps >= COMPILE_PAYS_AFTER
+        return device.type == "cpu" and steps >= COMPILE_PAYS_AFTER[stage]
     return flag == "true"
 
 
@@ -188,7 +189,7 @@ def fit(model, cfg: Config, writer: Writer, stage: str, steps: int, batcher: Bat
     # Sharded weights (--ep or FSDP): checkpoints gather from every rank, and only all ranks
     # together can run the model (so no periodic sample grids).
     sharded = ep is not None or getattr(module, "fsdp", False)
-    bf16 = uses_bf16(t.autocast, device, stage)
+    bf16 = uses_bf16(t.autocast, device)
     compiled = compiles(t.compile, device, stage, steps - start_step)  # a resumed run: what is left
     if main:
         print(f"{stage} steps: {'bf16' if bf16 else 'float32'} matmuls, "

@@ -204,6 +204,22 @@ def test_an_arm_name_is_one_model_across_the_experiments(recipe):
     assert len(seen) >= 15
 
 
+def test_the_defaults_recipe_keeps_its_archived_moe_stages_float32_eager(tmp_path):
+    """Its archive's MoE arms trained float32 eager, what --autocast and --compile auto chose
+    for a CPU MoE stage then; its dense runs train as the preset does."""
+    import common
+    s = common.Setting(seeds=[0], work=tmp_path, docs=tmp_path, smoke=False, jobs=1,
+                       recipe="defaults")
+    arm_cmd = common.arm(s, 0, "taylor", ["--moe", "taylor"]).cmd
+    dense_cmd = common.dense(s, 0).cmd
+    assert arm_cmd[:len(s.moe_flags())] == s.moe_flags()
+    assert dense_cmd[:len(s.flags())] == s.flags()
+    moe, dense = common.config_of(s.moe_flags()).train, common.config_of(s.flags()).train
+    assert (moe.autocast, moe.compile) == ("off", "false")
+    assert (dense.autocast, dense.compile) == ("auto", "auto")
+    assert "--autocast" not in dense_cmd
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--jobs", "0"], "--jobs at least 1"),
     (["--seeds", "a,b"], "--seeds 'a,b': give whole numbers"),

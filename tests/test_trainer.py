@@ -519,28 +519,28 @@ def test_heldout_rows_ask_one_question_whatever_the_training_packs(tmp_path):
         assert torch.equal(one.labels_BL, three.labels_BL)
 
 
-def test_autocast_auto_is_bf16_on_cuda_and_in_the_cpu_dense_stage_and_the_flag_forces_it():
+def test_autocast_auto_is_bf16_on_cuda_and_cpu_in_every_stage_and_the_flag_forces_it():
+    cpu, cuda, other = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
+    assert trainer.uses_bf16("auto", cpu) and trainer.uses_bf16("auto", cuda)
+    assert not trainer.uses_bf16("auto", other)  # measured on CPU and CUDA only
+    assert trainer.uses_bf16("bf16", other) and not trainer.uses_bf16("off", cuda)
+
+
+def test_compile_auto_compiles_only_a_cpu_stage_that_pays_and_the_flag_forces_it():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert trainer.uses_bf16("auto", cpu, "dense") and not trainer.uses_bf16("auto", cpu, "moe")
-    assert trainer.uses_bf16("auto", cuda, "dense") and trainer.uses_bf16("auto", cuda, "moe")
-    for stage in ("dense", "moe"):
-        assert trainer.uses_bf16("bf16", cpu, stage) and not trainer.uses_bf16("off", cuda, stage)
-
-
-def test_compile_auto_compiles_only_a_cpu_dense_stage_that_pays_and_the_flag_forces_it():
-    cpu, cuda, long = torch.device("cpu"), torch.device("cuda"), trainer.COMPILE_PAYS_AFTER
-    assert trainer.compiles("auto", cpu, "dense", long)
-    assert not trainer.compiles("auto", cpu, "dense", long - 1)  # a short run: eager
-    assert not trainer.compiles("auto", cpu, "moe", long) and not trainer.compiles(
-        "auto", cuda, "dense", long)
+    for stage, long in trainer.COMPILE_PAYS_AFTER.items():
+        assert trainer.compiles("auto", cpu, stage, long)
+        assert not trainer.compiles("auto", cpu, stage, long - 1)  # a short run: eager
+        assert not trainer.compiles("auto", cuda, stage, long)
+    assert trainer.COMPILE_PAYS_AFTER["moe"] < trainer.COMPILE_PAYS_AFTER["dense"]
     assert trainer.compiles("true", cuda, "moe", 1) and not trainer.compiles("false", cpu,
-                                                                            "dense", long)
+                                                                            "dense", 10_000)
 
 
 def test_compile_auto_counts_the_steps_a_resumed_stage_has_left(tmp_path, capsys):
     """A stage resumed near its end (or continued for a few more steps) runs eager under auto:
     the compilation pays for itself over the steps still to run, not the stage's length."""
-    cfg = micro_config(dense_steps=trainer.COMPILE_PAYS_AFTER, ckpt_every=10_000,
+    cfg = micro_config(dense_steps=trainer.COMPILE_PAYS_AFTER["dense"], ckpt_every=10_000,
                        compile="auto", log_every=1)
     model, batcher, tok, files = setup(cfg, tmp_path / "run")
     (tmp_path / "run").mkdir()
