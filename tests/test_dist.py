@@ -200,7 +200,8 @@ def test_expert_parallel_training_equals_data_parallel_and_resumes_alone(tmp_pat
     from test_scripts import MICRO
     dense = tmp_path / "dense"
     train_alone(MICRO + ["--dense-steps", "3", "--out", str(dense)])
-    moe = ["--moe", "naive", "--num-experts", "4", "--moe-steps", "4",
+    # float32: in bf16 the two layouts' matmuls and gradient sums round differently
+    moe = ["--moe", "naive", "--num-experts", "4", "--moe-steps", "4", "--autocast", "off",
            "--init", str(dense / "ckpt.pt")]
     torchrun(MICRO + moe + ["--ep", "2", "--out", str(tmp_path / "ep")])
     torchrun(MICRO + moe + ["--out", str(tmp_path / "dp")])
