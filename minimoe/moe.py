@@ -25,9 +25,9 @@ unless a selection bias is in play or training samples the choice (`router_sampl
 changes the mixing weights and how much gradient every chosen expert's router logit receives.
 
 Dropped slots (padding, over capacity, the second expert under random routing) are moved to a
-sink group after the last expert: permuted like any other, computed by an expert of zero
-weights, combined with weight 0. A dropped token's MoE output is therefore zero (never the input
-passed through).
+sink group after the last expert: permuted like any other, computed along with the last
+expert's rows, combined with weight 0. A dropped token's MoE output is therefore zero (never the
+input passed through).
 
 This file is the readable pure-PyTorch backend (`TORCH`): the C++/CUDA extension (csrc/,
 wrapped in ops.py) provides `permute`, `unpermute` and `grouped_mm` with the same contracts, and
@@ -179,14 +179,13 @@ def experts_forward(x_TD, weights_TK, expert_ids_TK, kept_TK, w1_EDH, w2_EHD,
                     ops: Backend = TORCH) -> torch.Tensor:
     """permute -> expert FFNs -> unpermute, with dropped slots in a sink group (see the module
     docstring): y_TD = sum over kept k of weights_TK[t, k] * expert_{ids[t, k]}(x_t)."""
-    E, D, H = w1_EDH.shape
+    E = w1_EDH.shape[0]
     sink_ids_TK = expert_ids_TK.masked_fill(~kept_TK, E)
     x_ND, slots_N, offsets_E2 = ops.permute(x_TD, sink_ids_TK, E + 1)
-    # The sink computes as an expert of zero weights, so its rows come out zero (gelu(0) = 0)
-    # without the host reading how many rows were routed: torch.compile traces one graph.
-    w1_E1DH = torch.cat([w1_EDH, w1_EDH.new_zeros(1, D, H)])
-    w2_E1HD = torch.cat([w2_EHD, w2_EHD.new_zeros(1, H, D)])
-    y_ND = expert_ffn(x_ND, w1_E1DH, w2_E1HD, offsets_E2, ops)
+    # The sink's rows (the last ones) ride with the last expert and are combined at weight 0,
+    # so the host never reads how many rows were routed: torch.compile traces one graph.
+    offsets_E1 = torch.cat([offsets_E2[:E], offsets_E2[E + 1:]])
+    y_ND = expert_ffn(x_ND, w1_EDH, w2_EHD, offsets_E1, ops)
     return ops.unpermute(y_ND, slots_N, weights_TK.masked_fill(~kept_TK, 0).to(y_ND.dtype))
 
 
